@@ -1,0 +1,1 @@
+"""cellbox.runtime: the container engine (no Jupyter imports)."""

@@ -1,0 +1,195 @@
+"""Thin ctypes wrappers for the Linux calls Python 3.11 lacks.
+
+This package is the only place in cellbox that touches libc through ctypes.
+Every wrapper raises OSError with errno and a short description of what failed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+# clone/unshare/setns flags (linux/sched.h)
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+CLONE_NEWTIME = 0x00000080
+
+NAMESPACE_FLAGS = {
+    "mount": CLONE_NEWNS,
+    "cgroup": CLONE_NEWCGROUP,
+    "uts": CLONE_NEWUTS,
+    "ipc": CLONE_NEWIPC,
+    "user": CLONE_NEWUSER,
+    "pid": CLONE_NEWPID,
+    "network": CLONE_NEWNET,
+    "time": CLONE_NEWTIME,
+}
+# The name of each namespace under /proc/PID/ns/.
+NAMESPACE_PROC_NAMES = {
+    "mount": "mnt",
+    "cgroup": "cgroup",
+    "uts": "uts",
+    "ipc": "ipc",
+    "user": "user",
+    "pid": "pid",
+    "network": "net",
+    "time": "time",
+}
+
+# mount flags (linux/mount.h)
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_SYNCHRONOUS = 16
+MS_REMOUNT = 32
+MS_MANDLOCK = 64
+MS_DIRSYNC = 128
+MS_NOSYMFOLLOW = 256
+MS_NOATIME = 1024
+MS_NODIRATIME = 2048
+MS_BIND = 4096
+MS_MOVE = 8192
+MS_REC = 16384
+MS_SILENT = 32768
+MS_UNBINDABLE = 1 << 17
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_SHARED = 1 << 20
+MS_RELATIME = 1 << 21
+MS_STRICTATIME = 1 << 24
+
+MNT_FORCE = 1
+MNT_DETACH = 2
+UMOUNT_NOFOLLOW = 8
+
+# prctl options (linux/prctl.h)
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_KEEPCAPS = 8
+PR_SET_NAME = 15
+PR_CAPBSET_READ = 23
+PR_CAPBSET_DROP = 24
+PR_SET_SECUREBITS = 28
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+PR_GET_NO_NEW_PRIVS = 39
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+SYS_pivot_root = 155  # x86_64
+SYS_setns = 308
+SYS_unshare = 272
+SYS_close_range = 436
+
+TIOCSCTTY = 0x540E
+TIOCSWINSZ = 0x5414
+TIOCGWINSZ = 0x5413
+
+
+def _check(result: int, what: str) -> int:
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return result
+
+
+def _b(path: str | bytes | None) -> bytes | None:
+    if path is None:
+        return None
+    return os.fsencode(path)
+
+
+def mount(
+    source: str | None,
+    target: str,
+    fstype: str | None = None,
+    flags: int = 0,
+    data: str | None = None,
+) -> None:
+    """mount(2)."""
+    _check(
+        _libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data)),
+        f"mount {source or fstype or ''} on {target}",
+    )
+
+
+def umount(target: str, flags: int = 0) -> None:
+    """umount2(2)."""
+    _check(_libc.umount2(_b(target), ctypes.c_int(flags)), f"umount {target}")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    _check(
+        _libc.syscall(ctypes.c_long(SYS_pivot_root), _b(new_root), _b(put_old)),
+        f"pivot_root {new_root}",
+    )
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+
+
+def sethostname(name: str) -> None:
+    raw = name.encode()
+    _check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname")
+
+
+def setdomainname(name: str) -> None:
+    raw = name.encode()
+    _check(_libc.setdomainname(raw, ctypes.c_size_t(len(raw))), "setdomainname")
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    return _check(
+        _libc.prctl(
+            ctypes.c_int(option),
+            ctypes.c_ulong(arg2),
+            ctypes.c_ulong(arg3),
+            ctypes.c_ulong(arg4),
+            ctypes.c_ulong(arg5),
+        ),
+        f"prctl({option})",
+    )
+
+
+def set_no_new_privs() -> None:
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+def set_dumpable(on: bool) -> None:
+    prctl(PR_SET_DUMPABLE, 1 if on else 0)
+
+
+def set_pdeathsig(sig: int) -> None:
+    prctl(PR_SET_PDEATHSIG, sig)
+
+
+def set_child_subreaper() -> None:
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def set_process_name(name: str) -> None:
+    prctl(PR_SET_NAME, ctypes.cast(ctypes.c_char_p(name.encode()[:15]), ctypes.c_void_p).value or 0)
+
+
+def close_range(first: int, last: int = 0xFFFFFFFF, flags: int = 0) -> None:
+    """Close every fd in [first, last]; falls back to a loop on old kernels."""
+    r = _libc.syscall(
+        ctypes.c_long(SYS_close_range), ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_uint(flags)
+    )
+    if r < 0:
+        os.closerange(first, min(last, os.sysconf("SC_OPEN_MAX")))
