@@ -12,7 +12,9 @@ from cellbox.runtime.images.layout import DigestMismatch, Layout
 
 def test_new_layout_files(tmp_path):
     lay = Layout(tmp_path / "l")
-    assert json.loads((tmp_path / "l" / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
+    assert json.loads((tmp_path / "l" / "oci-layout").read_text()) == {
+        "imageLayoutVersion": "1.0.0"
+    }
     assert lay.index()["manifests"] == []
     assert lay.index()["schemaVersion"] == 2
 
