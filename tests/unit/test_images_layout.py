@@ -5,7 +5,6 @@ import io
 import json
 
 import pytest
-
 from cellbox.runtime.errors import InvalidArgument, NotFound
 from cellbox.runtime.images.layout import DigestMismatch, Layout
 

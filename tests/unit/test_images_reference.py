@@ -1,7 +1,6 @@
 """Image references normalized as Docker does."""
 
 import pytest
-
 from cellbox.runtime.errors import InvalidArgument
 from cellbox.runtime.images.reference import familiar, parse_reference
 
