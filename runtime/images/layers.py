@@ -1,0 +1,257 @@
+"""Turn a directory (an overlay upper dir or a root filesystem) into an OCI layer blob.
+
+GNU tar reads the tree (4x faster than Python's tarfile on many small files); Python
+only hashes the stream (diff_id), appends OCI whiteouts for overlay's 0:0 char devices
+and opaque dirs, compresses (gzip in parallel chunks like pigz, or zstd) and hashes the
+blob while it is written atomically into the layout.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+import stat
+import struct
+import subprocess
+import tarfile
+import threading
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cellbox.runtime.errors import CellboxError, InvalidArgument
+from cellbox.runtime.images import whiteouts as wh
+from cellbox.runtime.images.layout import Layout
+
+MT_LAYER = "application/vnd.oci.image.layer.v1.tar"
+MEDIA_TYPES = {"gzip": MT_LAYER + "+gzip", "zstd": MT_LAYER + "+zstd", "none": MT_LAYER}
+GZIP_LEVEL = 1
+_CHUNK = 1 << 20
+_EOF = b"\0" * 1024
+
+
+@dataclass
+class LayerBlob:
+    digest: str
+    size: int
+    diff_id: str
+    media_type: str
+    uncompressed_size: int
+
+    def descriptor(self) -> dict:
+        return {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+
+
+@dataclass
+class _Scan:
+    paths: list[str]
+    whiteouts: list[tuple[str, int]]  # name, mtime
+    opaque: list[tuple[str, int, int, int]]  # dir, mode, uid, gid
+
+
+def scan_tree(root: Path, convert_whiteouts: bool = True) -> _Scan:
+    """Every path under root in sorted order, with overlay whiteouts pulled out."""
+    paths: list[str] = []
+    wos: list[tuple[str, int]] = []
+    opq: list[tuple[str, int, int, int]] = []
+
+    def walk(rel: str, full: str) -> None:
+        with os.scandir(full) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for e in entries:
+            r = f"{rel}/{e.name}" if rel else e.name
+            if (
+                convert_whiteouts
+                and not e.is_file(follow_symlinks=False)
+                and not e.is_dir(follow_symlinks=False)
+            ):
+                st = e.stat(follow_symlinks=False)
+                if wh.is_overlay_whiteout(st):
+                    wos.append((wh.whiteout_name(r), int(st.st_mtime)))
+                    continue
+            paths.append(r)
+            if e.is_dir(follow_symlinks=False):
+                if convert_whiteouts and wh.is_opaque_dir(e.path):
+                    st = e.stat(follow_symlinks=False)
+                    opq.append((r, st.st_mode & 0o777, st.st_uid, st.st_gid))
+                walk(r, e.path)
+
+    walk("", str(root))
+    return _Scan(paths, wos, opq)
+
+
+def _extra_entries(scan: _Scan, epoch: int | None) -> bytes:
+    out = []
+    for name, mtime in scan.whiteouts:
+        ti = tarfile.TarInfo(name)
+        ti.mode, ti.mtime = 0o600, mtime if epoch is None else min(mtime, epoch)
+        out.append(ti.tobuf(tarfile.GNU_FORMAT))
+    for d, mode, uid, gid in scan.opaque:
+        ti = tarfile.TarInfo(f"{d}/{wh.WH_OPAQUE}")
+        ti.mode, ti.uid, ti.gid = mode, uid, gid
+        out.append(ti.tobuf(tarfile.GNU_FORMAT))
+    return b"".join(out)
+
+
+class _GzipParallel:
+    """pigz-style gzip: 1 MiB chunks deflated on threads, primed with the previous 32 KiB,
+    joined into one gzip member (zlib releases the GIL, so this uses both cores)."""
+
+    def __init__(self, out: Callable[[bytes], None], level: int = GZIP_LEVEL, workers: int = 2):
+        self.out, self.level = out, level
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
+        self.pending: list[concurrent.futures.Future] = []
+        self.crc, self.isize, self.prev = 0, 0, b""
+        self.buf = bytearray()
+        self.workers = workers
+        out(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff")
+
+    def _deflate(self, data: bytes, zdict: bytes, last: bool) -> bytes:
+        args = (self.level, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY)
+        c = zlib.compressobj(*args, zdict) if zdict else zlib.compressobj(*args)
+        return c.compress(data) + c.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+
+    def _submit(self, data: bytes, last: bool) -> None:
+        self.crc = zlib.crc32(data, self.crc)
+        self.isize += len(data)
+        self.pending.append(self.pool.submit(self._deflate, data, self.prev, last))
+        self.prev = data[-32768:] if len(data) >= 32768 else (self.prev + data)[-32768:]
+        while len(self.pending) > self.workers * 2 or (last and self.pending):
+            self.out(self.pending.pop(0).result())
+
+    def write(self, data: bytes) -> None:
+        self.buf += data
+        while len(self.buf) >= _CHUNK:
+            chunk = bytes(self.buf[:_CHUNK])
+            del self.buf[:_CHUNK]
+            self._submit(chunk, False)
+
+    def close(self) -> None:
+        self._submit(bytes(self.buf), True)
+        self.pool.shutdown()
+        self.out(struct.pack("<II", self.crc & 0xFFFFFFFF, self.isize & 0xFFFFFFFF))
+
+
+class _ZstdPipe:
+    """zstd through the zstd command (multi-threaded, no Python package needed)."""
+
+    def __init__(self, out: Callable[[bytes], None]):
+        self.proc = subprocess.Popen(
+            ["zstd", "-3", "-T0", "-q", "-c"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        self.out = out
+        self.err: BaseException | None = None
+        self.t = threading.Thread(target=self._drain, daemon=True)
+        self.t.start()
+
+    def _drain(self) -> None:
+        try:
+            while chunk := self.proc.stdout.read(_CHUNK):  # type: ignore[union-attr]
+                self.out(chunk)
+        except BaseException as e:  # noqa: BLE001 - re-raised in close
+            self.err = e
+
+    def write(self, data: bytes) -> None:
+        self.proc.stdin.write(data)  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        self.proc.stdin.close()  # type: ignore[union-attr]
+        self.t.join()
+        if self.proc.wait() != 0 or self.err:
+            raise CellboxError(f"zstd compression failed: {self.err or self.proc.returncode}")
+
+
+class _Plain:
+    def __init__(self, out: Callable[[bytes], None]):
+        self.write = out
+
+    def close(self) -> None:
+        pass
+
+
+def tar_command(root: Path, reproducible: bool, epoch: int | None) -> list[str]:
+    cmd = [
+        "tar", "-C", str(root), "--format=posix",
+        "--pax-option=delete=atime,delete=ctime,delete=mtime",
+        "--xattrs", "--xattrs-include=security.capability", "--xattrs-include=user.*",
+        "--xattrs-exclude=user.overlay.*", "--numeric-owner", "--no-recursion",
+        "--null", "-T", "-", "-b", "1", "-cf", "-",
+    ]  # fmt: skip
+    if reproducible:
+        cmd[1:1] = [f"--mtime=@{epoch or 0}", "--clamp-mtime"]
+    return cmd
+
+
+def create_layer(
+    src: Path,
+    layout: Layout,
+    *,
+    compression: str = "gzip",
+    reproducible: bool = False,
+    convert_whiteouts: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> LayerBlob:
+    """Write `src` as a layer blob into `layout`; nothing is stored unless it completes."""
+    if compression not in MEDIA_TYPES:
+        raise InvalidArgument(f"unknown compression {compression!r} (gzip, zstd, none)")
+    src = Path(src)
+    if not src.is_dir():
+        raise InvalidArgument(f"{src} is not a directory")
+    epoch = None
+    if reproducible:
+        epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0)
+    scan = scan_tree(src, convert_whiteouts)
+    diff = hashlib.sha256()
+    total = 0
+    with layout.blob_writer() as w:
+        sink = {"gzip": _GzipParallel, "zstd": _ZstdPipe, "none": _Plain}[compression](w.write)
+        proc = subprocess.Popen(
+            tar_command(src, reproducible, epoch),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        listing = b"".join(os.fsencode(p) + b"\0" for p in scan.paths)
+
+        def feed() -> None:
+            try:
+                proc.stdin.write(listing)  # type: ignore[union-attr]
+            except BrokenPipeError:
+                pass
+            finally:
+                proc.stdin.close()  # type: ignore[union-attr]
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        tail = b""
+        try:
+            while chunk := proc.stdout.read(_CHUNK):  # type: ignore[union-attr]
+                data = tail + chunk
+                tail, data = data[-1024:], data[:-1024]
+                if data:
+                    diff.update(data)
+                    sink.write(data)
+                    total += len(data)
+                    if progress:
+                        progress(total)
+        finally:
+            feeder.join()
+            err = proc.stderr.read().decode(errors="replace")  # type: ignore[union-attr]
+            rc = proc.wait()
+        if rc != 0 or (scan.paths and tail != _EOF):
+            raise CellboxError(f"tar failed reading {src}: {err.strip() or rc}")
+        extra = _extra_entries(scan, epoch) + _EOF
+        diff.update(extra)
+        sink.write(extra)
+        total += len(extra)
+        sink.close()
+    assert w.digest is not None
+    return LayerBlob(
+        w.digest, w.size, "sha256:" + diff.hexdigest(), MEDIA_TYPES[compression], total
+    )
+
+
+def is_whiteout_stat(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
