@@ -1,0 +1,460 @@
+"""The single-threaded helper that creates containers and execs into them.
+
+Started as `python -I -S -c BOOT {create|exec} ...` (see launcher.py) because a
+process with threads cannot unshare or setns into a mount namespace, and the
+Jupyter server and kernels have threads.
+
+create: this process (the monitor) stays in the host's namespaces, unshares only the
+pid namespace for its child, and forks the container's init (PID 1). The init builds
+the rootfs, pivots, waits at the start gate, forks the user's process, then reaps
+zombies and forwards signals until that process ends. The monitor records the exit.
+
+exec: joins the running container's cgroup and namespaces, forks, execs.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+
+from . import process as process_mod
+from . import rootfs, state
+from .linux import syscalls as sc
+from .security import capabilities as caps_mod
+from .security import seccomp as seccomp_mod
+
+_FORWARDED = (
+    signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+    signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT, signal.SIGALRM, signal.SIGPIPE,
+)  # fmt: skip
+TIOCGPTN = 0x80045430
+TIOCSPTLCK = 0x40045431
+
+
+class _Pipe:
+    """Newline-delimited JSON messages between the monitor and the init."""
+
+    def __init__(self, rfd: int, wfd: int) -> None:
+        self.r = os.fdopen(rfd, "rb", buffering=0)
+        self.wfd = wfd
+        self._buf = b""
+
+    def send(self, **msg: object) -> None:
+        os.write(self.wfd, json.dumps(msg).encode() + b"\n")
+
+    def recv(self) -> dict:
+        while b"\n" not in self._buf:
+            chunk = self.r.read(4096)
+            if not chunk:
+                return {"error": "container init exited during setup"}
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.r.close()
+        os.close(self.wfd)
+
+
+def _ns_list(config: dict) -> list[dict]:
+    return list((config.get("linux") or {}).get("namespaces") or [])
+
+
+def _hook_env(hook: dict) -> dict[str, str]:
+    return dict(e.split("=", 1) for e in hook.get("env") or [])
+
+
+def run_hooks(config: dict, kind: str, st: state.State, in_pid: int = 0) -> None:
+    """Run one kind of hook with the state JSON on stdin; raise on a failing one.
+
+    With in_pid set, the hook runs in that process's mount namespace (createContainer).
+    """
+    hooks = (config.get("hooks") or {}).get(kind) or []
+    if not hooks:
+        return
+    payload = json.dumps(st.oci()).encode()
+    for hook in hooks:
+        args = hook.get("args") or [hook["path"]]
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(w)
+                os.dup2(r, 0)
+                if in_pid:
+                    fd = os.open(f"/proc/{in_pid}/ns/mnt", os.O_RDONLY)
+                    sc.setns(fd, sc.CLONE_NEWNS)
+                os.execve(hook["path"], args, _hook_env(hook))
+            except BaseException as e:  # noqa: BLE001
+                os.write(2, f"hook {hook['path']}: {e}\n".encode())
+            os._exit(127)
+        os.close(r)
+        try:
+            os.write(w, payload)
+        except OSError:
+            pass
+        os.close(w)
+        timeout = hook.get("timeout")
+        if timeout:
+            signal.signal(signal.SIGALRM, lambda *_, p=pid: os.kill(p, signal.SIGKILL))
+            signal.alarm(int(timeout))
+        _, status = os.waitpid(pid, 0)
+        if timeout:
+            signal.alarm(0)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            raise RuntimeError(f"{kind} hook {hook['path']} failed with status {code}")
+
+
+def _open_console(root: str) -> tuple[int, int]:
+    """A pty from the container's own devpts: (master, slave)."""
+    master = os.open(os.path.join(root, "dev/pts/ptmx"), os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
+    n = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0\0\0\0"))[0]
+    slave = os.open(os.path.join(root, f"dev/pts/{n}"), os.O_RDWR | os.O_NOCTTY)
+    console = os.path.join(root, "dev/console")
+    if not os.path.exists(console):
+        with open(console, "a"):
+            pass
+    sc.mount(os.path.join(root, f"dev/pts/{n}"), console, None, sc.MS_BIND)
+    return master, slave
+
+
+def _send_console(master: int, console_socket: str | None, console_fd: int | None) -> None:
+    if console_fd is not None:
+        sock = socket.socket(fileno=console_fd)
+    else:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(console_socket)
+    try:
+        socket.send_fds(sock, [b"/dev/ptmx"], [master])
+    finally:
+        sock.close()
+        os.close(master)
+
+
+def _container_init(config: dict, join_files: list[str], pipe: _Pipe, console: dict) -> None:
+    """PID 1 of the new pid namespace. Never returns."""
+    try:
+        sc.set_process_name("cellbox-init")
+        for path in join_files:
+            with open(path, "w") as f:
+                f.write("0")
+        flags = 0
+        joins = []
+        for ns in _ns_list(config):
+            if ns["type"] in ("pid", "user"):
+                continue
+            flag = sc.NAMESPACE_FLAGS[ns["type"]]
+            if ns.get("path"):
+                joins.append((os.open(ns["path"], os.O_RDONLY | os.O_CLOEXEC), flag))
+            else:
+                flags |= flag
+        for fd, flag in joins:
+            sc.setns(fd, flag)
+            os.close(fd)
+        sc.unshare(flags)
+        linux = config.get("linux") or {}
+        proc = config.get("process") or {}
+        root = rootfs.setup(config)
+        master = slave = -1
+        if proc.get("terminal"):
+            master, slave = _open_console(root)
+            _send_console(master, console.get("socket"), console.get("fd"))
+        if config.get("hostname") and any(n["type"] == "uts" for n in _ns_list(config)):
+            sc.sethostname(config["hostname"])
+        if "oomScoreAdj" in proc:
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write(str(proc["oomScoreAdj"]))
+        seccomp_filter = None
+        if linux.get("seccomp"):
+            seccomp_filter = seccomp_mod.Filter.compile(linux["seccomp"])
+        hooks = config.get("hooks") or {}
+        pipe.send(stage="mounted")
+        msg = pipe.recv()
+        if msg.get("stage") != "go":
+            os._exit(1)
+        rootfs.finish(config, root)
+        pipe.send(stage="ready")
+        msg = pipe.recv()
+        if msg.get("stage") != "start":
+            os._exit(1)
+        if hooks.get("startContainer"):
+            st = state.State(id=msg.get("id", ""), status=state.CREATED, pid=1)
+            run_hooks(config, "startContainer", st)
+        child = os.fork()
+        if child == 0:
+            try:
+                pipe.close()
+                if slave >= 0:
+                    sc_set_tty(slave)
+                process_mod.exec_process(proc, config.get("annotations") or {}, seccomp_filter)
+            finally:
+                os._exit(127)
+        if slave >= 0:
+            os.close(slave)
+        _harden_init()
+        pipe.send(stage="started", pid=child)
+        pipe.close()
+        sc.close_range(3)
+        _reap(child)
+    except BaseException as e:  # noqa: BLE001 - report any failure to the monitor
+        try:
+            pipe.send(error=_describe(e))
+        finally:
+            os._exit(1)
+
+
+def sc_set_tty(slave: int) -> None:
+    process_mod.set_controlling_tty(slave)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    if slave > 2:
+        os.close(slave)
+
+
+def _harden_init() -> None:
+    """Our init needs no privilege to wait and forward signals: drop it all."""
+    sc.set_no_new_privs()
+    empty = {"bounding": [], "effective": [], "permitted": [], "inheritable": [], "ambient": []}
+    caps_mod.apply(empty)
+
+
+def _reap(main_pid: int) -> None:
+    """Reap every zombie; forward signals to the main process; exit with its status."""
+
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            os.kill(main_pid, signum)
+        except ProcessLookupError:
+            pass
+
+    for s in _FORWARDED:
+        signal.signal(s, forward)
+    code = 0
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        if pid == main_pid:
+            code = os.waitstatus_to_exitcode(status)
+            code = 128 - code if code < 0 else code
+            break
+    os._exit(code)
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        return f"{e.strerror}: {e.filename}"
+    return str(e) or e.__class__.__name__
+
+
+def _sync(fd: int, **msg: object) -> None:
+    try:
+        os.write(fd, json.dumps(msg).encode() + b"\n")
+    except OSError:
+        pass
+
+
+def create(state_dir: str, sync_fd: int, console: dict) -> None:
+    """The monitor: set up, report to the caller, wait for start, record the exit."""
+    sc.set_dumpable(False)
+    sc.set_process_name("cellbox-monitor")
+    with open(os.path.join(state_dir, "config.json")) as f:
+        config = json.load(f)
+    st = state.load(state_dir, refresh=False)
+    cg = None
+    child = 0
+    try:
+        cg_path = (config.get("linux") or {}).get("cgroupsPath")
+        join_files: list[str] = []
+        if cg_path:
+            from . import cgroups
+
+            cg = cgroups.open_cgroup(cg_path.strip("/"))
+            cg.create()
+            cg.apply((config.get("linux") or {}).get("resources") or {})
+            join_files = cg.join_files()
+        pid_ns = next((n for n in _ns_list(config) if n["type"] == "pid"), None)
+        if pid_ns and pid_ns.get("path"):
+            fd = os.open(pid_ns["path"], os.O_RDONLY)
+            sc.setns(fd, sc.CLONE_NEWPID)
+            os.close(fd)
+        elif pid_ns:
+            sc.unshare(sc.CLONE_NEWPID)
+        r1, w1 = os.pipe()
+        r2, w2 = os.pipe()
+        child = os.fork()
+        if child == 0:
+            os.close(w1)
+            os.close(r2)
+            os.close(sync_fd)
+            _container_init(config, join_files, _Pipe(r1, w2), console)
+            os._exit(1)
+        os.close(r1)
+        os.close(w2)
+        pipe = _Pipe(r2, w1)
+        st.pid = child
+        st.pid_start = state.proc_start_time(child) or 0
+        msg = pipe.recv()
+        if "error" in msg:
+            raise RuntimeError(msg["error"])
+        run_hooks(config, "prestart", st)
+        run_hooks(config, "createRuntime", st)
+        run_hooks(config, "createContainer", st, in_pid=child)
+        pipe.send(stage="go")
+        msg = pipe.recv()
+        if "error" in msg:
+            raise RuntimeError(msg["error"])
+        st.status = state.CREATED
+        state.save(state_dir, st)
+        fifo = os.path.join(state_dir, "exec.fifo")
+        os.mkfifo(fifo, 0o600)
+        _sync(sync_fd, pid=child)
+        os.close(sync_fd)
+        sync_fd = -1
+        # The start gate: blocks until `start` opens the fifo for reading.
+        fd = os.open(fifo, os.O_WRONLY | os.O_CLOEXEC)
+        os.write(fd, b"0")
+        os.close(fd)
+        pipe.send(stage="start", id=st.id)
+        msg = pipe.recv()
+        if "error" in msg:
+            raise RuntimeError(msg["error"])
+        st = state.load(state_dir, refresh=False)
+        st.status = state.RUNNING
+        st.started = state.now()
+        state.save(state_dir, st)
+        try:
+            run_hooks(config, "poststart", st)
+        except Exception as e:  # noqa: BLE001 - spec: a failing poststart hook is logged
+            print(f"cellbox: {e}", file=sys.stderr)
+        pipe.r.close()
+        os.close(pipe.wfd)
+        _monitor_wait(state_dir, child, cg)
+    except BaseException as e:  # noqa: BLE001
+        if sync_fd >= 0:
+            _sync(sync_fd, error=_describe(e))
+        else:
+            print(f"cellbox: {_describe(e)}", file=sys.stderr)
+        if child:
+            try:
+                os.kill(child, signal.SIGKILL)
+                os.waitpid(child, 0)
+            except OSError:
+                pass
+        try:
+            st = state.load(state_dir, refresh=False)
+            st.status = state.STOPPED
+            st.error = _describe(e)
+            st.exit_code = 127 if st.started == "" else 137
+            st.finished = state.now()
+            state.save(state_dir, st)
+        except OSError:
+            pass
+        os._exit(1)
+
+
+def _monitor_wait(state_dir: str, child: int, cg: object) -> None:
+    # The monitor ignores the signals a terminal sends; `stop` and `kill` signal the init.
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(s, signal.SIG_IGN)
+    _, status = os.waitpid(child, 0)
+    code = os.waitstatus_to_exitcode(status)
+    code = 128 - code if code < 0 else code
+    st = state.load(state_dir, refresh=False)
+    st.status = state.STOPPED
+    st.exit_code = code
+    st.finished = state.now()
+    if cg is not None:
+        try:
+            st.oom_killed = cg.oom_kills() > 0  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001
+            pass
+    state.save(state_dir, st)
+    try:
+        os.unlink(os.path.join(state_dir, "exec.fifo"))
+    except OSError:
+        pass
+    os._exit(code)
+
+
+def exec_in(state_dir: str, process_file: str, sync_fd: int, console: dict) -> None:
+    """Run one more process in a running container; exit with its status."""
+    sc.set_dumpable(False)
+    with open(os.path.join(state_dir, "config.json")) as f:
+        config = json.load(f)
+    with open(process_file) as f:
+        proc = json.load(f)
+    st = state.load(state_dir)
+    try:
+        if st.status not in (state.RUNNING, state.CREATED):
+            raise RuntimeError(f"container {st.id} is not running")
+        pid = st.pid
+        cg_path = (config.get("linux") or {}).get("cgroupsPath")
+        fds = []
+        order = ["user", "ipc", "uts", "network", "cgroup", "pid", "mount"]
+        present = {n["type"] for n in _ns_list(config)}
+        for kind in order:
+            if kind in present:
+                name = sc.NAMESPACE_PROC_NAMES[kind]
+                fds.append((os.open(f"/proc/{pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC), sc.NAMESPACE_FLAGS[kind]))
+        if cg_path:
+            from . import cgroups
+
+            for path in cgroups.open_cgroup(cg_path.strip("/")).join_files():
+                with open(path, "w") as f:
+                    f.write("0")
+        if st.pid_start != state.proc_start_time(pid):
+            raise RuntimeError(f"container {st.id} is not running")
+        for fd, flag in fds:
+            sc.setns(fd, flag)
+            os.close(fd)
+        seccomp_filter = None
+        seccomp = (config.get("linux") or {}).get("seccomp")
+        if seccomp:
+            seccomp_filter = seccomp_mod.Filter.compile(seccomp)
+        master = slave = -1
+        if proc.get("terminal"):
+            master, slave = _open_console("/")
+            _send_console(master, console.get("socket"), console.get("fd"))
+        child = os.fork()
+        if child == 0:
+            os.close(sync_fd)
+            if slave >= 0:
+                sc_set_tty(slave)
+            process_mod.exec_process(proc, proc.get("annotations") or {}, seccomp_filter)
+            os._exit(127)
+        if slave >= 0:
+            os.close(slave)
+        _sync(sync_fd, pid=child)
+        os.close(sync_fd)
+    except BaseException as e:  # noqa: BLE001
+        _sync(sync_fd, error=_describe(e))
+        os._exit(126)
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(s, lambda signum, _f: os.kill(child, signum))
+    _, status = os.waitpid(child, 0)
+    code = os.waitstatus_to_exitcode(status)
+    os._exit(128 - code if code < 0 else code)
+
+
+def main(argv: list[str]) -> None:
+    """argv: create STATE_DIR SYNC_FD [console] | exec STATE_DIR PROCESS.json SYNC_FD [console]."""
+    console: dict = {}
+    if argv[-1].startswith("console-fd="):
+        console["fd"] = int(argv.pop()[len("console-fd=") :])
+    elif argv[-1].startswith("console-socket="):
+        console["socket"] = argv.pop()[len("console-socket=") :]
+    if argv[0] == "create":
+        create(argv[1], int(argv[2]), console)
+    elif argv[0] == "exec":
+        exec_in(argv[1], argv[2], int(argv[3]), console)
+    else:
+        raise SystemExit(f"cellbox init: unknown mode {argv[0]}")

@@ -1,0 +1,173 @@
+"""Host side of container start: spawn the single-threaded helper and talk to it.
+
+Safe to call from a threaded process (the Jupyter server, a kernel): all the
+namespace work happens in the helper, spawned with sys.executable (never a shell or
+a version-manager shim) in isolated mode without site (-I -S) for a fast start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+from . import state
+from .errors import CellboxError, Conflict, NotFound
+
+_RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__))
+
+# Makes `cellbox.runtime` importable without site-packages or an install's path hooks.
+_BOOT = (
+    "import sys,types,importlib.util as u;"
+    "p=types.ModuleType('cellbox');p.__path__=[];sys.modules['cellbox']=p;"
+    f"s=u.spec_from_file_location('cellbox.runtime',{_RUNTIME_DIR + '/__init__.py'!r},"
+    f"submodule_search_locations=[{_RUNTIME_DIR!r}]);"
+    "m=u.module_from_spec(s);sys.modules['cellbox.runtime']=m;s.loader.exec_module(m);"
+    "from cellbox.runtime import init;init.main(sys.argv[1:])"
+)
+
+_children: list[subprocess.Popen] = []
+
+
+def helper_argv(*args: str) -> list[str]:
+    return [sys.executable, "-I", "-S", "-c", _BOOT, *args]
+
+
+def _reap() -> None:
+    for p in list(_children):
+        if p.poll() is not None:
+            _children.remove(p)
+
+
+def _read_sync(fd: int) -> dict[str, Any]:
+    data = b""
+    with os.fdopen(fd, "rb") as f:
+        data = f.readline()
+    if not data:
+        return {"error": "the container helper exited without a word"}
+    return json.loads(data)
+
+
+Stdio = int | IO[Any] | None
+
+
+def create(
+    state_dir: str | Path,
+    *,
+    stdin: Stdio = None,
+    stdout: Stdio = None,
+    stderr: Stdio = None,
+    console_socket: str | None = None,
+    console_fd: int | None = None,
+) -> subprocess.Popen:
+    """Create the container described by STATE_DIR/config.json; return the monitor.
+
+    On return the container is "created": namespaces, cgroup and rootfs exist, and
+    its init waits at the start gate. On failure nothing is left but a stopped record.
+    """
+    _reap()
+    r, w = os.pipe()
+    args = ["create", str(state_dir), str(w)]
+    pass_fds = [w]
+    if console_fd is not None:
+        args.append(f"console-fd={console_fd}")
+        pass_fds.append(console_fd)
+    elif console_socket:
+        args.append(f"console-socket={console_socket}")
+    try:
+        proc = subprocess.Popen(
+            helper_argv(*args),
+            stdin=stdin if stdin is not None else subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            pass_fds=pass_fds,
+            start_new_session=True,
+        )
+    finally:
+        os.close(w)
+    _children.append(proc)
+    msg = _read_sync(r)
+    if "error" in msg:
+        proc.wait()
+        raise CellboxError(msg["error"])
+    return proc
+
+
+def start(state_dir: str | Path) -> None:
+    """Open the start gate of a created container."""
+    st = state.load(state_dir)
+    if st.status != state.CREATED:
+        raise Conflict(f"container {st.id} is not in created state (it is {st.status})")
+    fifo = os.path.join(state_dir, "exec.fifo")
+    try:
+        fd = os.open(fifo, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise Conflict(f"container {st.id} is not in created state") from None
+    try:
+        os.read(fd, 1)
+    finally:
+        os.close(fd)
+    try:
+        os.unlink(fifo)
+    except FileNotFoundError:
+        pass
+
+
+def exec_process(
+    state_dir: str | Path,
+    process: dict[str, Any],
+    *,
+    stdin: Stdio = None,
+    stdout: Stdio = None,
+    stderr: Stdio = None,
+    console_fd: int | None = None,
+    console_socket: str | None = None,
+    detach: bool = False,
+) -> subprocess.Popen:
+    """Start one more process in a running container; return its helper (exit = status)."""
+    _reap()
+    st = state.load(state_dir)
+    if st.status == state.PAUSED:
+        raise Conflict(f"container {st.id} is paused, unpause it first")
+    if st.status != state.RUNNING:
+        raise Conflict(f"container {st.id} is not running")
+    pfile = Path(state_dir) / f"exec-{os.getpid()}-{id(process)}.json"
+    state.write_json(pfile, process, 0o600)
+    r, w = os.pipe()
+    args = ["exec", str(state_dir), str(pfile), str(w)]
+    pass_fds = [w]
+    if console_fd is not None:
+        args.append(f"console-fd={console_fd}")
+        pass_fds.append(console_fd)
+    elif console_socket:
+        args.append(f"console-socket={console_socket}")
+    try:
+        proc = subprocess.Popen(
+            helper_argv(*args),
+            stdin=stdin if stdin is not None else subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            pass_fds=pass_fds,
+            start_new_session=detach,
+        )
+    finally:
+        os.close(w)
+    _children.append(proc)
+    try:
+        msg = _read_sync(r)
+    finally:
+        os.unlink(pfile)
+    if "error" in msg:
+        proc.wait()
+        raise CellboxError(msg["error"])
+    return proc
+
+
+def state_of(state_dir: str | Path) -> state.State:
+    try:
+        return state.load(state_dir)
+    except FileNotFoundError:
+        raise NotFound(f"no such container: {Path(state_dir).name}") from None
