@@ -1,0 +1,678 @@
+"""Incremental snapshots of a container's overlay upper dir.
+
+A snapshot stores only what changed since its parent, found by comparing a metadata
+walk of the upper dir (lstat only, no content reads) with the manifest kept for the
+snapshot the upper dir was last in sync with ("head"). (inode, ctime) changes on every
+write, chmod, chown, xattr or link change and cannot be set from user space, so a file
+whose stat tuple is unchanged has unchanged content. Files touched in the same clock
+tick as the snapshot are marked "racy" (as git does) and copied again next time.
+
+On disk, under the container's snapshots dir:
+
+    index.json              the catalog: snapshots, head, pending restore (atomic replace)
+    layers/<lid>/delta.json {"deleted": [...], "puts": [[path, "d"|"f"], ...]}
+    layers/<lid>/tree/      the put entries, copied with mode, owner, times and xattrs;
+                            the upper's own overlay whiteouts and opaque dirs are content
+    manifests/<mid>.json    the head manifest
+    tmp/                    work in progress; anything unreferenced is collected
+
+A delta is applied as: remove every `deleted` path (recursively), then put every entry.
+Removing a snapshot hides it; a hidden snapshot is merged into its children (deltas
+compose: puts not removed later, plus the later puts; deleted = union) or dropped.
+Every change commits with one atomic replace of index.json, so a killed operation leaves
+the previous state; restore records its intent first and is rolled forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cellbox.runtime.errors import InvalidArgument, NotFound
+
+_SKIP_XATTRS = {"trusted.overlay.origin"}  # a file handle into the old lower fs
+_RACY = -1
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """One snapshot as shown to a user."""
+
+    id: str
+    parent: str | None
+    created: str
+    message: str
+    size: int
+
+
+# ---------------------------------------------------------------- file copying
+
+
+def _xattrs(target: str | int) -> list[tuple[str, bytes]]:
+    """A path's own xattrs (never through a symlink), or an open fd's."""
+    kw = {} if isinstance(target, int) else {"follow_symlinks": False}
+    try:
+        names = os.listxattr(target, **kw)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EPERM):
+            return []
+        raise
+    out = []
+    for name in sorted(names):
+        if name in _SKIP_XATTRS:
+            continue
+        with contextlib.suppress(OSError):
+            out.append((name, os.getxattr(target, name, **kw)))
+    return out
+
+
+def _set_xattrs(target: str | int, attrs: list[tuple[str, bytes]]) -> None:
+    kw = {} if isinstance(target, int) else {"follow_symlinks": False}
+    for name, value in attrs:
+        os.setxattr(target, name, value, **kw)
+
+
+def _set_meta_fd(fd: int, st: os.stat_result, attrs: list[tuple[str, bytes]]) -> None:
+    """chown first (it clears setuid and capabilities), then mode, xattrs, times."""
+    os.fchown(fd, st.st_uid, st.st_gid)
+    os.fchmod(fd, stat.S_IMODE(st.st_mode))
+    _set_xattrs(fd, attrs)
+    os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _set_meta_path(path: str, st: os.stat_result, attrs: list[tuple[str, bytes]]) -> None:
+    os.lchown(path, st.st_uid, st.st_gid)
+    if not stat.S_ISLNK(st.st_mode):
+        os.chmod(path, stat.S_IMODE(st.st_mode))
+    _set_xattrs(path, attrs)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def _copy_data(fd_in: int, fd_out: int, size: int) -> None:
+    try:
+        while os.copy_file_range(fd_in, fd_out, 1 << 30):
+            pass
+        return
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+    offset = os.lseek(fd_out, 0, os.SEEK_CUR)
+    while True:
+        n = os.sendfile(fd_out, fd_in, offset, 1 << 30)
+        if n == 0:
+            break
+        offset += n
+
+
+def _copy_entry(src: str, dst: str, fsync: bool = True) -> os.stat_result:
+    """Copy one non-directory entry with its metadata; return the source stat seen."""
+    st = os.lstat(src)
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        fd_in = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd_in)
+            fd_out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                _copy_data(fd_in, fd_out, st.st_size)
+                _set_meta_fd(fd_out, st, _xattrs(fd_in))
+                if fsync:
+                    os.fsync(fd_out)
+            finally:
+                os.close(fd_out)
+            return os.fstat(fd_in)  # the caller compares it with what the walk saw
+        finally:
+            os.close(fd_in)
+    if stat.S_ISLNK(mode):
+        os.symlink(os.readlink(src), dst)
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        os.mknod(dst, stat.S_IFMT(mode) | 0o600, st.st_rdev)
+    else:
+        raise InvalidArgument(f"cannot snapshot {src}: unknown file type {oct(mode)}")
+    _set_meta_path(dst, st, _xattrs(src))
+    return st
+
+
+def _copy_dir_meta(src: str, dst: str) -> None:
+    st = os.lstat(src)
+    fd = os.open(dst, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        # Remove xattrs the source lacks (a dir that stopped being opaque).
+        keep = dict(_xattrs(src))
+        for name in os.listxattr(fd):
+            if name not in keep:
+                with contextlib.suppress(OSError):
+                    os.removexattr(fd, name)
+        _set_meta_fd(fd, st, list(keep.items()))
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _rmtree(path: Path) -> None:
+    if path.is_symlink() or not path.is_dir():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _join(root: str, rel: str) -> str:
+    return f"{root}/{rel}" if rel else root
+
+
+# ---------------------------------------------------------------- manifests
+
+
+def walk(upper: Path) -> dict[str, list[int]]:
+    """path -> [st_mode, uid, gid, size, mtime_ns, ctime_ns, ino, nlink, rdev]; "" is the root."""
+    out: dict[str, list[int]] = {}
+    st = os.lstat(upper)
+    out[""] = _entry(st)
+    stack = [("", str(upper))]
+    while stack:
+        rel, full = stack.pop()
+        with os.scandir(full) as it:
+            for de in it:
+                r = f"{rel}/{de.name}" if rel else de.name
+                s = de.stat(follow_symlinks=False)
+                out[r] = _entry(s)
+                if stat.S_ISDIR(s.st_mode):
+                    stack.append((r, de.path))
+    return out
+
+
+def _entry(st: os.stat_result) -> list[int]:
+    return [
+        st.st_mode,
+        st.st_uid,
+        st.st_gid,
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_ctime_ns,
+        st.st_ino,
+        st.st_nlink,
+        st.st_rdev,
+    ]
+
+
+def _clock_now(where: Path) -> int:
+    """The filesystem's current ctime: any later change gets a ctime at least this."""
+    marker = where / f".clock-{secrets.token_hex(4)}"
+    fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        return os.fstat(fd).st_ctime_ns
+    finally:
+        os.close(fd)
+        marker.unlink()
+
+
+def _settle(manifest: dict[str, list[int]], where: Path) -> None:
+    """Wait (one clock tick at most) until the fs clock is past every ctime seen.
+
+    A later change then always gets a larger ctime, so it cannot hide behind an equal
+    one (git's "racy clean" problem). Entries still not older than the clock (a coarse
+    fs, or writes during the walk) are marked racy: the next snapshot copies them again.
+    """
+    newest = max((e[5] for e in manifest.values()), default=0)
+    deadline = time.monotonic() + 0.1
+    now = _clock_now(where)
+    while now <= newest and time.monotonic() < deadline:
+        time.sleep(0.0005)
+        now = _clock_now(where)
+    for e in manifest.values():
+        if e[5] >= now:
+            e[5] = _RACY
+
+
+def _is_dir(entry: list[int]) -> bool:
+    return stat.S_ISDIR(entry[0])
+
+
+def _under(path: str, prefixes: set[str]) -> bool:
+    """True when path or one of its ancestors is in prefixes."""
+    while True:
+        if path in prefixes:
+            return True
+        cut = path.rfind("/")
+        if cut < 0:
+            return False
+        path = path[:cut]
+
+
+def _minimal(paths: set[str]) -> list[str]:
+    """Drop paths below another path of the set."""
+    return sorted(p for p in paths if "/" not in p or not _under(p.rsplit("/", 1)[0], paths))
+
+
+def _sort_key(path: str) -> tuple[str, ...]:
+    return tuple(path.split("/")) if path else ()
+
+
+# ---------------------------------------------------------------- the store
+
+
+class Snapshots:
+    """The snapshots of one container, kept in its snapshots dir."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        for sub in ("layers", "manifests", "tmp"):
+            (self.root / sub).mkdir(exist_ok=True)
+
+    # ------------------------------------------------------------ catalog
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict]:
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield self._read_index()
+        finally:
+            os.close(fd)
+
+    def _read_index(self) -> dict:
+        try:
+            return json.loads((self.root / "index.json").read_text())
+        except FileNotFoundError:
+            return {"version": 1, "snapshots": [], "head": None, "pending_restore": None}
+
+    def _write_index(self, index: dict) -> None:
+        tmp = self.root / f".index.json.{secrets.token_hex(4)}"
+        with open(tmp, "w") as f:
+            json.dump(index, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.root / "index.json")
+        _fsync_dir(self.root)
+
+    def _recover(self, index: dict) -> dict:
+        """Roll a killed restore forward, then collect unreferenced work."""
+        pending = index.get("pending_restore")
+        if pending:
+            upper, built, old = Path(pending["upper"]), Path(pending["built"]), Path(pending["old"])
+            if built.exists():
+                if upper.exists() or upper.is_symlink():
+                    os.rename(upper, old)
+                os.rename(built, upper)
+            _rmtree(old)
+            index["head"] = {"id": pending["target"], "manifest": pending["manifest"]}
+            index["pending_restore"] = None
+            self._write_index(index)
+        index = self._compact(index)
+        self._collect(index)
+        return index
+
+    def _collect(self, index: dict) -> None:
+        layers = {s["layer"] for s in index["snapshots"]}
+        manifests = set()
+        if index.get("head"):
+            manifests.add(index["head"]["manifest"])
+        for d in (self.root / "layers").iterdir():
+            if d.name not in layers:
+                _rmtree(d)
+        for m in (self.root / "manifests").iterdir():
+            if f"manifests/{m.name}" not in manifests:
+                m.unlink()
+        for t in (self.root / "tmp").iterdir():
+            _rmtree(t)
+
+    def _visible(self, index: dict) -> list[dict]:
+        return [s for s in index["snapshots"] if not s.get("hidden")]
+
+    def _info(self, index: dict, snap: dict) -> SnapshotInfo:
+        by_id = {s["id"]: s for s in index["snapshots"]}
+        parent = snap["parent"]
+        while parent and by_id[parent].get("hidden"):
+            parent = by_id[parent]["parent"]
+        return SnapshotInfo(snap["id"], parent, snap["created"], snap["message"], snap["size"])
+
+    def _find(self, index: dict, prefix: str) -> dict:
+        if not prefix or not all(c in "0123456789abcdef" for c in prefix):
+            raise InvalidArgument(f"invalid snapshot id {prefix!r}: expected hex digits")
+        hits = [s for s in self._visible(index) if s["id"].startswith(prefix)]
+        if not hits:
+            raise NotFound(f"no such snapshot: {prefix}")
+        if len(hits) > 1:
+            raise InvalidArgument(f"snapshot id {prefix} is ambiguous: {len(hits)} match")
+        return hits[0]
+
+    def _chain(self, index: dict, snap_id: str) -> list[dict]:
+        by_id = {s["id"]: s for s in index["snapshots"]}
+        chain = []
+        cur: str | None = snap_id
+        while cur:
+            chain.append(by_id[cur])
+            cur = by_id[cur]["parent"]
+        return chain[::-1]
+
+    # ------------------------------------------------------------ public API
+
+    def list(self) -> list[SnapshotInfo]:
+        index = self._read_index()
+        return [self._info(index, s) for s in self._visible(index)]
+
+    def get(self, snap_id_or_prefix: str) -> SnapshotInfo:
+        index = self._read_index()
+        return self._info(index, self._find(index, snap_id_or_prefix))
+
+    def create(self, upper: Path, message: str = "") -> SnapshotInfo:
+        """Snapshot the upper dir; the caller keeps the container frozen meanwhile."""
+        upper = Path(upper)
+        if not upper.is_dir():
+            raise NotFound(f"upper dir {upper} does not exist")
+        with self._locked() as index:
+            index = self._recover(index)
+            head = index.get("head")
+            prev: dict[str, list[int]] = {}
+            prev_dev = None
+            if head:
+                data = json.loads((self.root / head["manifest"]).read_text())
+                prev, prev_dev = data["entries"], data["dev"]
+            cur = walk(upper)
+            dev = os.lstat(upper).st_dev
+            work = Path(self._mkwork("layer"))
+            puts, deleted, size, seen = self._copy_changes(upper, cur, prev, prev_dev == dev, work)
+            for path, st in seen.items():  # content changed under us: copy it again next time
+                e = cur[path]
+                if st.st_ctime_ns != e[5] or st.st_size != e[3] or st.st_ino != e[6]:
+                    e[5] = _RACY
+            _settle(cur, work)
+            delta = {"deleted": deleted, "puts": puts}
+            _write_json(work / "delta.json", delta)
+            _fsync_dir(work)
+            snap_id = self._new_id(index)
+            lid = secrets.token_hex(8)
+            os.rename(work, self.root / "layers" / lid)
+            mpath = f"manifests/{snap_id}-{secrets.token_hex(4)}.json"
+            _write_json(self.root / mpath, {"dev": dev, "entries": cur})
+            _fsync_dir(self.root / "layers")
+            _fsync_dir(self.root / "manifests")
+            snap = {
+                "id": snap_id,
+                "parent": head["id"] if head else None,
+                "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                "message": message,
+                "layer": lid,
+                "size": size,
+            }
+            index["snapshots"].append(snap)
+            index["head"] = {"id": snap_id, "manifest": mpath}
+            index = self._compact(index)
+            self._write_index(index)
+            self._collect(index)
+            return self._info(index, snap)
+
+    def restore(self, snap_id: str, upper: Path) -> None:
+        """Make upper exactly the state at snap_id (processes stopped, overlay unmounted)."""
+        upper = Path(upper)
+        with self._locked() as index:
+            index = self._recover(index)
+            snap = self._find(index, snap_id)
+            tag = secrets.token_hex(4)
+            built = upper.parent / f".{upper.name}.restore-{tag}"
+            old = upper.parent / f".{upper.name}.old-{tag}"
+            try:
+                self._materialize(index, snap["id"], built)
+                manifest = walk(built)
+                _settle(manifest, self.root / "tmp")
+                mpath = f"manifests/{snap['id']}-{tag}.json"
+                _write_json(self.root / mpath, {"dev": os.lstat(built).st_dev, "entries": manifest})
+                _fsync_dir(self.root / "manifests")
+                _fsync_dir(upper.parent)
+            except BaseException:
+                _rmtree(built)
+                raise
+            index["pending_restore"] = {
+                "upper": str(upper),
+                "built": str(built),
+                "old": str(old),
+                "target": snap["id"],
+                "manifest": mpath,
+            }
+            self._write_index(index)
+            self._recover(index)
+
+    def remove(self, snap_id: str) -> None:
+        """Remove a snapshot; its changes move into its children so they still restore."""
+        with self._locked() as index:
+            index = self._recover(index)
+            snap = self._find(index, snap_id)
+            snap["hidden"] = True
+            index = self._compact(index)
+            self._write_index(index)
+            self._collect(index)
+
+    def materialize(self, snap_id: str, dest: Path) -> None:
+        """Write the upper-dir state at snap_id into dest (an overlay upper tree)."""
+        dest = Path(dest)
+        with self._locked() as index:
+            index = self._recover(index)
+            snap = self._find(index, snap_id)
+            self._materialize(index, snap["id"], dest)
+
+    # ------------------------------------------------------------ internals
+
+    def _new_id(self, index: dict) -> str:
+        taken = {s["id"] for s in index["snapshots"]}
+        while True:
+            sid = secrets.token_hex(6)
+            if sid not in taken and not sid.isdigit():
+                return sid
+
+    def _mkwork(self, kind: str) -> str:
+        path = self.root / "tmp" / f"{kind}-{secrets.token_hex(6)}"
+        (path / "tree").mkdir(parents=True)
+        return str(path)
+
+    def _copy_changes(
+        self,
+        upper: Path,
+        cur: dict[str, list[int]],
+        prev: dict[str, list[int]],
+        same_dev: bool,
+        work: Path,
+    ) -> tuple[list[list[str]], list[str], int, dict[str, os.stat_result]]:
+        """Copy what changed since prev into work/tree; return puts, deleted, bytes, stats."""
+        deleted: set[str] = {p for p in prev if p not in cur}
+        changed: list[str] = []
+        for path, e in cur.items():
+            p = prev.get(path)
+            if p is None:
+                changed.append(path)
+            elif stat.S_IFMT(p[0]) != stat.S_IFMT(e[0]):
+                deleted.add(path)
+                changed.append(path)
+            elif not same_dev or p != e or p[5] == _RACY:
+                changed.append(path)
+        changed.sort(key=_sort_key)
+        tree = str(work / "tree")
+        src_root = str(upper)
+        puts: list[list[str]] = []
+        dirs: list[str] = []
+        made: set[str] = {""}
+        links: dict[int, str] = {}
+        seen: dict[str, os.stat_result] = {}
+        size = 0
+        for path in changed:
+            parent = path.rsplit("/", 1)[0] if "/" in path else ""
+            if parent not in made:  # scaffolding for an unchanged parent
+                os.makedirs(_join(tree, parent), 0o700, exist_ok=True)
+                acc = ""
+                for part in parent.split("/"):
+                    acc = f"{acc}/{part}" if acc else part
+                    made.add(acc)
+            e = cur[path]
+            dst = _join(tree, path)
+            if _is_dir(e):
+                if path:
+                    os.makedirs(dst, 0o700, exist_ok=True)
+                made.add(path)
+                dirs.append(path)
+                puts.append([path, "d"])
+                continue
+            if e[7] > 1 and e[6] in links:
+                os.link(_join(tree, links[e[6]]), dst)
+            else:
+                seen[path] = _copy_entry(_join(src_root, path), dst)
+                if stat.S_ISREG(e[0]):
+                    size += seen[path].st_size
+                if e[7] > 1:
+                    links[e[6]] = path
+            puts.append([path, "f"])
+        for path in reversed(dirs):  # after the children: creating them moves mtime
+            _copy_dir_meta(_join(src_root, path), _join(tree, path))
+        for path in sorted(made, key=_sort_key, reverse=True):
+            _fsync_dir(_join(tree, path))
+        return puts, _minimal(deleted), size, seen
+
+    def _compact(self, index: dict) -> dict:
+        """Merge each hidden snapshot into its children, drop it when none and not head."""
+        while True:
+            head_id = index["head"]["id"] if index.get("head") else None
+            for snap in index["snapshots"]:
+                if not snap.get("hidden") or snap["id"] == head_id:
+                    continue
+                children = [s for s in index["snapshots"] if s["parent"] == snap["id"]]
+                for child in children:
+                    lid, size = self._merge(snap["layer"], child["layer"])
+                    child["layer"], child["size"], child["parent"] = lid, size, snap["parent"]
+                index["snapshots"] = [s for s in index["snapshots"] if s is not snap]
+                break
+            else:
+                return index
+
+    def _merge(self, first: str, second: str) -> tuple[str, int]:
+        """A new layer equal to applying `first` then `second`; files are hardlinked."""
+        a_dir, b_dir = self.root / "layers" / first, self.root / "layers" / second
+        a = json.loads((a_dir / "delta.json").read_text())
+        b = json.loads((b_dir / "delta.json").read_text())
+        b_deleted = set(b["deleted"])
+        b_puts = {p for p, _ in b["puts"]}
+        merged: dict[str, tuple[Path, str]] = {}
+        for path, kind in a["puts"]:
+            if path not in b_puts and not _under(path, b_deleted):
+                merged[path] = (a_dir, kind)
+        for path, kind in b["puts"]:
+            merged[path] = (b_dir, kind)
+        work = Path(self._mkwork("merge"))
+        tree = str(work / "tree")
+        size = 0
+        dirs = []
+        linked: set[tuple[int, int]] = set()
+        for path in sorted(merged, key=_sort_key):
+            src_layer, kind = merged[path]
+            src = _join(str(src_layer / "tree"), path)
+            dst = _join(tree, path)
+            parent = os.path.dirname(dst)
+            os.makedirs(parent, 0o700, exist_ok=True)
+            if kind == "d":
+                os.makedirs(dst, 0o700, exist_ok=True)
+                dirs.append((src, dst))
+            else:
+                os.link(src, dst, follow_symlinks=False)
+                st = os.lstat(src)
+                if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in linked:
+                    linked.add((st.st_dev, st.st_ino))
+                    size += st.st_size
+        for src, dst in reversed(dirs):
+            _copy_dir_meta(src, dst)
+        delta = {
+            "deleted": _minimal(set(a["deleted"]) | b_deleted),
+            "puts": [[p, merged[p][1]] for p in sorted(merged, key=_sort_key)],
+        }
+        _write_json(work / "delta.json", delta)
+        for dirpath, _, _ in os.walk(work):
+            _fsync_dir(dirpath)
+        lid = secrets.token_hex(8)
+        os.rename(work, self.root / "layers" / lid)
+        _fsync_dir(self.root / "layers")
+        return lid, size
+
+    def _materialize(self, index: dict, snap_id: str, dest: Path) -> None:
+        """Resolve the chain to one source per path, then copy each file once."""
+        # node: [source layer tree or None, kind, children]
+        root: list = [None, "d", {}]
+        for snap in self._chain(index, snap_id):
+            ldir = self.root / "layers" / snap["layer"]
+            delta = json.loads((ldir / "delta.json").read_text())
+            for path in delta["deleted"]:
+                parts = path.split("/")
+                node = root
+                for part in parts[:-1]:
+                    node = node[2].get(part)
+                    if node is None:
+                        break
+                else:
+                    node[2].pop(parts[-1], None)
+            for path, kind in delta["puts"]:
+                node = root
+                if path:
+                    parts = path.split("/")
+                    for part in parts[:-1]:
+                        node = node[2].setdefault(part, [None, "d", {}])
+                    child = node[2].get(parts[-1])
+                    if child is None or child[1] != kind or kind == "f":
+                        child = [None, kind, {}]
+                        node[2][parts[-1]] = child
+                    node = child
+                node[0] = str(ldir / "tree")
+        if dest.exists() and any(dest.iterdir()):
+            raise InvalidArgument(f"materialize target {dest} is not empty")
+        dest.mkdir(parents=True, exist_ok=True)
+        links: dict[tuple[str, int], str] = {}
+        dirs: list[tuple[str, str]] = []
+        out = str(dest)
+
+        def emit(rel: str, node: list) -> None:
+            src_tree, kind, children = node
+            dst = _join(out, rel)
+            if kind == "d":
+                if rel:
+                    os.mkdir(dst, 0o700)
+                if src_tree is not None:
+                    dirs.append((_join(src_tree, rel), dst))
+                for name in sorted(children):
+                    emit(f"{rel}/{name}" if rel else name, children[name])
+                return
+            src = _join(src_tree, rel)
+            st = os.lstat(src)
+            key = (src_tree, st.st_ino)
+            if st.st_nlink > 1 and key in links:
+                os.link(links[key], dst, follow_symlinks=False)
+                return
+            _copy_entry(src, dst)
+            if st.st_nlink > 1:
+                links[key] = dst
+
+        emit("", root)
+        for src, dst in reversed(dirs):
+            _copy_dir_meta(src, dst)
+        for _src, dst in reversed(dirs):
+            _fsync_dir(dst)
+
+
+def _write_json(path: Path, data: object) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, separators=(",", ":"))
+        f.flush()
+        os.fsync(f.fileno())
