@@ -1,0 +1,188 @@
+"""Network parsing, /etc files, address allocation and the nft table text: no privileges."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+import pytest
+from cellbox.runtime.errors import Conflict, InvalidArgument
+from cellbox.runtime.network import (
+    AddressExhausted,
+    NetworkManager,
+    PortMapping,
+    etc_hosts,
+    nft,
+    parse_network,
+    parse_publish,
+    resolv_conf,
+)
+from cellbox.runtime.network.manager import parse_subnet
+from cellbox.runtime.network.state import NetworkState, allocate
+
+
+@pytest.mark.parametrize("mode", ["none", "bridge", "host"])
+def test_parse_network_modes(mode):
+    assert parse_network(mode).mode == mode
+
+
+def test_parse_network_default_and_container():
+    assert parse_network("").mode == "none"
+    spec = parse_network("container:db-1")
+    assert (spec.mode, spec.container, spec.netns_path) == ("container", "db-1", None)
+
+
+@pytest.mark.parametrize("bad", ["bogus", "Bridge", "container:", "container:../x", "none2"])
+def test_parse_network_rejects(bad):
+    with pytest.raises(InvalidArgument):
+        parse_network(bad)
+
+
+def test_parse_network_message():
+    with pytest.raises(InvalidArgument, match="^unknown network mode: bogus$"):
+        parse_network("bogus")
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("8080:80", PortMapping(8080, 80, "tcp", "")),
+        ("8080:80/udp", PortMapping(8080, 80, "udp", "")),
+        ("127.0.0.1:8080:80/tcp", PortMapping(8080, 80, "tcp", "127.0.0.1")),
+        ("0.0.0.0:53:53/UDP", PortMapping(53, 53, "udp", "")),
+        ("65535:1", PortMapping(65535, 1, "tcp", "")),
+    ],
+)
+def test_parse_publish(text, expected):
+    assert parse_publish(text) == expected
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "80",
+        "0:80",
+        "8080:0",
+        "70000:80",
+        "a:80",
+        "8080:80/sctp",
+        "1.2.3:80:80",
+        "::1:80:80",
+        "1:2:3:4",
+        "8080:-1",
+        "",
+    ],
+)
+def test_parse_publish_rejects(bad):
+    with pytest.raises(InvalidArgument):
+        parse_publish(bad)
+
+
+def test_overlaps():
+    a = parse_publish("8080:80")
+    assert a.overlaps(parse_publish("127.0.0.1:8080:81"))
+    assert not a.overlaps(parse_publish("8080:80/udp"))
+    assert not parse_publish("127.0.0.1:8080:80").overlaps(parse_publish("127.0.0.2:8080:80"))
+
+
+def test_etc_hosts():
+    text = etc_hosts("nb.example.org", "10.88.0.5")
+    assert "10.88.0.5\tnb.example.org nb\n" in text
+    assert text.startswith("127.0.0.1\tlocalhost\n")
+    none = etc_hosts("nb", None)
+    assert none.startswith("127.0.0.1\tlocalhost nb\n")
+    assert "10." not in none
+    with pytest.raises(InvalidArgument):
+        etc_hosts("bad_name!", "10.88.0.5")
+
+
+def test_resolv_conf_drops_loopback(tmp_path):
+    f = tmp_path / "resolv.conf"
+    f.write_text(
+        "# comment\nnameserver 127.0.0.53\nnameserver ::1\nnameserver 10.1.2.3\n"
+        "search example.org\noptions edns0 trust-ad\nbogus line\n"
+    )
+    out = resolv_conf(str(f))
+    assert out == "nameserver 10.1.2.3\nsearch example.org\noptions edns0 trust-ad\n"
+
+
+def test_resolv_conf_fallback(tmp_path):
+    f = tmp_path / "resolv.conf"
+    f.write_text("nameserver 127.0.0.1\nsearch lan\n")
+    assert resolv_conf(str(f)) == "nameserver 8.8.8.8\nnameserver 8.8.4.4\nsearch lan\n"
+    assert resolv_conf(str(f), fallback=("10.88.0.1",)) == "nameserver 10.88.0.1\nsearch lan\n"
+    assert resolv_conf(str(f), fallback=()) == "search lan\n"
+    assert resolv_conf(str(tmp_path / "missing"), fallback=()) == ""
+
+
+@pytest.mark.parametrize(
+    "subnet", ["10.0.0.1/16", "10.0.0.0/31", "10.0.0.0/32", "fd00::/64", "nonsense", "10.0.0.0/33"]
+)
+def test_invalid_subnet(tmp_path, subnet):
+    with pytest.raises(InvalidArgument, match="invalid subnet"):
+        NetworkManager(tmp_path, subnet=subnet)
+
+
+def test_manager_rejects_bad_options(tmp_path):
+    with pytest.raises(InvalidArgument):
+        NetworkManager(tmp_path, bridge="a-very-long-bridge-name")
+    with pytest.raises(InvalidArgument):
+        NetworkManager(tmp_path, port_backend="iptables")
+    with pytest.raises(InvalidArgument):
+        NetworkManager(tmp_path, mtu=70000)
+    m = NetworkManager(tmp_path, subnet="192.168.7.0/24")
+    assert m.gateway == "192.168.7.1" and m.veth_name("0123456789abcdef") == "cbx01234567"
+
+
+def test_allocate_lowest_free_and_exhaustion(tmp_path):
+    st = NetworkState(tmp_path)
+    net = parse_subnet("10.99.0.0/29")  # gateway .1, hosts .2-.6
+    with st.locked() as data:
+        for i in range(5):
+            ip = allocate(data, "br", net)
+            data["containers"][f"c{i}"] = {"bridge": "br", "ip": ip}
+        with pytest.raises(AddressExhausted, match="no free address left in subnet 10.99.0.0/29"):
+            allocate(data, "br", net)
+        del data["containers"]["c2"]
+        assert allocate(data, "br", net) == "10.99.0.4"
+        assert allocate(data, "other", net) == "10.99.0.2"  # per bridge
+    assert issubclass(AddressExhausted, Conflict)
+    assert sorted(os.listdir(tmp_path)) == ["network.json", "network.lock"]  # no temp file left
+
+
+def _allocate_one(state_dir: str, cid: str, queue) -> None:
+    st = NetworkState(state_dir)
+    with st.locked() as data:
+        ip = allocate(data, "br", parse_subnet("10.88.0.0/16"))
+        data["containers"][cid] = {"bridge": "br", "ip": ip}
+    queue.put(ip)
+
+
+def test_parallel_processes_never_share_an_address(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_allocate_one, args=(str(tmp_path), f"c{i}", q)) for i in range(20)]
+    for p in procs:
+        p.start()
+    ips = [q.get(timeout=30) for _ in procs]
+    for p in procs:
+        p.join()
+    assert len(set(ips)) == 20
+    saved = NetworkState(tmp_path).snapshot()["containers"]
+    assert sorted(r["ip"] for r in saved.values()) == sorted(ips)
+
+
+def test_nft_render():
+    text = nft.render(
+        [("cellbox0", "10.88.0.0/16")],
+        [
+            ("c1", "10.88.0.2", parse_publish("8080:80")),
+            ("c2", "10.88.0.3", parse_publish("127.0.0.1:53:53/udp")),
+        ],
+    )
+    assert text.startswith("table ip cellbox\ndelete table ip cellbox\n")  # atomic replace
+    assert 'ip saddr 10.88.0.0/16 oifname != "cellbox0" masquerade' in text
+    assert 'fib daddr type local tcp dport 8080 dnat to 10.88.0.2:80 comment "cbx:c1"' in text
+    assert "ip daddr 127.0.0.1 udp dport 53 dnat to 10.88.0.3:53" in text
+    assert 'iifname "cellbox0" ip daddr 127.0.0.0/8 drop' in text
+    assert text.count("jump published") == 2  # prerouting and output
