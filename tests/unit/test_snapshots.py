@@ -7,7 +7,6 @@ import stat
 from pathlib import Path
 
 import pytest
-
 from cellbox.runtime.errors import InvalidArgument, NotFound
 from cellbox.runtime.images.snapshots import Snapshots
 
