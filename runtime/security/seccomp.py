@@ -89,6 +89,8 @@ def _oci_rule(rule: dict) -> dict:
     if rule.get("name") and rule.get("names"):
         raise InvalidArgument("seccomp profile: use either 'name' or 'names' in a rule")
     names = rule.get("names") or ([rule["name"]] if rule.get("name") else [])
+    if not isinstance(names, list):
+        raise InvalidArgument("seccomp profile: 'names' must be a non-empty list of strings")
     out: dict = {"names": list(names), "action": rule.get("action")}
     if rule.get("args"):
         out["args"] = [
@@ -106,7 +108,10 @@ def _oci_rule(rule: dict) -> dict:
 
 
 def resolve_rules(
-    rules: list[dict], caps: list[str], arch: str | None = None, kernel: tuple[int, ...] | None = None
+    rules: list[dict],
+    caps: list[str],
+    arch: str | None = None,
+    kernel: tuple[int, ...] | None = None,
 ) -> list[dict]:
     """The OCI rules of Docker-format rules that apply for caps, arch and kernel."""
     have = {normalize(c) for c in caps}
@@ -135,7 +140,12 @@ def resolve_docker_profile(
         out["defaultErrnoRet"] = profile["defaultErrnoRet"]
     out["architectures"] = architectures
     out["flags"] = list(profile.get("flags") or [])
-    out["syscalls"] = resolve_rules(profile.get("syscalls") or [], caps, arch, kernel)
+    rules = profile.get("syscalls")
+    if rules is not None and not isinstance(rules, list):
+        raise InvalidArgument("seccomp profile: 'syscalls' must be a list")
+    if not all(isinstance(r, dict) for r in rules or []):
+        raise InvalidArgument("seccomp profile: every entry of 'syscalls' must be an object")
+    out["syscalls"] = resolve_rules(rules or [], caps, arch, kernel)
     return validate(out)
 
 
@@ -183,7 +193,9 @@ def validate(profile: dict) -> dict:
 
 def _read_shipped() -> str | None:
     try:
-        return resources.files("cellbox.runtime.security").joinpath("seccomp_default.json").read_text()
+        return (
+            resources.files("cellbox.runtime.security").joinpath("seccomp_default.json").read_text()
+        )
     except FileNotFoundError:  # only while seccomp_convert generates it
         return None
 
@@ -209,9 +221,9 @@ def default_profile(caps: list[str] | None = None) -> dict:
     for_default = resolve_rules(gated, default_caps, arch, kernel)
     base = [r for r in data["syscalls"] if r not in for_default]
     wanted = resolve_rules(gated, DEFAULT_CAPS if caps is None else caps, arch, kernel)
-    return {
-        key: value for key, value in data.items() if not key.startswith("x-")
-    } | {"syscalls": base + wanted}
+    return {key: value for key, value in data.items() if not key.startswith("x-")} | {
+        "syscalls": base + wanted
+    }
 
 
 def load_profile_file(path: str, caps: list[str] | None = None) -> dict:
@@ -224,7 +236,9 @@ def load_profile_file(path: str, caps: list[str] | None = None) -> dict:
     except (OSError, UnicodeDecodeError) as e:
         raise InvalidArgument(f"seccomp profile {path}: cannot read: {e}") from None
     except json.JSONDecodeError as e:
-        raise InvalidArgument(f"seccomp profile {path}: bad JSON: {e.msg} (line {e.lineno})") from None
+        raise InvalidArgument(
+            f"seccomp profile {path}: bad JSON: {e.msg} (line {e.lineno})"
+        ) from None
     if not isinstance(raw, dict):
         raise InvalidArgument(f"seccomp profile {path}: not a JSON object")
     try:

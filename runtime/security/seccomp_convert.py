@@ -90,7 +90,11 @@ def align(podman: dict) -> dict:
     rules += [
         {"names": ["socket"], "action": "SCMP_ACT_ALLOW", "args": [_arg(0, AF_ALG, "SCMP_CMP_LT")]},
         {"names": ["socket"], "action": "SCMP_ACT_ALLOW", "args": [_arg(0, 39, "SCMP_CMP_EQ")]},
-        {"names": ["socket"], "action": "SCMP_ACT_ALLOW", "args": [_arg(0, AF_VSOCK, "SCMP_CMP_GT")]},
+        {
+            "names": ["socket"],
+            "action": "SCMP_ACT_ALLOW",
+            "args": [_arg(0, AF_VSOCK, "SCMP_CMP_GT")],
+        },
         {
             "names": ["clone"],
             "action": "SCMP_ACT_ALLOW",
@@ -105,9 +109,13 @@ def align(podman: dict) -> dict:
         },
     ]
     for cap, names in CAP_GATED.items():
-        present = {n for r in rules if (r.get("includes") or {}).get("caps") == [cap] for n in r["names"]}
+        present = {
+            n for r in rules if (r.get("includes") or {}).get("caps") == [cap] for n in r["names"]
+        }
         if missing := sorted(set(names) - present):
-            rules.append({"names": missing, "action": "SCMP_ACT_ALLOW", "includes": {"caps": [cap]}})
+            rules.append(
+                {"names": missing, "action": "SCMP_ACT_ALLOW", "includes": {"caps": [cap]}}
+            )
     return {
         "defaultAction": "SCMP_ACT_ERRNO",
         "defaultErrnoRet": 1,
@@ -144,7 +152,9 @@ def convert(podman: dict, source: str) -> dict:
 
 
 def _cap_dependent(rule: dict) -> bool:
-    return bool((rule.get("includes") or {}).get("caps") or (rule.get("excludes") or {}).get("caps"))
+    return bool(
+        (rule.get("includes") or {}).get("caps") or (rule.get("excludes") or {}).get("caps")
+    )
 
 
 def _write_atomic(path: Path, text: str) -> None:

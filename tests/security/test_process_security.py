@@ -14,7 +14,6 @@ import subprocess
 import sys
 
 import pytest
-
 from cellbox.runtime.linux import libseccomp
 from cellbox.runtime.security import capabilities as caps
 
@@ -175,9 +174,7 @@ def test_refused_with_eperm(confined: dict, probe: str) -> None:
     assert confined[probe] == "EPERM"
 
 
-@pytest.mark.parametrize(
-    "probe", ["personality_linux", "socket_inet", "clone_plain", "workload"]
-)
+@pytest.mark.parametrize("probe", ["personality_linux", "socket_inet", "clone_plain", "workload"])
 def test_ordinary_work_still_allowed(confined: dict, probe: str) -> None:
     assert confined[probe] == "ok"
 
