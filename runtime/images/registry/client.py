@@ -102,6 +102,7 @@ class RegistryClient:
         self.session.headers["User-Agent"] = "cellbox/0.1"
         if credentials is True:
             credentials = creds.get_credentials(registry)
+        self._answered = False
         self.auth = Authenticator(self.session, registry, credentials or None)
 
     # plumbing ------------------------------------------------------------------------
@@ -147,7 +148,13 @@ class RegistryClient:
                     "registry you trust)"
                 ) from None
             except DROPPED as e:
-                if retry and attempt < self.retries:
+                # a registry that never answered is down, not flaky: fail at once
+                connected = (
+                    self._answered
+                    or not isinstance(e, requests.exceptions.ConnectionError)
+                    or isinstance(e, requests.exceptions.ChunkedEncodingError)
+                )
+                if retry and connected and attempt < self.retries:
                     attempt += 1
                     time.sleep(self.backoff * 2 ** (attempt - 1))
                     continue
@@ -155,6 +162,7 @@ class RegistryClient:
                     f"registry {self.registry} unreachable ({type(e).__name__} on "
                     f"{method} {urlsplit(url).path})"
                 ) from None
+            self._answered = True
             if r.status_code == 401 and auth_tries < 2:
                 auth_tries += 1
                 r.close()
@@ -345,31 +353,27 @@ class RegistryClient:
             try:
                 url = self.url(location)
                 if chunk_size and size > chunk_size:
-                    view = memoryview(body)
-                    try:
-                        for start in range(0, size, chunk_size):
-                            piece = view[start : start + chunk_size]
-                            end = start + len(piece) - 1
-                            r = self.request(
-                                "PATCH",
-                                url,
-                                scopes=scopes,
-                                data=bytes(piece),
-                                retry=False,
-                                headers={
-                                    "Content-Type": "application/octet-stream",
-                                    "Content-Range": f"{start}-{end}",
-                                    "Content-Length": str(len(piece)),
-                                },
-                            )
-                            r.close()
-                            if r.status_code != 202:
-                                raise self._fail(r, f"uploading a chunk of {digest}")
-                            url = self.url(r.headers.get("Location") or url)
-                            if on_bytes:
-                                on_bytes(len(piece))
-                    finally:
-                        view.release()
+                    for start in range(0, size, chunk_size):
+                        piece = body[start : start + chunk_size]  # bytes copy of one chunk
+                        end = start + len(piece) - 1
+                        r = self.request(
+                            "PATCH",
+                            url,
+                            scopes=scopes,
+                            data=piece,
+                            retry=False,
+                            headers={
+                                "Content-Type": "application/octet-stream",
+                                "Content-Range": f"{start}-{end}",
+                                "Content-Length": str(len(piece)),
+                            },
+                        )
+                        r.close()
+                        if r.status_code != 202:
+                            raise self._fail(r, f"uploading a chunk of {digest}")
+                        url = self.url(r.headers.get("Location") or url)
+                        if on_bytes:
+                            on_bytes(len(piece))
                     final: bytes | mmap.mmap = b""
                 else:
                     final = body

@@ -112,7 +112,6 @@ def pull(
 ):
     """Pull `ref` into `store`; returns the store's Image. Nothing is stored on error."""
     r = _check_ref(ref)
-    layout: Layout = store.layout
     client = RegistryClient(r.registry, insecure=insecure)
     where = _where(r)
     raw, ctype, digest = client.get_manifest(r.repository, r.digest or r.tag or "latest")
@@ -123,6 +122,22 @@ def pull(
         mt, doc = parse_manifest(raw, ctype or desc.get("mediaType"), where)
         if mt in INDEX_TYPES:
             raise ManifestError(f"{where}: an index inside an index is not supported")
+    writing = store.writing() if hasattr(store, "writing") else contextlib.nullcontext()
+    with writing:  # keeps the store's gc off blobs not yet referenced
+        return _pull_blobs(store, client, r, raw, digest, mt, doc, progress)
+
+
+def _pull_blobs(
+    store,
+    client: RegistryClient,
+    r: Reference,
+    raw: bytes,
+    digest: str,
+    mt: str,
+    doc: dict,
+    progress: ProgressCallback | bool | None,
+):
+    layout: Layout = store.layout
     blobs = blobs_of(doc)
     prog = Progress("pull", r.familiar, progress)
     cancel = threading.Event()
@@ -153,26 +168,16 @@ def pull(
     config = layout.read_json(doc["config"]["digest"])
     layout.write_blob(raw, expected_digest=digest)
     _record_sources(layout, r.name, [b["digest"] for b in uniq])
-    image = _add_image(store, doc, config, r, digest, mt)
-    return image
+    return _add_image(store, doc, config, r, digest, mt)
 
 
 def _add_image(store, manifest: dict, config: dict, r: Reference, digest: str, mt: str):
-    """Register the pulled manifest with the store (its raw bytes are already a blob)."""
+    """Register the pulled manifest (already a blob, the registry's exact bytes)."""
     name = r.canonical if r.tag else None
-    if hasattr(store, "add_image"):
-        image = store.add_image(manifest, config, name)
-        if getattr(image, "manifest_digest", digest) == digest:
-            return image
-        # the store re-encoded the manifest: point the ref at the registry's bytes
-    desc = {
-        "mediaType": mt,
-        "digest": digest,
-        "size": store.layout.blob_path(digest).stat().st_size,
-    }
-    if name:
-        store.layout.set_ref(name, desc)
-    return store.resolve(name or f"{r.name}@{digest}") if hasattr(store, "resolve") else desc
+    try:
+        return store.add_image(manifest, config, name, manifest_digest=digest)
+    except TypeError:  # a store without manifest_digest: it writes the manifest itself
+        return store.add_image(manifest, config, name)
 
 
 # push ------------------------------------------------------------------------------
