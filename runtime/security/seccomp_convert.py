@@ -24,6 +24,7 @@ a notebook that wants a debugger asks for --cap-add SYS_PTRACE.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -124,7 +125,12 @@ def align(podman: dict) -> dict:
     }
 
 
-def convert(podman: dict, source: str) -> dict:
+def source_digest(text: str) -> str:
+    """sha256 of the source profile's text, recorded so a changed source is noticed."""
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def convert(podman: dict, source: str, digest: str = "") -> dict:
     """The shipped data: OCI form for DEFAULT_CAPS plus the capability-gated rules."""
     docker_form = align(podman)
     kernel = (99, 0)
@@ -145,6 +151,7 @@ def convert(podman: dict, source: str) -> dict:
         "syscalls": resolve_rules(plain, DEFAULT_CAPS, ARCH, kernel)
         + resolve_rules(gated, DEFAULT_CAPS, ARCH, kernel),
         "x-cellbox-generated-from": f"{source} by cellbox.runtime.security.seccomp_convert",
+        "x-cellbox-source-digest": digest,
         "x-cellbox-arch": ARCH,
         "x-cellbox-default-caps": list(DEFAULT_CAPS),
         "x-cellbox-capability-rules": gated,
@@ -176,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=str(OUTPUT))
     args = parser.parse_args(argv)
     with open(args.source) as f:
-        podman = json.load(f)
-    data = convert(podman, args.source)
+        text = f.read()
+    data = convert(json.loads(text), args.source, source_digest(text))
     _write_atomic(Path(args.output), json.dumps(data, indent=1) + "\n")
     allowed = sum(len(r["names"]) for r in data["syscalls"][:1])
     print(f"wrote {args.output}: {allowed} syscalls allowed unconditionally", file=sys.stderr)

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from cellbox.runtime.linux import libseccomp
@@ -211,3 +212,50 @@ def test_apply_after_setuid_without_keep_caps_is_a_clear_error() -> None:
     res = _run("user-nokeep")
     assert "bounding set" in res["apply_error"]
     assert "keep_caps" in res["apply_error"]
+
+
+CHILD_AFTER_ROOT_CHANGE = r"""
+import errno, os, sys
+from cellbox.runtime.linux import capabilities as lc, syscalls
+from cellbox.runtime.security import capabilities as caps, seccomp
+
+empty = sys.argv[1]
+flt = seccomp.Filter.compile(seccomp.default_profile())   # preparation: host files visible
+spec = caps.oci_capabilities(caps.DEFAULT_CAPS, 0)
+syscalls.unshare(syscalls.CLONE_NEWNS)
+syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+syscalls.mount("tmpfs", empty, "tmpfs", 0, "size=64k")
+os.chroot(empty)
+os.chdir("/")
+assert os.listdir("/") == []                              # the host filesystem is gone
+syscalls.set_no_new_privs()
+caps.apply(spec)                                          # application: no file needed
+flt.load()
+flt.release()
+try:
+    syscalls.mount("none", "/x", "tmpfs")
+    mount = "ok"
+except OSError as e:
+    mount = errno.errorcode[e.errno]
+eff, prm, _ = lc.capget()
+nnp = syscalls.prctl(syscalls.PR_GET_NO_NEW_PRIVS)
+mode = syscalls.prctl(21)                                 # PR_GET_SECCOMP
+os.write(1, f"{mount} {eff:x} {prm:x} {nnp} {mode}\n".encode())
+"""
+
+
+def test_apply_and_load_need_no_files_after_root_change(tmp_path: Path) -> None:
+    """Everything is prepared before the root changes; nothing is read afterwards."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD_AFTER_ROOT_CHANGE, str(empty)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    mount, eff, prm, nnp, mode = proc.stdout.split()
+    assert mount == "EPERM"
+    assert int(eff, 16) == int(prm, 16) == caps.to_mask(caps.DEFAULT_CAPS)
+    assert (nnp, mode) == ("1", "2")

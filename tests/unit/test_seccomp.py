@@ -136,8 +136,12 @@ def test_dropping_sys_chroot_removes_chroot() -> None:
 
 @pytest.mark.skipif(not PODMAN.exists(), reason="podman's seccomp.json not installed")
 def test_shipped_json_is_regenerated_from_podman() -> None:
-    fresh = seccomp_convert.convert(json.loads(PODMAN.read_text()), str(PODMAN))
-    assert fresh == seccomp.shipped_data()
+    text = PODMAN.read_text()
+    shipped = seccomp.shipped_data()
+    digest = seccomp_convert.source_digest(text)
+    if shipped["x-cellbox-source-digest"] != digest:
+        pytest.skip("this podman's seccomp.json differs from the one the data was generated from")
+    assert seccomp_convert.convert(json.loads(text), str(PODMAN), digest) == shipped
 
 
 @pytest.mark.skipif(not PODMAN.exists(), reason="podman's seccomp.json not installed")
