@@ -111,6 +111,17 @@ def run_hooks(config: dict, kind: str, st: state.State, in_pid: int = 0) -> None
             raise RuntimeError(f"{kind} hook {hook['path']} failed with status {code}")
 
 
+def _loopback_up() -> None:
+    """A new network namespace has lo down; bring it up (SIOCSIFFLAGS)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        ifreq = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock.fileno(), 0x8913, ifreq))[1]
+        fcntl.ioctl(sock.fileno(), 0x8914, struct.pack("16sH14x", b"lo", flags | 0x1 | 0x40))
+    finally:
+        sock.close()
+
+
 def _open_console(root: str) -> tuple[int, int]:
     """A pty from the container's own devpts: (master, slave)."""
     master = os.open(os.path.join(root, "dev/pts/ptmx"), os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
@@ -159,6 +170,8 @@ def _container_init(config: dict, join_files: list[str], pipe: _Pipe, console: d
             sc.setns(fd, flag)
             os.close(fd)
         sc.unshare(flags)
+        if flags & sc.CLONE_NEWNET:
+            _loopback_up()
         linux = config.get("linux") or {}
         proc = config.get("process") or {}
         root = rootfs.setup(config)

@@ -1,0 +1,61 @@
+"""`cellbox`: Docker's command line habits over the engine."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import CellboxError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # Docker prints usage hints and exits 125
+        sys.stderr.write(f"cellbox: {message}\nSee '{self.prog} --help'.\n")
+        raise SystemExit(125)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import containers, images, system
+
+    parser = _Parser(
+        prog="cellbox",
+        description="Run Jupyter notebooks and commands in isolated Linux containers.",
+        usage="cellbox [OPTIONS] COMMAND",
+    )
+    parser.add_argument("--root", help="state directory (default $CELLBOX_ROOT or /var/lib/cellbox)")
+    parser.add_argument("--cgroup-parent", help="parent cgroup for containers (default: cellbox)")
+    parser.add_argument("-D", "--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    containers.register(sub)
+    images.register(sub)
+    system.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        raise SystemExit(0 if argv is None and len(sys.argv) == 1 else 125)
+    try:
+        code = args.func(args)
+    except CellboxError as e:
+        if args.debug:
+            raise
+        sys.stderr.write(f"cellbox: {e}\n")
+        raise SystemExit(e.exit_code) from None
+    except PermissionError as e:
+        if args.debug:
+            raise
+        sys.stderr.write(f"cellbox: permission denied: {e.filename or e} (cellbox needs root)\n")
+        raise SystemExit(125) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except BrokenPipeError:
+        raise SystemExit(0) from None
+    raise SystemExit(code or 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,827 @@
+"""The engine: the one public API over containers that the CLI, the kernel and the
+server extension all use. Docker's habits: names, ids, run/exec/stop/rm, logs.
+
+Containers live in $CELLBOX_ROOT/containers/<id>/: container.json (what the user
+asked for), config.json (the OCI config given to the runtime), state.json (the
+runtime's record), upper/ and work/ (the overlay's writable part), log, etc files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import resource
+import secrets
+import shutil
+import signal as signal_mod
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import launcher, spec, state
+from .errors import CellboxError, Conflict, InvalidArgument, NotFound
+from .names import random_name, validate_name
+
+DEFAULT_ROOT = "/var/lib/cellbox"
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("CELLBOX_ROOT") or DEFAULT_ROOT)
+
+
+@dataclass
+class RunOptions:
+    """What `cellbox run` accepts; every field has Docker's meaning."""
+
+    image: str | None = None
+    rootfs: str | None = None
+    command: list[str] = field(default_factory=list)
+    entrypoint: list[str] | None = None
+    name: str | None = None
+    env: list[str] = field(default_factory=list)
+    workdir: str | None = None
+    hostname: str | None = None
+    user: str | None = None
+    volumes: list[str] = field(default_factory=list)
+    memory: str | int | None = None
+    memory_swap: str | int | None = None
+    cpus: float | None = None
+    cpu_shares: int | None = None
+    pids_limit: int | None = None
+    read_only: bool = False
+    cap_add: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)
+    security_opt: list[str] = field(default_factory=list)
+    tty: bool = False
+    interactive: bool = False
+    network: str = "none"
+    publish: list[str] = field(default_factory=list)
+    cgroup_parent: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    auto_remove: bool = False
+    sysctls: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Container:
+    """The engine's record of one container."""
+
+    id: str
+    name: str
+    dir: Path
+    created: str
+    options: dict[str, Any]
+    image: str = ""
+    image_id: str = ""
+    network: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    def state(self) -> state.State:
+        return launcher.state_of(self.dir)
+
+    def config(self) -> dict[str, Any]:
+        with open(self.dir / "config.json") as f:
+            return json.load(f)
+
+    @property
+    def upper(self) -> Path:
+        return self.dir / "upper"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "container.log"
+
+
+def _parse_env(items: list[str]) -> list[str]:
+    out = []
+    for item in items:
+        if "=" not in item:
+            value = os.environ.get(item)
+            if value is None:
+                continue  # Docker: -e NAME without a value passes the caller's, if set
+            item = f"{item}={value}"
+        if item.startswith("="):
+            raise InvalidArgument(f"invalid environment variable: {item}")
+        out.append(item)
+    return out
+
+
+def _merge_env(base: list[str], extra: list[str]) -> list[str]:
+    merged: dict[str, str] = {}
+    for e in [*base, *extra]:
+        k, _, v = e.partition("=")
+        merged[k] = v
+    return [f"{k}={v}" for k, v in merged.items()]
+
+
+def _parse_volume(v: str) -> dict[str, Any]:
+    parts = v.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+        raise InvalidArgument(f"invalid volume specification: {v!r} (want SRC:DST[:ro|rw])")
+    src, dst = parts[0], parts[1]
+    mode = parts[2] if len(parts) == 3 else "rw"
+    if mode not in ("ro", "rw"):
+        raise InvalidArgument(f"invalid volume mode {mode!r} in {v!r}: use ro or rw")
+    if not os.path.isabs(src) or not os.path.isabs(dst):
+        raise InvalidArgument(f"invalid volume specification: {v!r}: both paths must be absolute")
+    if not os.path.exists(src):
+        raise InvalidArgument(f"volume source {src} does not exist")
+    if os.path.normpath(dst) == "/":
+        raise InvalidArgument("a volume cannot be mounted on /")
+    opts = ["rbind", "rprivate", mode]
+    return {"destination": os.path.normpath(dst), "type": "bind", "source": os.path.realpath(src), "options": opts}
+
+
+def _parse_user(user: str) -> tuple[dict[str, Any], str | None]:
+    """-u uid[:gid] is numeric in the spec; a name is resolved inside the container."""
+    name, _, group = user.partition(":")
+    if name.isdigit() and (not group or group.isdigit()):
+        return {"uid": int(name), "gid": int(group or 0)}, None
+    if not name:
+        raise InvalidArgument(f"invalid user: {user!r}")
+    return {"uid": 0, "gid": 0}, user
+
+
+def _security_opts(opts: list[str], caps: list[str]) -> tuple[dict | None, bool]:
+    """--security-opt: seccomp=unconfined|FILE, no-new-privileges[:true|false]."""
+    from .security import seccomp
+
+    profile: dict | None = seccomp.default_profile(caps)
+    nnp = True
+    for opt in opts:
+        key, sep, value = opt.partition("=")
+        if not sep:
+            key, sep, value = opt.partition(":")
+        if key == "seccomp":
+            if value == "unconfined":
+                profile = None
+            elif value:
+                profile = seccomp.load_profile_file(value, caps)
+            else:
+                raise InvalidArgument("--security-opt seccomp needs =unconfined or =FILE")
+        elif key == "no-new-privileges":
+            nnp = value in ("", "true")
+        else:
+            raise InvalidArgument(f"unknown --security-opt: {opt}")
+    return profile, nnp
+
+
+class Engine:
+    """Containers (and, through `images`, the image store) under one root."""
+
+    def __init__(self, root: str | Path | None = None, cgroup_parent: str | None = None) -> None:
+        self.root = Path(root) if root else default_root()
+        self.containers_dir = self.root / "containers"
+        self.containers_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o711)
+        self.cgroup_parent = cgroup_parent or os.environ.get("CELLBOX_CGROUP_PARENT") or "cellbox"
+        self._images = None
+        self._network = None
+        self._monitors: dict[str, Any] = {}  # id -> monitor Popen, for a fast wait()
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def images(self) -> Any:
+        """The image store (created on first use)."""
+        if self._images is None:
+            from .images.store import ImageStore
+
+            self._images = ImageStore(self.root / "images")
+        return self._images
+
+    @property
+    def network(self) -> Any:
+        if self._network is None:
+            from .network import NetworkManager
+
+            self._network = NetworkManager(self.root / "network")
+        return self._network
+
+    def _lock(self, shared: bool = False) -> Any:
+        return state.locked(self.containers_dir / ".lock", shared=shared)
+
+    def _load(self, cid: str) -> Container:
+        d = self.containers_dir / cid
+        with open(d / "container.json") as f:
+            raw = json.load(f)
+        raw["dir"] = d
+        return Container(**{k: v for k, v in raw.items() if k in Container.__dataclass_fields__})
+
+    def _save(self, ctr: Container) -> None:
+        raw = dataclasses.asdict(ctr)
+        raw.pop("dir")
+        state.write_json(ctr.dir / "container.json", raw)
+
+    def _all(self) -> list[Container]:
+        out = []
+        for d in self.containers_dir.iterdir():
+            if d.is_dir() and (d / "container.json").exists():
+                try:
+                    out.append(self._load(d.name))
+                except (OSError, ValueError, TypeError):
+                    continue
+        return out
+
+    def get(self, ref: str) -> Container:
+        """A container by full id, name, or unique id prefix."""
+        if not ref:
+            raise InvalidArgument("a container name or id is required")
+        if (self.containers_dir / ref / "container.json").exists():
+            return self._load(ref)
+        all_ = self._all()
+        for c in all_:
+            if c.name == ref:
+                return c
+        matches = [c for c in all_ if c.id.startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise InvalidArgument(f"ambiguous container id prefix: {ref}")
+        raise NotFound(f"no such container: {ref}")
+
+    # ------------------------------------------------------------------ create/run
+
+    def _resources(self, opts: RunOptions) -> dict[str, Any]:
+        from .cgroups import cpus_to_quota, parse_memory
+
+        res: dict[str, Any] = {"devices": spec.DEFAULT_DEVICE_RULES}
+        mem: dict[str, Any] = {}
+        if opts.memory is not None:
+            mem["limit"] = opts.memory if isinstance(opts.memory, int) else parse_memory(str(opts.memory))
+            if mem["limit"] < 6 * 1024 * 1024:
+                raise InvalidArgument("minimum memory limit allowed is 6MB")
+        if opts.memory_swap is not None:
+            if str(opts.memory_swap) == "-1":
+                mem["swap"] = -1
+            else:
+                mem["swap"] = (
+                    opts.memory_swap if isinstance(opts.memory_swap, int) else parse_memory(str(opts.memory_swap))
+                )
+                if "limit" not in mem:
+                    raise InvalidArgument("--memory-swap needs --memory")
+                if mem["swap"] < mem["limit"]:
+                    raise InvalidArgument("--memory-swap must be at least --memory")
+        if mem:
+            res["memory"] = mem
+        cpu: dict[str, Any] = {}
+        if opts.cpus is not None:
+            if opts.cpus <= 0:
+                raise InvalidArgument(f"invalid --cpus {opts.cpus}: must be positive")
+            ncpu = os.cpu_count() or 1
+            if opts.cpus > ncpu:
+                raise InvalidArgument(f"--cpus {opts.cpus}: only {ncpu} CPUs available")
+            quota, period = cpus_to_quota(opts.cpus)
+            cpu.update(quota=quota, period=period)
+        if opts.cpu_shares is not None:
+            cpu["shares"] = opts.cpu_shares
+        if cpu:
+            res["cpu"] = cpu
+        if opts.pids_limit is not None:
+            if opts.pids_limit == 0 or opts.pids_limit < -1:
+                raise InvalidArgument(f"invalid --pids-limit {opts.pids_limit}")
+            res["pids"] = {"limit": opts.pids_limit}
+        return res
+
+    def _image_config(self, opts: RunOptions) -> tuple[dict[str, Any], list[str], str, str]:
+        """(image config, lowerdirs top first, image ref, image id)."""
+        if opts.rootfs:
+            rootfs = os.path.realpath(opts.rootfs)
+            if not os.path.isdir(rootfs):
+                raise InvalidArgument(f"rootfs {opts.rootfs} is not a directory")
+            return {}, [rootfs], "", ""
+        if not opts.image:
+            raise InvalidArgument("an image or --rootfs is required")
+        img = self.images.resolve(opts.image)
+        lowers = [str(p) for p in self.images.layer_dirs(img)]
+        lowers.reverse()
+        if not lowers:
+            raise InvalidArgument(f"image {opts.image} has no layers")
+        cfg = (self.images.config(img) or {}).get("config") or {}
+        return cfg, lowers, opts.image, img.id
+
+    def build_config(self, ctr_dir: Path, cid: str, opts: RunOptions) -> tuple[dict[str, Any], str, str]:
+        """The OCI config for these options, with image defaults applied as Docker does."""
+        from .security import capabilities
+
+        img_cfg, lowers, image_ref, image_id = self._image_config(opts)
+        entrypoint = opts.entrypoint if opts.entrypoint is not None else (img_cfg.get("Entrypoint") or [])
+        cmd = opts.command or ([] if opts.entrypoint is not None else img_cfg.get("Cmd") or [])
+        args = [*entrypoint, *cmd]
+        if not args:
+            raise InvalidArgument("no command specified")
+        caps = capabilities.resolve(opts.cap_add, opts.cap_drop)
+        seccomp, nnp = _security_opts(opts.security_opt, caps)
+        user = opts.user if opts.user is not None else (img_cfg.get("User") or "")
+        user_spec, user_name = _parse_user(user) if user else ({"uid": 0, "gid": 0}, None)
+        hostname = opts.hostname or cid[:12]
+        env = _merge_env(
+            [f"PATH={spec.DEFAULT_PATH}", *(img_cfg.get("Env") or [])], [f"HOSTNAME={hostname}", *_parse_env(opts.env)]
+        )
+        if opts.tty:
+            env = _merge_env(env, ["TERM=xterm"])
+        cwd = opts.workdir or img_cfg.get("WorkingDir") or "/"
+        if not cwd.startswith("/"):
+            raise InvalidArgument(f"the working directory '{cwd}' is invalid: it needs to be an absolute path")
+        cfg = spec.default_spec(args, rootfs=str(ctr_dir / "merged"), terminal=opts.tty)
+        # Docker's 1048576, but never above our own hard limit (raising needs CAP_SYS_RESOURCE).
+        nofile = min(1048576, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+        proc = cfg["process"]
+        proc.update(
+            env=env,
+            cwd=cwd,
+            user=user_spec,
+            capabilities=capabilities.oci_capabilities(caps, user_spec["uid"]),
+            noNewPrivileges=nnp,
+            rlimits=[{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
+        )
+        cfg["root"]["readonly"] = opts.read_only
+        cfg["hostname"] = hostname
+        annotations = {
+            spec.ANN_LOWER: ":".join(lowers),
+            spec.ANN_UPPER: str(ctr_dir / "upper"),
+            spec.ANN_WORK: str(ctr_dir / "work"),
+        }
+        if user_name:
+            annotations[spec.ANN_USER] = user_name
+        cfg["annotations"] = annotations
+        for name in ("hostname", "hosts", "resolv.conf"):
+            cfg["mounts"].append(
+                {"destination": f"/etc/{name}", "type": "bind", "source": str(ctr_dir / name), "options": ["rbind", "rprivate"]}
+            )
+        for v in opts.volumes:
+            cfg["mounts"].append(_parse_volume(v))
+        linux = cfg["linux"]
+        linux["resources"] = self._resources(opts)
+        linux["cgroupsPath"] = f"{self.cgroup_parent.strip('/')}/{cid}"
+        linux["sysctl"] = dict(opts.sysctls)
+        if seccomp is not None:
+            linux["seccomp"] = seccomp
+        from .network import parse_network
+
+        net = parse_network(opts.network)
+        namespaces = [n for n in linux["namespaces"] if n["type"] != "network"]
+        if net.mode == "none" or net.mode == "bridge":
+            namespaces.append({"type": "network"})
+        elif net.mode == "container":
+            other = self.get(net.container or "")
+            ost = other.state()
+            if ost.status != state.RUNNING:
+                raise Conflict(f"cannot join network of container {net.container}: it is not running")
+            namespaces.append({"type": "network", "path": f"/proc/{ost.pid}/ns/net"})
+        linux["namespaces"] = namespaces
+        spec.validate(cfg)
+        return cfg, image_ref, image_id
+
+    def create(
+        self,
+        opts: RunOptions,
+        *,
+        stdin: launcher.Stdio = None,
+        stdout: launcher.Stdio = None,
+        stderr: launcher.Stdio = None,
+        console_fd: int | None = None,
+    ) -> Container:
+        """Create a container (namespaces, cgroup, rootfs ready; not yet started).
+
+        stdout/stderr default to the container's log file (a detached container).
+        """
+        from .cgroups import check_parent
+
+        check_parent(self.cgroup_parent)
+        if opts.name is not None:
+            validate_name(opts.name)
+        cid = secrets.token_hex(32)
+        ctr_dir = self.containers_dir / cid
+        with self._lock():
+            names = {c.name for c in self._all()}
+            name = opts.name or random_name(names)
+            if name in names:
+                other = next(c for c in self._all() if c.name == name)
+                raise Conflict(
+                    f'the container name "/{name}" is already in use by container "{other.id}". '
+                    "You have to remove (or rename) that container to be able to reuse that name."
+                )
+            ctr_dir.mkdir(mode=0o700)
+            try:
+                for sub in ("upper", "work", "merged"):
+                    (ctr_dir / sub).mkdir()
+                cfg, image_ref, image_id = self.build_config(ctr_dir, cid, opts)
+                hostname = cfg["hostname"]
+                (ctr_dir / "hostname").write_text(hostname + "\n")
+                from .network import etc_hosts, resolv_conf
+
+                (ctr_dir / "hosts").write_text(etc_hosts(hostname, None))
+                (ctr_dir / "resolv.conf").write_text(resolv_conf())
+                state.write_json(ctr_dir / "config.json", cfg)
+                ctr = Container(
+                    id=cid,
+                    name=name,
+                    dir=ctr_dir,
+                    created=state.now(),
+                    options=dataclasses.asdict(opts),
+                    image=image_ref,
+                    image_id=image_id,
+                )
+                self._save(ctr)
+                state.save(ctr_dir, state.State(id=cid, bundle=str(ctr_dir), annotations={"name": name}))
+                if image_id:
+                    self.images.retain(image_id, cid)
+            except BaseException:
+                shutil.rmtree(ctr_dir, ignore_errors=True)
+                raise
+        try:
+            log = None
+            if stdout is None or stderr is None:
+                log = open(ctr.log_path, "ab")
+            try:
+                self._monitors[cid] = launcher.create(
+                    ctr_dir,
+                    stdin=stdin,
+                    stdout=stdout if stdout is not None else log,
+                    stderr=stderr if stderr is not None else log,
+                    console_fd=console_fd,
+                )
+            finally:
+                if log:
+                    log.close()
+            self._setup_network(ctr, opts)
+        except BaseException:
+            self._destroy(ctr)
+            raise
+        return ctr
+
+    def _setup_network(self, ctr: Container, opts: RunOptions) -> None:
+        from .network import parse_network, parse_publish
+
+        net = parse_network(opts.network)
+        publish = [parse_publish(p) for p in opts.publish]
+        if net.mode != "bridge":
+            if publish:
+                raise InvalidArgument(f"ports can only be published with --network bridge, not {net.mode}")
+            return
+        st = ctr.state()
+        info = self.network.setup(ctr.id, f"/proc/{st.pid}/ns/net", net, publish, hostname=ctr.name)
+        ctr.network = {
+            "mode": info.mode,
+            "ip": info.ip,
+            "gateway": info.gateway,
+            "ports": [str(p) for p in info.ports],
+        }
+        self._save(ctr)
+        # Rewrite in place: the container has these files bind-mounted (same inode).
+        with open(ctr.dir / "hosts", "w") as f:
+            f.write(info.hosts)
+        if info.resolv_conf:
+            with open(ctr.dir / "resolv.conf", "w") as f:
+                f.write(info.resolv_conf)
+
+    def start(self, ref: str) -> Container:
+        ctr = self.get(ref)
+        launcher.start(ctr.dir)
+        return ctr
+
+    def run(self, opts: RunOptions, **stdio: Any) -> Container:
+        """create + start; the caller waits with wait()."""
+        ctr = self.create(opts, **stdio)
+        try:
+            launcher.start(ctr.dir)
+        except BaseException:
+            self._destroy(ctr)
+            raise
+        return ctr
+
+    def wait(self, ref: str, timeout: float | None = None) -> int:
+        """Block until the container stops; its exit code (Docker's 128+N for a signal)."""
+        ctr = self.get(ref)
+        monitor = self._monitors.pop(ctr.id, None)
+        if monitor is not None:
+            try:
+                monitor.wait(timeout)
+            except Exception:  # noqa: BLE001 - fall back to polling the record
+                self._monitors[ctr.id] = monitor
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.002
+        while True:
+            st = ctr.state()
+            if st.status == state.STOPPED:
+                # The monitor writes the exit code just after the init dies.
+                for _ in range(200):
+                    if st.exit_code is not None:
+                        break
+                    time.sleep(0.005)
+                    st = ctr.state()
+                return st.exit_code if st.exit_code is not None else 137
+            if deadline is not None and time.monotonic() > deadline:
+                raise CellboxError(f"timed out waiting for container {ctr.short_id}")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _cgroup(self, ctr: Container) -> Any:
+        from .cgroups import open_cgroup
+
+        path = (ctr.config().get("linux") or {}).get("cgroupsPath", "")
+        return open_cgroup(path.strip("/"))
+
+    def kill(self, ref: str, sig: int | str = "KILL") -> None:
+        ctr = self.get(ref)
+        signum = parse_signal(sig)
+        st = ctr.state()
+        if st.status not in (state.RUNNING, state.PAUSED, state.CREATED):
+            raise Conflict(f"container {ctr.short_id} is not running")
+        if signum == signal_mod.SIGKILL:
+            self._cgroup(ctr).kill_all()
+        try:
+            os.kill(st.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, ref: str, timeout: float = 10) -> Container:
+        """SIGTERM, then SIGKILL to every member after `timeout` seconds."""
+        ctr = self.get(ref)
+        st = ctr.state()
+        if st.status == state.STOPPED:
+            return ctr
+        cg = self._cgroup(ctr)
+        if st.status == state.PAUSED:
+            cg.thaw()
+        if st.status == state.CREATED:
+            timeout = 0
+        try:
+            os.kill(st.pid, signal_mod.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout
+        while ctr.state().status != state.STOPPED and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if ctr.state().status != state.STOPPED:
+            cg.kill_all()
+            try:
+                os.kill(st.pid, signal_mod.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self._wait_stopped(ctr)
+        return ctr
+
+    def _wait_stopped(self, ctr: Container, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = ctr.state()
+            if st.status == state.STOPPED and st.exit_code is not None:
+                return
+            if st.status == state.STOPPED and not st.alive():
+                # No monitor wrote an exit code (it was killed): record what we know.
+                time.sleep(0.05)
+                st = ctr.state()
+                if st.exit_code is None:
+                    st.exit_code = 137
+                    state.save(ctr.dir, st)
+                return
+            time.sleep(0.01)
+
+    def pause(self, ref: str) -> None:
+        ctr = self.get(ref)
+        st = ctr.state()
+        if st.status != state.RUNNING:
+            raise Conflict(f"container {ctr.short_id} is not running")
+        self._cgroup(ctr).freeze()
+        st.status = state.PAUSED
+        state.save(ctr.dir, st)
+
+    def unpause(self, ref: str) -> None:
+        ctr = self.get(ref)
+        st = ctr.state()
+        if st.status != state.PAUSED:
+            raise Conflict(f"container {ctr.short_id} is not paused")
+        self._cgroup(ctr).thaw()
+        st.status = state.RUNNING
+        state.save(ctr.dir, st)
+
+    def remove(self, ref: str, force: bool = False) -> None:
+        ctr = self.get(ref)
+        st = ctr.state()
+        if st.status != state.STOPPED:
+            if not force:
+                raise Conflict(
+                    f"cannot remove container {ctr.short_id}: container is {st.status}: stop the container before removing or force remove"
+                )
+            if st.status == state.PAUSED:
+                self._cgroup(ctr).thaw()
+            self._cgroup(ctr).kill_all()
+            try:
+                os.kill(st.pid, signal_mod.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._wait_stopped(ctr)
+        self._destroy(ctr)
+
+    def _destroy(self, ctr: Container) -> None:
+        """Remove everything a container owns; each step tolerates a missing piece."""
+        errors = []
+        try:
+            self._cgroup(ctr).destroy()
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"cgroup: {e}")
+        if ctr.network or (ctr.options or {}).get("network") == "bridge":
+            try:
+                self.network.teardown(ctr.id)
+            except Exception as e:  # noqa: BLE001
+                errors.append(f"network: {e}")
+        if ctr.image_id:
+            try:
+                self.images.release(ctr.image_id, ctr.id)
+            except Exception as e:  # noqa: BLE001
+                errors.append(f"image: {e}")
+        with self._lock():
+            shutil.rmtree(ctr.dir, ignore_errors=True)
+        if errors:
+            raise CellboxError(f"container {ctr.short_id} removed, but: {'; '.join(errors)}")
+
+    # ------------------------------------------------------------------ exec
+
+    def exec(
+        self,
+        ref: str,
+        command: list[str],
+        *,
+        env: list[str] | None = None,
+        workdir: str | None = None,
+        user: str | None = None,
+        tty: bool = False,
+        stdin: launcher.Stdio = None,
+        stdout: launcher.Stdio = None,
+        stderr: launcher.Stdio = None,
+        console_fd: int | None = None,
+        detach: bool = False,
+    ) -> Any:
+        """Start COMMAND in the running container; returns the helper (wait() = exit code)."""
+        if not command:
+            raise InvalidArgument("no command specified")
+        ctr = self.get(ref)
+        cfg = ctr.config()
+        proc = dict(cfg["process"])
+        proc["args"] = list(command)
+        proc["env"] = _merge_env(proc.get("env") or [], _parse_env(env or []))
+        proc["terminal"] = tty
+        if workdir:
+            if not workdir.startswith("/"):
+                raise InvalidArgument(f"the working directory '{workdir}' is invalid: it needs to be an absolute path")
+            proc["cwd"] = workdir
+        annotations = {}
+        if user:
+            proc["user"], name = _parse_user(user)
+            if name:
+                annotations[spec.ANN_USER] = name
+        elif (cfg.get("annotations") or {}).get(spec.ANN_USER):
+            annotations[spec.ANN_USER] = cfg["annotations"][spec.ANN_USER]
+        if user and "capabilities" in proc:
+            from .security import capabilities
+
+            caps = proc["capabilities"].get("bounding") or []
+            proc["capabilities"] = capabilities.oci_capabilities(caps, proc["user"]["uid"])
+        proc["annotations"] = annotations
+        return launcher.exec_process(
+            ctr.dir, proc, stdin=stdin, stdout=stdout, stderr=stderr, console_fd=console_fd, detach=detach
+        )
+
+    # ------------------------------------------------------------------ inspection
+
+    def list(self, all: bool = False) -> list[Container]:
+        ctrs = sorted(self._all(), key=lambda c: c.created, reverse=True)
+        if not all:
+            ctrs = [c for c in ctrs if c.state().status in (state.RUNNING, state.PAUSED)]
+        return ctrs
+
+    def inspect(self, ref: str) -> dict[str, Any]:
+        ctr = self.get(ref)
+        st = ctr.state()
+        cfg = ctr.config()
+        return {
+            "Id": ctr.id,
+            "Name": "/" + ctr.name,
+            "Created": ctr.created,
+            "Image": ctr.image_id or ctr.options.get("rootfs") or "",
+            "ImageName": ctr.image,
+            "State": {
+                "Status": "exited" if st.status == state.STOPPED else st.status,
+                "Running": st.status == state.RUNNING,
+                "Paused": st.status == state.PAUSED,
+                "OOMKilled": st.oom_killed,
+                "Pid": st.pid if st.status != state.STOPPED else 0,
+                "ExitCode": st.exit_code or 0,
+                "Error": st.error,
+                "StartedAt": st.started,
+                "FinishedAt": st.finished,
+            },
+            "Path": cfg["process"]["args"][0],
+            "Args": cfg["process"]["args"][1:],
+            "Config": {
+                "Hostname": cfg.get("hostname"),
+                "Env": cfg["process"].get("env"),
+                "Cmd": cfg["process"]["args"],
+                "WorkingDir": cfg["process"].get("cwd"),
+                "User": ctr.options.get("user") or "",
+                "Tty": cfg["process"].get("terminal", False),
+                "Labels": ctr.options.get("labels") or {},
+            },
+            "HostConfig": {
+                "Memory": ((cfg["linux"].get("resources") or {}).get("memory") or {}).get("limit", 0),
+                "NanoCpus": int((ctr.options.get("cpus") or 0) * 1e9),
+                "PidsLimit": ((cfg["linux"].get("resources") or {}).get("pids") or {}).get("limit"),
+                "ReadonlyRootfs": cfg["root"].get("readonly", False),
+                "CapAdd": ctr.options.get("cap_add") or [],
+                "CapDrop": ctr.options.get("cap_drop") or [],
+                "NetworkMode": ctr.options.get("network") or "none",
+                "Binds": ctr.options.get("volumes") or [],
+                "AutoRemove": ctr.options.get("auto_remove", False),
+            },
+            "NetworkSettings": ctr.network,
+            "GraphDriver": {"Name": "overlay", "Data": {"UpperDir": str(ctr.upper), "LowerDir": cfg["annotations"].get(spec.ANN_LOWER, "")}},
+            "LogPath": str(ctr.log_path),
+        }
+
+    def stats(self, ref: str) -> dict[str, Any]:
+        ctr = self.get(ref)
+        st = ctr.state()
+        if st.status == state.STOPPED:
+            return {"id": ctr.id, "name": ctr.name, "memory": {}, "cpu": {}, "pids": {}}
+        s = self._cgroup(ctr).stats()
+        return {"id": ctr.id, "name": ctr.name, "read": state.now(), **s}
+
+    def top(self, ref: str) -> list[dict[str, Any]]:
+        """The container's processes as the host sees them (like `docker top`)."""
+        ctr = self.get(ref)
+        if ctr.state().status == state.STOPPED:
+            raise Conflict(f"container {ctr.short_id} is not running")
+        rows = []
+        for pid in sorted(self._cgroup(ctr).procs()):
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    stat = f.read()
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ").strip().decode(errors="replace")
+                uid = os.stat(f"/proc/{pid}").st_uid
+            except OSError:
+                continue
+            fields = stat[stat.rindex(b")") + 2 :].split()
+            ticks = os.sysconf("SC_CLK_TCK")
+            cpu = (int(fields[11]) + int(fields[12])) / ticks
+            rows.append({"UID": uid, "PID": pid, "PPID": int(fields[1]), "TIME": f"{cpu:.2f}s", "CMD": cmd[:200]})
+        return rows
+
+    def logs(self, ref: str, follow: bool = False) -> Iterator[bytes]:
+        ctr = self.get(ref)
+        try:
+            f = open(ctr.log_path, "rb")
+        except FileNotFoundError:
+            return
+        with f:
+            while True:
+                chunk = f.read(65536)
+                if chunk:
+                    yield chunk
+                    continue
+                if not follow or ctr.state().status == state.STOPPED:
+                    rest = f.read()
+                    if rest:
+                        yield rest
+                    return
+                time.sleep(0.1)
+
+    def prune(self) -> list[str]:
+        """Remove every stopped container."""
+        removed = []
+        for c in self._all():
+            if c.state().status == state.STOPPED:
+                self._destroy(c)
+                removed.append(c.id)
+        return removed
+
+
+def parse_signal(sig: int | str) -> int:
+    """'KILL', 'SIGKILL', '9' -> 9."""
+    if isinstance(sig, int):
+        return sig
+    s = sig.strip().upper()
+    if s.isdigit():
+        n = int(s)
+        if not 0 < n < signal_mod.NSIG:
+            raise InvalidArgument(f"invalid signal: {sig}")
+        return n
+    if not s.startswith("SIG"):
+        s = "SIG" + s
+    try:
+        return int(signal_mod.Signals[s])
+    except KeyError:
+        raise InvalidArgument(f"invalid signal: {sig}") from None
+
+
+__all__ = ["Container", "Engine", "RunOptions", "default_root", "parse_signal"]
