@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - pytest fixtures imported from registry_fixture are parameters here
 """Push and pull against the real distribution registry, skopeo as the peer, and a
 fault-injecting proxy in front of the registry."""
 
@@ -9,19 +10,6 @@ import subprocess
 
 import pytest
 import requests
-from registry_fixture import (  # noqa: F401 - fixtures
-    OCI_INDEX,
-    Fault,
-    build_image,
-    busybox_layer_files,
-    cellbox_config,
-    new_store,
-    proxy,
-    registry,
-    skopeo,
-    store,
-)
-
 from cellbox.runtime.errors import CellboxError, InvalidArgument
 from cellbox.runtime.images.layout import DigestMismatch, Layout
 from cellbox.runtime.images.registry import (
@@ -34,6 +22,18 @@ from cellbox.runtime.images.registry import (
     push_from_layout,
 )
 from cellbox.runtime.images.registry.manifest import host_platform
+from registry_fixture import (  # noqa: F401 - fixtures
+    OCI_INDEX,
+    Fault,
+    build_image,
+    busybox_layer_files,
+    cellbox_config,
+    new_store,
+    proxy,
+    registry,
+    skopeo,
+    store,
+)
 
 
 def _image(store, ref, label="", extra=b""):
