@@ -191,35 +191,43 @@ class Cgroup:
     def kill_all(self, sig: int = signal.SIGKILL, timeout: float = WAIT_TIMEOUT) -> None:
         """Signal every member; wait (bounded) until the group is empty.
 
-        SIGKILL uses cgroup.kill where the unified group has it; otherwise the group is
-        frozen so nobody forks away, each pid signalled, then thawed. If the group is not
-        empty by the timeout, SIGKILL raises; other signals just return (the caller escalates).
+        SIGKILL uses cgroup.kill where the unified group has it; otherwise (and for any
+        member outside the unified group) the group is frozen so nobody forks away, each
+        pid signalled, then thawed. SIGKILL is repeated until the group is empty and raises
+        if it is not by the timeout; another signal is sent once and the wait ends quietly
+        at the timeout (a process may handle it: the caller escalates).
         """
         self._refuse_if_contains_self("kill")
         if not self.exists():
             return
         deadline = time.monotonic() + timeout
         delay = 0.001
+        sent = False
         while True:
             pids = self.procs()
             if not pids:
                 return
-            if sig == signal.SIGKILL and self._v2 and v2.can_kill(self._v2):
-                v2.kill(self._v2)
-            else:
-                self._signal_frozen(pids, sig)
+            if sig == signal.SIGKILL or not sent:
+                self._send(pids, sig)
+                sent = True
             if time.monotonic() > deadline:
                 if sig == signal.SIGKILL:
                     raise CellboxError(f"cgroup {self.path} still has processes {self.procs()} "
                                        f"after {timeout:g} s")
                 return
-            if sig != signal.SIGKILL and delay >= 0.05:
-                # a process may ignore the signal: do not send it again and again
-                while self.procs() and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                return
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
+
+    def _send(self, pids: list[int], sig: int) -> None:
+        if sig == signal.SIGKILL and self._v2 and v2.can_kill(self._v2):
+            in_v2: set[int] = set()
+            for sub in fsio.subdirs_bottom_up(self._v2):
+                in_v2.update(int(x) for x in (fsio.read(os.path.join(sub, "cgroup.procs")) or "").split())
+            v2.kill(self._v2)
+            pids = [p for p in pids if p not in in_v2]  # members of v1 groups only
+            if not pids:
+                return
+        self._signal_frozen(pids, sig)
 
     def _signal_frozen(self, pids: list[int], sig: int) -> None:
         try:

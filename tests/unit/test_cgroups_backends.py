@@ -507,3 +507,40 @@ def test_hybrid_controllers_in_v1_group_also_in_unified(fake) -> None:
     cg.thaw()
     with pytest.raises(CellboxError, match="invalid pid"):
         cg.add(0)
+
+
+def test_hybrid_kill_all_signals_members_outside_unified(fake, monkeypatch: pytest.MonkeyPatch) -> None:
+    k = fake("hybrid")
+    cg = cg_of(k)
+    cg.create()
+    unified = k.root / "unified/cellbox/c1/cgroup.procs"
+    memory = k.root / "memory/cellbox/c1/cgroup.procs"
+    unified.write_text("10\n")
+    memory.write_text("10\n20\n")  # 20 joined v1 only
+    real_write = k.write
+
+    def write(path: str, value: str) -> None:
+        real_write(path, value)
+        if path.endswith("cgroup.kill"):
+            unified.write_text("")
+            memory.write_text("20\n")
+    monkeypatch.setattr(fsio, "write", write)
+    killed: list[int] = []
+
+    def kill(pid: int, sig: int) -> None:
+        killed.append(pid)
+        memory.write_text("")
+    monkeypatch.setattr(os, "kill", kill)
+    cg.kill_all()
+    assert killed == [20] and cg.procs() == []
+
+
+def test_kill_all_other_signal_returns_at_timeout(fake, monkeypatch: pytest.MonkeyPatch) -> None:
+    k = fake("v1")
+    cg = cg_of(k)
+    cg.create()
+    (k.root / "pids/cellbox/c1/cgroup.procs").write_text("4242\n")
+    sent: list[int] = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append(sig))  # SIGTERM ignored
+    cg.kill_all(signal.SIGTERM, timeout=0.05)  # no error: the caller escalates
+    assert sent == [signal.SIGTERM]  # sent once, not repeated
