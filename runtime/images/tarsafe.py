@@ -218,7 +218,8 @@ class _Extractor:
                 continue
             parent = self.dir_fd(ptuple, m.name)
             key = tuple(parts)
-            self.unpacked.add(key)
+            for i in range(1, len(parts) + 1):
+                self.unpacked.add(key[:i])
             if m.isdir():
                 try:
                     st = os.stat(base, dir_fd=parent, follow_symlinks=False)
@@ -253,7 +254,7 @@ class _Extractor:
                 os.symlink(m.linkname, base, dir_fd=parent)
                 self._meta_link(parent, base, m)
             elif m.islnk():
-                tparts = safe_parts(m.linkname, "hardlink target")
+                tparts = safe_parts(m.linkname, f"hardlink {m.name!r} -> target")
                 if not tparts:
                     raise UnsafeTar(f"refused hardlink {m.name!r} -> {m.linkname!r}: empty target")
                 if tuple(tparts) not in self.unpacked:
