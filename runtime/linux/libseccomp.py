@@ -62,14 +62,15 @@ class ScmpArgCmp(ctypes.Structure):
 
 
 def _open() -> ctypes.CDLL | None:
-    for name in ("libseccomp.so.2", ctypes.util.find_library("seccomp")):
-        if not name:
-            continue
-        try:
-            return ctypes.CDLL(name, use_errno=True)
-        except OSError:
-            continue
-    return None
+    # find_library spawns ldconfig (tens of ms): only when the usual soname fails.
+    try:
+        return ctypes.CDLL("libseccomp.so.2", use_errno=True)
+    except OSError:
+        name = ctypes.util.find_library("seccomp")
+    try:
+        return ctypes.CDLL(name, use_errno=True) if name else None
+    except OSError:
+        return None
 
 
 _lib = _open()
