@@ -268,8 +268,7 @@ class Engine:
                     raise InvalidArgument("--memory-swap needs --memory")
                 if mem["swap"] < mem["limit"]:
                     raise InvalidArgument("--memory-swap must be at least --memory")
-        if mem:
-            res["memory"] = mem
+        res["memory"] = mem  # present even when empty: the cgroup layer then turns swap off
         cpu: dict[str, Any] = {}
         if opts.cpus is not None:
             if opts.cpus <= 0:

@@ -1,0 +1,144 @@
+"""Fixtures shared by every test folder, and the suite's own leak check.
+
+Kernel-touching tests make their own cgroup parent, state root and busybox rootfs,
+and remove them; at the end of the session the suite checks that no mount, cgroup or
+process of ours is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BUSYBOX = "/bin/busybox"
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+needs_root = pytest.mark.skipif(not is_root(), reason="needs root for namespaces, mounts and cgroups")
+
+
+def make_busybox_rootfs(dest: Path) -> Path:
+    """A minimal root filesystem: static busybox with every applet, /etc basics."""
+    if not os.path.exists(BUSYBOX):
+        pytest.skip("busybox-static is not installed (apt-get install busybox-static)")
+    for d in ("bin", "etc", "proc", "sys", "dev", "tmp", "root", "home/user", "var"):
+        (dest / d).mkdir(parents=True, exist_ok=True)
+    os.chmod(dest / "tmp", 0o1777)
+    shutil.copy2(BUSYBOX, dest / "bin" / "busybox")
+    applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True, check=True).stdout.split()
+    for a in applets:
+        link = dest / "bin" / a
+        if not link.exists():
+            link.symlink_to("busybox")
+    (dest / "etc" / "passwd").write_text(
+        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"
+    )
+    (dest / "etc" / "group").write_text("root:x:0:\nuser:x:1000:\nextra:x:2000:user\nnogroup:x:65534:\n")
+    return dest
+
+
+@pytest.fixture(scope="session")
+def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_busybox_rootfs(tmp_path_factory.mktemp("busybox") / "rootfs")
+
+
+def _cgroup_dirs(name: str) -> list[str]:
+    found = []
+    for top in Path("/sys/fs/cgroup").iterdir():
+        if (top / name).is_dir():
+            found.append(str(top / name))
+    return found
+
+
+def remove_cgroup_tree(name: str) -> None:
+    """Remove a test parent cgroup (children first) in every hierarchy."""
+    for top in _cgroup_dirs(name):
+        for root, dirs, _files in os.walk(top, topdown=False):
+            for d in dirs:
+                try:
+                    os.rmdir(os.path.join(root, d))
+                except OSError:
+                    pass
+        try:
+            os.rmdir(top)
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def engine(tmp_path: Path):
+    """An Engine on a private root and a private cgroup parent; all removed after."""
+    if not is_root():
+        pytest.skip("needs root for namespaces, mounts and cgroups")
+    from cellbox.runtime.engine import Engine
+
+    parent = f"cellbox-test-{secrets.token_hex(4)}"
+    eng = Engine(root=tmp_path / "root", cgroup_parent=parent)
+    yield eng
+    for ctr in eng.list(all=True):
+        try:
+            eng.remove(ctr.id, force=True)
+        except Exception as e:  # noqa: BLE001
+            print(f"cleanup of {ctr.id[:12]} failed: {e}", file=sys.stderr)
+    remove_cgroup_tree(parent)
+    left = _cgroup_dirs(parent)
+    assert not left, f"cgroups left behind: {left}"
+
+
+def run_capture(eng, opts, timeout: float = 60) -> tuple[int, str]:
+    """Run a container to its end; (exit code, stdout+stderr)."""
+    import tempfile
+
+    with tempfile.TemporaryFile() as out:
+        ctr = eng.run(opts, stdout=out, stderr=out)
+        code = eng.wait(ctr.id, timeout=timeout)
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+    eng.remove(ctr.id, force=True)
+    return code, text
+
+
+def _our_mounts(base: str) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line for line in f if base in line]
+
+
+def _our_processes(base: str) -> list[str]:
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if base in cmd:
+            out.append(f"{pid}: {cmd[:160]}")
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind(tmp_path_factory: pytest.TempPathFactory):
+    """The suite checks itself: no mounts, test cgroups or helper processes remain."""
+    base = str(tmp_path_factory.getbasetemp())
+    before_mounts = set(_our_mounts(base))
+    yield
+    if not is_root():
+        return
+    leaked_mounts = [m for m in _our_mounts(base) if m not in before_mounts]
+    leaked_cgroups = [
+        str(p) for top in Path("/sys/fs/cgroup").iterdir() if top.is_dir() for p in top.glob("cellbox-test-*")
+    ]
+    leaked_procs = _our_processes(base)
+    problems = leaked_mounts + leaked_cgroups + leaked_procs
+    assert not problems, "the test run left these behind:\n" + "\n".join(problems)
