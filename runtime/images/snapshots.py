@@ -318,7 +318,10 @@ class Snapshots:
             index["head"] = {"id": pending["target"], "manifest": pending["manifest"]}
             index["pending_restore"] = None
             self._write_index(index)
+        before = json.dumps(index, sort_keys=True)
         index = self._compact(index)
+        if json.dumps(index, sort_keys=True) != before:
+            self._write_index(index)  # before _collect drops the layers merged away
         self._collect(index)
         return index
 
@@ -428,6 +431,8 @@ class Snapshots:
         with self._locked() as index:
             index = self._recover(index)
             snap = self._find(index, snap_id)
+            for stale in upper.parent.glob(f".{upper.name}.restore-*"):
+                _rmtree(stale)  # a restore killed while building
             tag = secrets.token_hex(4)
             built = upper.parent / f".{upper.name}.restore-{tag}"
             old = upper.parent / f".{upper.name}.old-{tag}"

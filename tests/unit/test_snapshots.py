@@ -249,3 +249,70 @@ def test_interrupted_restore_rolls_forward(env: tuple[Snapshots, Path]) -> None:
     (upper / "c").write_text("3")
     s3 = snaps.create(upper)
     assert s3.parent == s1.id and s3.size == 1
+
+
+KILL_AFTER = """
+import os, signal, sys
+from pathlib import Path
+from cellbox.runtime.images import snapshots as m
+real, count = m._copy_entry, [0]
+def dying(src, dst, fsync=True):
+    count[0] += 1
+    if count[0] > 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(src, dst, fsync)
+m._copy_entry = dying
+s = m.Snapshots(Path(sys.argv[1]))
+getattr(s, sys.argv[2])(*sys.argv[3:4], Path(sys.argv[-1]))
+"""
+
+
+def run_killed(snaps: Snapshots, op: str, *args: str) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", KILL_AFTER, str(snaps.root), op, *args])
+    assert r.returncode == -signal.SIGKILL
+
+
+def test_killed_create_and_restore_leave_previous_state(env: tuple[Snapshots, Path]) -> None:
+    snaps, upper = env
+    for i in range(10):
+        (upper / f"f{i}").write_bytes(b"x" * 1000)
+    s1 = snaps.create(upper)
+    before = snaps.list()
+    for i in range(10):
+        (upper / f"g{i}").write_bytes(b"y" * 1000)
+    want = state(upper)
+    run_killed(snaps, "create", str(upper))
+    assert snaps.list() == before
+    s2 = snaps.create(upper)  # recovers and works; the half-made layer is gone
+    assert s2.parent == s1.id and s2.size == 10_000
+    assert len(os.listdir(snaps.root / "layers")) == 2
+    assert os.listdir(snaps.root / "tmp") == []
+
+    run_killed(snaps, "restore", s1.id, str(upper))  # killed while building
+    assert state(upper) == want  # the upper dir was not touched
+    snaps.restore(s1.id, upper)
+    assert sorted(os.listdir(upper)) == [f"f{i}" for i in range(10)]
+    assert sorted(os.listdir(upper.parent)) == ["snapshots", "upper"]
+
+
+def test_remove_restored_head_with_children(env: tuple[Snapshots, Path]) -> None:
+    snaps, upper = env
+    (upper / "a").write_text("1")
+    s1 = snaps.create(upper)
+    (upper / "b").write_text("2")
+    s2 = snaps.create(upper)
+    (upper / "c").write_text("3")
+    s3 = snaps.create(upper)
+    snaps.restore(s2.id, upper)
+    snaps.remove(s2.id)  # the head: kept hidden until the head moves
+    assert [s.id for s in snaps.list()] == [s1.id, s3.id]
+    snaps.restore(s3.id, upper)  # the head moves: s2 is merged into s3
+    assert sorted(os.listdir(upper)) == ["a", "b", "c"]
+    snaps.restore(s1.id, upper)
+    snaps.restore(s3.id, upper)
+    assert sorted(os.listdir(upper)) == ["a", "b", "c"]
+    assert len(os.listdir(snaps.root / "layers")) == 2
