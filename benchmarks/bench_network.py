@@ -27,14 +27,19 @@ PORT = 15201
 
 def iperf(prefix: list[str], server: str, seconds: float) -> float:
     """Gbit/s received by the server in one run."""
-    res = subprocess.run(
-        [*prefix, "iperf3", "-c", server, "-p", str(PORT), "-t", str(seconds), "-J"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=seconds + 30,
-    )
-    return json.loads(res.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+    for _ in range(3):  # the server refuses a run while it still finishes the previous one
+        res = subprocess.run(
+            [*prefix, "iperf3", "-c", server, "-p", str(PORT), "-t", str(seconds), "-J"],
+            capture_output=True,
+            text=True,
+            timeout=seconds + 30,
+            check=False,
+        )
+        end = json.loads(res.stdout or "{}").get("end", {})
+        if "sum_received" in end:
+            return end["sum_received"]["bits_per_second"] / 1e9
+        time.sleep(0.5)
+    raise RuntimeError(f"iperf3 failed: {res.stdout[-500:]} {res.stderr[-500:]}")
 
 
 def inner(args: argparse.Namespace) -> dict:

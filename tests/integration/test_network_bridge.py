@@ -34,6 +34,13 @@ ECHO_SERVER = (
     "while True:\n"
     "  c,a=s.accept();d=c.recv(100);c.sendall(d+b' from '+a[0].encode());c.close()\n"
 )
+UDP_ECHO = (
+    "import socket,sys\n"
+    "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(('0.0.0.0',int(sys.argv[1])))\n"
+    "print('ready',flush=True)\n"
+    "while True:\n"
+    "  d,a=s.recvfrom(100);s.sendto(d+b' udp',a)\n"
+)
 ECHO_CLIENT = (
     "import socket,sys\n"
     "c=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=5)\n"
@@ -197,9 +204,9 @@ class Container:
             check=check,
         )
 
-    def serve(self, port: int, pids: list[int]) -> None:
+    def serve(self, port: int, pids: list[int], code: str = ECHO_SERVER) -> None:
         p = subprocess.Popen(
-            ["nsenter", f"--net={self.netns}", sys.executable, "-S", "-c", ECHO_SERVER, str(port)],
+            ["nsenter", f"--net={self.netns}", sys.executable, "-S", "-c", code, str(port)],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -321,6 +328,8 @@ def scenario_connectivity(args: dict) -> dict:
         out["bridge_after_remove"] = "cellbox0" in _sh("ip", "-o", "link")
         out["nft_after_remove"] = nft.list_table()
     finally:
+        mgr.teardown("aaaa1111")  # stops a forwarder even when the scenario failed
+        mgr.teardown("bbbb2222")
         a.kill()
         b.kill()
     return out
