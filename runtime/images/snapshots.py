@@ -299,7 +299,7 @@ class Snapshots:
     def _write_index(self, index: dict) -> None:
         tmp = self.root / f".index.json.{secrets.token_hex(4)}"
         with open(tmp, "w") as f:
-            json.dump(index, f, indent=1, sort_keys=True)
+            f.write(json.dumps(index, indent=1, sort_keys=True))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.root / "index.json")
@@ -678,6 +678,6 @@ class Snapshots:
 
 def _write_json(path: Path, data: object) -> None:
     with open(path, "w") as f:
-        json.dump(data, f, separators=(",", ":"))
+        f.write(json.dumps(data, separators=(",", ":")))  # dumps: the C encoder
         f.flush()
         os.fsync(f.fileno())
