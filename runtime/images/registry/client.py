@@ -347,14 +347,15 @@ class RegistryClient:
         """Send a blob's bytes to an upload session: one PUT, or PATCH chunks then PUT."""
         scopes = self.scopes(repo, True)
         with open(path, "rb") as f:
-            body: bytes | mmap.mmap = b""
-            if size:
-                body = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+            # a memoryview has no .read(), so urllib3 hands it to one sendall() instead of
+            # copying it through 16 KiB reads
+            body = memoryview(mm) if mm is not None else memoryview(b"")
             try:
                 url = self.url(location)
                 if chunk_size and size > chunk_size:
                     for start in range(0, size, chunk_size):
-                        piece = body[start : start + chunk_size]  # bytes copy of one chunk
+                        piece = body[start : start + chunk_size]
                         end = start + len(piece) - 1
                         r = self.request(
                             "PATCH",
@@ -369,12 +370,14 @@ class RegistryClient:
                             },
                         )
                         r.close()
+                        n = len(piece)
+                        piece.release()  # so the mmap can be closed
                         if r.status_code != 202:
                             raise self._fail(r, f"uploading a chunk of {digest}")
                         url = self.url(r.headers.get("Location") or url)
                         if on_bytes:
-                            on_bytes(len(piece))
-                    final: bytes | mmap.mmap = b""
+                            on_bytes(n)
+                    final = memoryview(b"")
                 else:
                     final = body
                 r = self.request(
@@ -399,8 +402,9 @@ class RegistryClient:
                 if on_bytes and final:
                     on_bytes(len(final))
             finally:
-                if isinstance(body, mmap.mmap):
-                    body.close()
+                body.release()
+                if mm is not None:
+                    mm.close()
 
     def put_manifest(self, repo: str, reference: str, raw: bytes, media_type: str) -> str:
         r = self.request(
