@@ -130,3 +130,37 @@ def test_token_push_pull_and_mount(token_registry, cellbox_config, store, tmp_pa
         assert got.manifest_digest == img.manifest_digest
     finally:
         proxy.stop()
+
+
+def _cli(argv, stdin_text=None, monkeypatch=None):
+    import argparse
+    import io
+
+    from cellbox.runtime.images.registry import cli
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--root")
+    cli.register(parser.add_subparsers())
+    args = parser.parse_args(argv)
+    if stdin_text is not None:
+        monkeypatch.setattr("sys.stdin", io.StringIO(stdin_text))
+    return args.func(args)
+
+
+def test_cli_login_push_pull(basic_registry, cellbox_config, tmp_path, monkeypatch, capsys):
+    from cellbox.runtime.images.store import ImageStore
+
+    host = basic_registry.host
+    with pytest.raises(AuthError, match="rejected"):
+        _cli(["login", "-u", "alice", "--password-stdin", host], "nope\n", monkeypatch)
+    assert _cli(["login", "-u", "alice", "--password-stdin", host],
+                USERS["alice"] + "\n", monkeypatch) == 0
+    assert USERS["alice"] not in capsys.readouterr().out  # never printed
+    st = ImageStore(tmp_path / "root" / "images")
+    ref = f"{host}/cli/img:1"
+    img = _image(st, ref, "cli")
+    assert _cli(["--root", str(tmp_path / "root"), "push", "-q", ref]) == 0
+    assert capsys.readouterr().out.strip() == img.manifest_digest
+    assert _cli(["--root", str(tmp_path / "root2"), "pull", "-q", ref]) == 0
+    assert capsys.readouterr().out.strip() == img.manifest_digest
+    assert _cli(["logout", host]) == 0
