@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -114,6 +115,15 @@ def start(state_dir: str | Path) -> None:
         os.unlink(fifo)
     except FileNotFoundError:
         pass
+    # Like `runc start`: return once the user's process exists (the monitor says so).
+    delay = 0.0005
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        st = state.load(state_dir)
+        if st.status != state.CREATED:
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
 
 
 def exec_process(

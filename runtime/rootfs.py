@@ -133,7 +133,8 @@ def mount_overlay(root: str, annotations: dict[str, str]) -> None:
     work = annotations.get(ANN_WORK)
     _mkdir_p(root)
     if upper and work:
-        data = f"lowerdir={lower},upperdir={upper},workdir={work}"
+        # The upper dir alone must hold every change (commit reads it): no redirects, no metacopy.
+        data = f"lowerdir={lower},upperdir={upper},workdir={work},redirect_dir=off,metacopy=off"
     else:
         data = f"lowerdir={lower}"
     sc.mount("overlay", root, "overlay", 0, data)
