@@ -350,6 +350,10 @@ def create(state_dir: str, sync_fd: int, console: dict) -> None:
             print(f"cellbox: {e}", file=sys.stderr)
         pipe.r.close()
         os.close(pipe.wfd)
+        if os.path.exists(os.path.join(state_dir, "monitor-exits-after-start")):
+            # cellbox-runc: leave the init to the caller's subreaper (conmon waits for
+            # that pid itself, as with runc); `state` reads liveness from the kernel.
+            os._exit(0)
         _monitor_wait(state_dir, child, cg)
     except BaseException as e:  # noqa: BLE001
         if sync_fd >= 0:
