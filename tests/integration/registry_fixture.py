@@ -29,7 +29,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from cellbox.runtime.images.layout import Layout
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
