@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from . import launcher, spec, state
 from .errors import CellboxError, Conflict, InvalidArgument, NotFound
@@ -636,7 +636,7 @@ class Engine:
                 errors.append(f"network: {e}")
         if ctr.image_id:
             try:
-                self.images.release(ctr.image_id, ctr.id)
+                self.images.release(ctr.id)
             except Exception as e:  # noqa: BLE001
                 errors.append(f"image: {e}")
         with self._lock():
@@ -690,6 +690,170 @@ class Engine:
         return launcher.exec_process(
             ctr.dir, proc, stdin=stdin, stdout=stdout, stderr=stderr, console_fd=console_fd, detach=detach
         )
+
+    # ------------------------------------------------------------------ restart
+
+    def restart(self, ref: str, timeout: float = 10) -> Container:
+        """Stop, then start the same container again: its filesystem and name are kept."""
+        ctr = self.stop(ref, timeout=timeout)
+        self._recreate(ctr)
+        launcher.start(ctr.dir)
+        return ctr
+
+    def _recreate(self, ctr: Container) -> None:
+        old = ctr.state()
+        if old.status != state.STOPPED:
+            raise Conflict(f"container {ctr.short_id} is {old.status}")
+        try:
+            self._cgroup(ctr).destroy()
+        except Exception:  # noqa: BLE001 - a stale group is recreated below anyway
+            pass
+        if ctr.network:
+            self.network.teardown(ctr.id)
+            ctr.network = {}
+        state.save(ctr.dir, state.State(id=ctr.id, bundle=str(ctr.dir), annotations={"name": ctr.name}))
+        with open(ctr.log_path, "ab") as log:
+            self._monitors[ctr.id] = launcher.create(ctr.dir, stdout=log, stderr=log)
+        self._setup_network(ctr, RunOptions(**{k: v for k, v in ctr.options.items() if k in RunOptions.__dataclass_fields__}))
+
+    # ------------------------------------------------------------------ images
+
+    def lowers(self, ctr: Container) -> list[Path]:
+        """The container's read-only layers, lowest first."""
+        lower = (ctr.config().get("annotations") or {}).get(spec.ANN_LOWER, "")
+        return [Path(p) for p in reversed(lower.split(":")) if p]
+
+    def _frozen(self, ctr: Container, pause: bool) -> Any:
+        """Freeze a running container while its files are read, so the copy is consistent."""
+        import contextlib
+
+        st = ctr.state()
+        if not pause or st.status != state.RUNNING:
+            return contextlib.nullcontext()
+        cg = self._cgroup(ctr)
+
+        @contextlib.contextmanager
+        def frozen() -> Iterator[None]:
+            cg.freeze()
+            try:
+                yield
+            finally:
+                cg.thaw()
+
+        return frozen()
+
+    def commit(
+        self,
+        ref: str,
+        repo_tag: str | None = None,
+        *,
+        message: str = "",
+        author: str = "",
+        changes: list[str] | tuple[str, ...] = (),
+        pause: bool = True,
+        snapshot: str | None = None,
+        compression: str = "gzip",
+        reproducible: bool = False,
+        progress: Any = None,
+    ) -> Any:
+        """The container's changes (or one of its snapshots) as a new image on top of its own."""
+        import tempfile
+
+        ctr = self.get(ref)
+        base = self.images.resolve(ctr.image_id) if ctr.image_id else None
+        cfg = ctr.config()
+        created_by = " ".join(cfg["process"]["args"])
+        common = dict(
+            ref=repo_tag, message=message, author=author, changes=list(changes), created_by=created_by,
+            compression=compression, reproducible=reproducible, progress=progress,
+        )  # fmt: skip
+        if not ctr.image_id:
+            # A --rootfs container: the image holds the rootfs itself as its base layer.
+            changes_all = list(changes)
+            base = self.images.import_rootfs(Path(self.lowers(ctr)[0]), None, changes=changes_all)
+        if snapshot:
+            with tempfile.TemporaryDirectory(dir=ctr.dir) as tmp:
+                tree = Path(tmp) / "upper"
+                self.snapshots(ctr.id).materialize(self.snapshots(ctr.id).get(snapshot).id, tree)
+                return self.images.commit(tree, base, **common)
+        with self._frozen(ctr, pause):
+            return self.images.commit(ctr.upper, base, **common)
+
+    def diff(self, ref: str) -> list[tuple[str, str]]:
+        from .images.diff import changes
+
+        ctr = self.get(ref)
+        return changes(ctr.upper, self.lowers(ctr))
+
+    def snapshots(self, ref: str) -> Any:
+        from .images.snapshots import Snapshots
+
+        ctr = self.get(ref)
+        return Snapshots(ctr.dir / "snapshots")
+
+    def snapshot_create(self, ref: str, message: str = "") -> Any:
+        ctr = self.get(ref)
+        with self._frozen(ctr, True):
+            return self.snapshots(ctr.id).create(ctr.upper, message)
+
+    def snapshot_restore(self, ref: str, snap: str) -> Any:
+        """Back to a snapshot: the processes stop, the files return, the container restarts."""
+        ctr = self.get(ref)
+        snaps = self.snapshots(ctr.id)
+        info = snaps.get(snap)
+        was_running = ctr.state().status in (state.RUNNING, state.PAUSED)
+        self.stop(ctr.id, timeout=2)
+        snaps.restore(info.id, ctr.upper)
+        # overlay's work dir may hold state about the old upper: start it afresh
+        shutil.rmtree(ctr.dir / "work", ignore_errors=True)
+        (ctr.dir / "work").mkdir()
+        if was_running:
+            self._recreate(ctr)
+            launcher.start(ctr.dir)
+        return info
+
+    def export(self, ref: str, out: IO[bytes]) -> None:
+        """The container's flattened filesystem as a tar (like `docker export`)."""
+        import subprocess
+
+        ctr = self.get(ref)
+        st = ctr.state()
+        if st.status in (state.RUNNING, state.PAUSED) and st.alive():
+            root = f"/proc/{st.pid}/root"
+            cmd = ["tar", "--numeric-owner", "--xattrs", "-C", root, "-cf", "-", "--exclude=./proc/*", "--exclude=./sys/*", "--exclude=./dev/*", "."]
+        else:
+            lower = ":".join(str(p) for p in reversed(self.lowers(ctr)))
+            script = (
+                'set -e; m=$(mktemp -d); mount --make-rprivate /; '
+                f'mount -t overlay overlay -o "lowerdir={ctr.upper}:{lower}" "$m"; '
+                'tar --numeric-owner --xattrs -C "$m" -cf - .; umount "$m"; rmdir "$m"'
+            )
+            cmd = ["unshare", "--mount", "sh", "-c", script]
+        r = subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE)
+        if r.returncode not in (0, 1):  # GNU tar: 1 = some files changed while read
+            raise CellboxError(f"export failed: {r.stderr.decode(errors='replace').strip()}")
+
+    def ensure_default_image(self, progress: Any = None) -> Any:
+        """The notebook image, built offline from this host's Python the first time."""
+        import tempfile
+
+        from .images.default_image import DEFAULT_IMAGE, build_rootfs
+
+        try:
+            return self.images.resolve(DEFAULT_IMAGE)
+        except NotFound:
+            pass
+        with tempfile.TemporaryDirectory(dir=self.root) as tmp:
+            rootfs = Path(tmp) / "rootfs"
+            cfg = build_rootfs(rootfs)
+            changes = [f"ENV {e}" for e in cfg.get("Env") or []]
+            if cfg.get("Cmd"):
+                changes.append("CMD " + json.dumps(cfg["Cmd"]))
+            if cfg.get("WorkingDir"):
+                changes.append(f"WORKDIR {cfg['WorkingDir']}")
+            for k, v in (cfg.get("Labels") or {}).items():
+                changes.append(f"LABEL {k}={json.dumps(v)}")
+            return self.images.import_rootfs(rootfs, DEFAULT_IMAGE, changes=changes)
 
     # ------------------------------------------------------------------ inspection
 

@@ -173,6 +173,7 @@ def exec_process(
     if "error" in msg:
         proc.wait()
         raise CellboxError(msg["error"])
+    proc.process_pid = msg.get("pid")  # type: ignore[attr-defined]  # the process itself, host pid
     return proc
 
 

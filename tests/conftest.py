@@ -107,6 +107,10 @@ def run_capture(eng, opts, timeout: float = 60) -> tuple[int, str]:
     return code, text
 
 
+def _test_cgroups() -> list[str]:
+    return [str(p) for top in Path("/sys/fs/cgroup").iterdir() if top.is_dir() for p in top.glob("cellbox-test-*")]
+
+
 def _our_mounts(base: str) -> list[str]:
     with open("/proc/self/mountinfo") as f:
         return [line for line in f if base in line]
@@ -132,13 +136,12 @@ def nothing_left_behind(tmp_path_factory: pytest.TempPathFactory):
     """The suite checks itself: no mounts, test cgroups or helper processes remain."""
     base = str(tmp_path_factory.getbasetemp())
     before_mounts = set(_our_mounts(base))
+    before_cgroups = set(_test_cgroups())
     yield
     if not is_root():
         return
     leaked_mounts = [m for m in _our_mounts(base) if m not in before_mounts]
-    leaked_cgroups = [
-        str(p) for top in Path("/sys/fs/cgroup").iterdir() if top.is_dir() for p in top.glob("cellbox-test-*")
-    ]
+    leaked_cgroups = [c for c in _test_cgroups() if c not in before_cgroups]
     leaked_procs = _our_processes(base)
     problems = leaked_mounts + leaked_cgroups + leaked_procs
     assert not problems, "the test run left these behind:\n" + "\n".join(problems)
