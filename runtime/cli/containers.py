@@ -279,7 +279,9 @@ def cmd_inspect(a: argparse.Namespace) -> int:
             results.append(eng.inspect(ref))
         except CellboxError:
             try:
-                results.append(eng.images.inspect(ref))
+                from .images import image_inspect
+
+                results.append(image_inspect(eng.images.resolve(ref)))
             except CellboxError:
                 sys.stderr.write(f"cellbox: no such object: {ref}\n")
                 failed = 1

@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--root", help="state directory (default $CELLBOX_ROOT or /var/lib/cellbox)")
     parser.add_argument("--cgroup-parent", help="parent cgroup for containers (default: cellbox)")
     parser.add_argument("-D", "--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("-v", "--version", action="store_true", help="Print version information and quit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     containers.register(sub)
     images.register(sub)
@@ -35,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.version:
+        from .system import cmd_version
+
+        raise SystemExit(cmd_version(args))
     if not getattr(args, "func", None):
         parser.print_help()
         raise SystemExit(0 if argv is None and len(sys.argv) == 1 else 125)

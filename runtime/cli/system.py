@@ -1,9 +1,92 @@
-"""System commands (filled in as the image store lands)."""
+"""System commands: system check, system df, system prune, info, version."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from typing import Any
+
+from .common import engine, human_size, table
+
+
+def cmd_check(a: argparse.Namespace) -> int:
+    problems = engine(a).images.check()
+    for p in problems:
+        print(p)
+    if not problems:
+        print("store is consistent: every blob matches its digest")
+    return 1 if problems else 0
+
+
+def cmd_df(a: argparse.Namespace) -> int:
+    eng = engine(a)
+    d = eng.images.df()
+    ctrs = eng.list(all=True)
+    running = sum(1 for c in ctrs if c.state().status == "running")
+
+    def du(path: Any) -> int:
+        import os
+
+        total = 0
+        for dirpath, _dirs, files in os.walk(path):
+            for f in files:
+                try:
+                    total += os.lstat(os.path.join(dirpath, f)).st_blocks * 512
+                except OSError:
+                    pass
+        return total
+
+    upper = sum(du(c.upper) for c in ctrs)
+    if a.format == "json":
+        print(json.dumps({"images": d, "containers": {"total": len(ctrs), "running": running, "bytes": upper}}))
+        return 0
+    table(
+        [
+            ["Images", d["images"], d["images_in_use"], human_size(d["blobs_bytes"] + d["layers_bytes"]), human_size(d["unreferenced_blob_bytes"])],
+            ["Containers", len(ctrs), running, human_size(upper), ""],
+        ],
+        ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"],
+    )
+    return 0
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    from ..cgroups import detect_layout
+
+    eng = engine(a)
+    layout = detect_layout()
+    ctrs = eng.list(all=True)
+    print(f"Root Dir: {eng.root}")
+    print(f"Cgroup Version: {layout.mode}")
+    print(f"Cgroup Parent: {eng.cgroup_parent}")
+    print(f"Containers: {len(ctrs)}")
+    print(f"Images: {len(eng.images.list())}")
+    print("Storage Driver: overlay")
+    print("Runtimes: cellbox (built in), cellbox-runc (OCI)")
+    return 0
+
+
+def cmd_version(a: argparse.Namespace) -> int:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        v = version("cellbox")
+    except PackageNotFoundError:
+        v = "unknown"
+    sys.stdout.write(f"cellbox version {v}\n")
+    return 0
 
 
 def register(sub: Any) -> None:
-    return None
+    p = sub.add_parser("system", help="Manage cellbox (check, df)", usage="cellbox system COMMAND")
+    ssub = p.add_subparsers(dest="subcommand", metavar="COMMAND", parser_class=type(p))
+    sp = ssub.add_parser("check", help="Verify every blob of the image store against its digest")
+    sp.set_defaults(func=cmd_check)
+    sp = ssub.add_parser("df", help="Show disk usage")
+    sp.add_argument("--format", help="Format output: json")
+    sp.set_defaults(func=cmd_df)
+    p = sub.add_parser("info", help="Display system-wide information")
+    p.set_defaults(func=cmd_info)
+    p = sub.add_parser("version", help="Show the cellbox version")
+    p.set_defaults(func=cmd_version)
