@@ -1,0 +1,93 @@
+"""Drive `cellbox-runc` the way a harness does: a bundle on disk, the command line, files for stdio.
+
+stdout/stderr go to temporary files, not pipes: a created container inherits them
+(as with runc), so a pipe would not see EOF until the container ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cellbox.runtime import spec as spec_mod
+
+
+def runc_argv() -> list[str]:
+    """The installed console script next to this interpreter, else `python -m`."""
+    script = os.path.join(os.path.dirname(sys.executable), "cellbox-runc")
+    if os.path.exists(script):
+        return [script]
+    return [sys.executable, "-m", "cellbox.runtime.oci.cli"]
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def lines(self) -> list[str]:
+        return [line for line in self.err.splitlines() if line.strip()]
+
+
+class Runc:
+    def __init__(self, root: Path, extra: list[str] | None = None) -> None:
+        self.root = root
+        self.extra = extra or []
+
+    def __call__(self, *args: str, stdin: Any = subprocess.DEVNULL, timeout: float = 60, cwd: Any = None) -> Result:
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            p = subprocess.run(
+                [*runc_argv(), "--root", str(self.root), *self.extra, *args],
+                stdin=stdin, stdout=out, stderr=err, timeout=timeout, cwd=cwd,
+            )  # fmt: skip
+            out.seek(0)
+            err.seek(0)
+            return Result(p.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"))
+
+    def ok(self, *args: str, **kw: Any) -> Result:
+        r = self(*args, **kw)
+        assert r.code == 0, f"cellbox-runc {' '.join(args)} -> {r.code}: {r.err.strip()}"
+        return r
+
+    def state(self, cid: str) -> dict[str, Any]:
+        return json.loads(self.ok("state", cid).out)
+
+    def wait_status(self, cid: str, status: str, timeout: float = 30) -> dict[str, Any]:
+        """Poll `state` until it reports status (bounded; not a timing assertion)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.state(cid)
+            if st["status"] == status or time.monotonic() > deadline:
+                return st
+            time.sleep(0.02)
+
+
+def make_bundle(path: Path, rootfs: Path, args: list[str], cgroup: str, **changes: Any) -> Path:
+    """A bundle whose root.path is relative ("rootfs", a symlink to the shared busybox root)."""
+    path.mkdir(parents=True, exist_ok=True)
+    link = path / "rootfs"
+    if not link.exists():
+        link.symlink_to(rootfs)
+    cfg = spec_mod.default_spec(args)
+    cfg["linux"]["cgroupsPath"] = cgroup
+    for key, value in changes.items():
+        cfg[key] = value
+    (path / "config.json").write_text(json.dumps(cfg, indent=1))
+    return path
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return False
+    return data[data.rindex(")") + 2] != "Z"
