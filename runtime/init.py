@@ -295,6 +295,8 @@ def create(state_dir: str, sync_fd: int, console: dict) -> None:
             cg.apply((config.get("linux") or {}).get("resources") or {})
             join_files = cg.join_files()
         pid_ns = next((n for n in _ns_list(config) if n["type"] == "pid"), None)
+        # Hooks are forked after the init: they must run in the runtime's pid namespace.
+        host_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         if pid_ns and pid_ns.get("path"):
             fd = os.open(pid_ns["path"], os.O_RDONLY)
             sc.setns(fd, sc.CLONE_NEWPID)
@@ -312,6 +314,8 @@ def create(state_dir: str, sync_fd: int, console: dict) -> None:
             os._exit(1)
         os.close(r1)
         os.close(w2)
+        sc.setns(host_pidns, sc.CLONE_NEWPID)
+        os.close(host_pidns)
         pipe = _Pipe(r2, w1)
         st.pid = child
         st.pid_start = state.proc_start_time(child) or 0
