@@ -118,19 +118,20 @@ def _prepare_and_exec(process: dict[str, Any], annotations: dict[str, str], secc
     if "umask" in user:
         os.umask(int(user["umask"]))
 
+    capabilities = process.get("capabilities")
+    nnp = bool(process.get("noNewPrivileges"))
+    if not nnp and seccomp_filter is not None:
+        # Without no_new_privs loading a filter needs CAP_SYS_ADMIN, which the uid change
+        # below takes away: load it first (the default profile allows what follows).
+        seccomp_filter.load()
+        seccomp_filter = None
     # Keep capabilities across the uid change, then set exactly the configured sets.
     sc.prctl(sc.PR_SET_KEEPCAPS, 1)
     os.setgroups(extra)
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
-    capabilities = process.get("capabilities")
-    nnp = bool(process.get("noNewPrivileges"))
     if nnp:
         sc.set_no_new_privs()
-    elif seccomp_filter is not None:
-        # Without no_new_privs the filter needs CAP_SYS_ADMIN: load it before dropping it.
-        seccomp_filter.load()
-        seccomp_filter = None
     if capabilities is not None:
         caps_mod.apply(capabilities)
 

@@ -1,0 +1,152 @@
+"""A container must not reach the host: escape attempts made from inside, as root there."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+from cellbox.runtime.engine import RunOptions
+from conftest import run_capture
+
+pytestmark = pytest.mark.root
+
+BREAKOUT = r"""
+import os
+# The classic chroot escape (rubber-docker breakout.py): chroot into a subdir without
+# chdir, then walk .. until the real root. With pivot_root and the old root detached
+# it can only reach the container's own root.
+os.makedirs("/tmp/jail", exist_ok=True)
+os.chroot("/tmp/jail")
+for _ in range(64):
+    os.chdir("..")
+os.chroot(".")
+print("escaped-to", sorted(os.listdir("/"))[:40])
+print("marker", os.path.exists("/container-marker"))
+"""
+
+
+@pytest.fixture
+def py_rootfs(busybox_rootfs: Path, tmp_path: Path) -> Path:
+    """The busybox rootfs plus this host's Python, read-only bound in, and a marker file."""
+    import shutil
+    import sys
+
+    root = tmp_path / "rootfs"
+    shutil.copytree(busybox_rootfs, root, symlinks=True)
+    (root / "container-marker").write_text("inside")
+    prefix = Path(sys.base_prefix)
+    return root, prefix
+
+
+def run_py(engine, py_rootfs, code: str, **kw) -> tuple[int, str]:
+    import sys
+
+    root, prefix = py_rootfs
+    libdirs = ["/lib", "/lib64", "/usr/lib"]
+    volumes = [f"{prefix}:{prefix}:ro"] + [f"{d}:{d}:ro" for d in libdirs if Path(d).exists()]
+    return run_capture(
+        engine,
+        RunOptions(rootfs=str(root), command=[sys.executable, "-I", "-S", "-c", code], volumes=volumes, **kw),
+    )
+
+
+def test_chroot_escape_stays_inside(engine, py_rootfs):
+    code, out = run_py(engine, py_rootfs, BREAKOUT)
+    assert code == 0, out
+    assert "marker True" in out  # the root it reached is the container's
+    host_only = {"boot", "work", "srv", "opt"} & set(p.name for p in Path("/").iterdir())
+    for name in host_only:
+        assert f"'{name}'" not in out.split("escaped-to", 1)[1].split("\n")[0]
+
+
+def test_no_route_to_host_services(engine, busybox_rootfs):
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    hits = []
+
+    def accept():
+        srv.settimeout(5)
+        try:
+            conn, _ = srv.accept()
+            hits.append(1)
+            conn.close()
+        except OSError:
+            pass
+
+    t = threading.Thread(target=accept)
+    t.start()
+    code, out = run_capture(
+        engine,
+        RunOptions(rootfs=str(busybox_rootfs), command=["sh", "-c", f"nc -w 2 127.0.0.1 {port} </dev/null && echo connected || echo refused"]),
+    )
+    srv.close()
+    t.join()
+    assert "refused" in out and not hits
+
+
+def test_cgroup_release_agent_and_core_pattern_not_writable(engine, busybox_rootfs):
+    script = (
+        "for f in /sys/fs/cgroup/*/release_agent /proc/sys/kernel/core_pattern /proc/sys/kernel/modprobe; do "
+        "  [ -e $f ] || continue; (echo /evil > $f) 2>/dev/null && echo WROTE $f || echo denied; done; "
+        "mount -t cgroup -o memory cgroup /mnt 2>/dev/null && echo MOUNTED || echo mount-denied"
+    )
+    code, out = run_capture(engine, RunOptions(rootfs=str(busybox_rootfs), command=["sh", "-c", script]))
+    assert "WROTE" not in out and "MOUNTED" not in out, out
+    assert "denied" in out and "mount-denied" in out
+
+
+def test_no_host_devices_or_kernel_interfaces(engine, busybox_rootfs):
+    script = (
+        "ls /dev/sda /dev/vda /dev/mem /dev/kmsg 2>/dev/null | wc -l; "
+        "(cat /dev/kmsg) 2>/dev/null | head -c1 | wc -c; "
+        "dmesg >/dev/null 2>&1 && echo dmesg-ok || echo dmesg-denied; "
+        "insmod /nonexistent.ko 2>/dev/null; echo insmod-$?"
+    )
+    code, out = run_capture(engine, RunOptions(rootfs=str(busybox_rootfs), command=["sh", "-c", script]))
+    lines = out.split()
+    assert lines[0] == "0" and lines[1] == "0" and "dmesg-denied" in out, out
+
+
+def test_init_is_not_reachable(engine, busybox_rootfs):
+    """PID 1 (our init, a host binary) is non-dumpable: its exe, memory and fds are out of reach."""
+    script = (
+        "for f in /proc/1/exe /proc/1/mem /proc/1/fd/0 /proc/1/root/; do "
+        "  (cat $f > /dev/null) 2>/dev/null && echo OPEN $f || echo denied; done; "
+        "kill -9 1 && echo killed-init || true; sleep 0.2; echo alive"
+    )
+    code, out = run_capture(engine, RunOptions(rootfs=str(busybox_rootfs), command=["sh", "-c", script]))
+    assert "OPEN" not in out, out
+    assert "alive" in out  # a signal from inside does not kill PID 1
+
+
+SHOW_EUID = r"""
+#include <stdio.h>
+#include <unistd.h>
+int main(void) { printf("euid=%d\n", (int)geteuid()); return 0; }
+"""
+
+
+def test_user_cannot_regain_root(engine, busybox_rootfs, tmp_path):
+    """As uid 1000: a setuid-root program grants root only when no_new_privs is off."""
+    import os
+    import shutil
+    import subprocess
+
+    root = tmp_path / "suidroot"
+    shutil.copytree(busybox_rootfs, root, symlinks=True)
+    src = tmp_path / "euid.c"
+    src.write_text(SHOW_EUID)
+    prog = root / "bin" / "show-euid"
+    subprocess.run(["gcc", "-static", "-O1", "-o", str(prog), str(src)], check=True)
+    os.chown(prog, 0, 0)
+    os.chmod(prog, 0o4755)
+    opts = dict(rootfs=str(root), command=["/bin/show-euid"], user="1000")
+    code, out = run_capture(engine, RunOptions(**opts))
+    assert code == 0 and out.strip() == "euid=1000", out
+    # the control: without no_new_privs the same binary does become root
+    code, out = run_capture(engine, RunOptions(**opts, security_opt=["no-new-privileges=false"]))
+    assert out.strip() == "euid=0", out
