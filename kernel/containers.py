@@ -1,0 +1,181 @@
+"""Kernel containers: the engine container a notebook kernel runs in, and its run dir.
+
+A kernel container gets one host directory (its *run dir*) bind-mounted at /run/cellbox:
+the kernel's ZMQ ipc sockets, the container view of the connection file and the control
+socket live there, and the in-container half of cellbox.kernel is mounted read-only at
+/run/cellbox/lib/cellbox/kernel. The run dir name is a random token (a label on the
+container), not the container id, so a container cannot guess another's socket paths.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+from cellbox.runtime.engine import Container, Engine, RunOptions
+from cellbox.runtime.errors import CellboxError, InvalidArgument
+
+LABEL_RUN = "cellbox.kernel.run"  # the run dir token
+LABEL_SESSION = "cellbox.kernel.session"  # JPY_SESSION_NAME (notebook path) when known
+IN_CONTAINER = "/run/cellbox"
+CONTROL_SOCKET = "control.sock"
+CONNECTION_FILE = "kernel.json"
+KERNEL_PKG_DIR = Path(__file__).resolve().parent
+MAX_SOCKET_PATH = 100  # sun_path is 108 bytes; ZMQ appends "-N"
+IDLE_COMMAND = ["sleep", "2147483647"]
+
+
+def run_base(eng: Engine) -> Path:
+    """Where run dirs live: $CELLBOX_RUN_DIR, else <engine root>/k (short on purpose)."""
+    return Path(os.environ.get("CELLBOX_RUN_DIR") or (eng.root / "k"))
+
+
+def kernel_run_options(
+    *,
+    image: str | None = None,
+    memory: str | int | None = None,
+    cpus: float | None = None,
+    network: str = "none",
+    pids_limit: int | None = None,
+    name: str | None = None,
+    labels: dict[str, str] | None = None,
+    env: list[str] | None = None,
+    user: str | None = None,
+) -> RunOptions:
+    """RunOptions for a kernel container (the run-dir volumes are added by create)."""
+    from cellbox.runtime.images.default_image import DEFAULT_IMAGE
+
+    return RunOptions(
+        image=image or DEFAULT_IMAGE,
+        command=list(IDLE_COMMAND),
+        name=name,
+        memory=memory,
+        cpus=cpus,
+        network=network or "none",
+        pids_limit=pids_limit,
+        labels=dict(labels or {}),
+        env=list(env or []),
+        user=user,
+    )
+
+
+def _make_run_dir(eng: Engine) -> tuple[str, Path]:
+    base = run_base(eng)
+    base.mkdir(parents=True, exist_ok=True)
+    os.chmod(base, 0o711)
+    token = secrets.token_hex(12)
+    d = base / token
+    longest = d / f"{CONTROL_SOCKET}-xx"
+    if len(str(longest)) > MAX_SOCKET_PATH:
+        raise InvalidArgument(
+            f"kernel socket path {d} is too long for a unix socket: set CELLBOX_RUN_DIR to a short directory"
+        )
+    d.mkdir(mode=0o755)
+    lib = d / "lib" / "cellbox"
+    (lib / "kernel").mkdir(parents=True)
+    (lib / "__init__.py").write_text('"""cellbox, container side: only cellbox.kernel is here."""\n')
+    return token, d
+
+
+def create_kernel_container(eng: Engine, opts: RunOptions, start: bool = True) -> Container:
+    """Create (and start) a container a cellbox kernel can run in.
+
+    Adds the run dir and the read-only kernel package to `opts.volumes`, the run-dir token
+    to its labels. The extension uses this for the containers it manages.
+    """
+    if opts.image is None and opts.rootfs is None:
+        eng.ensure_default_image()
+    elif opts.image == kernel_run_options().image:
+        eng.ensure_default_image()
+    token, d = _make_run_dir(eng)
+    opts.labels = {**opts.labels, LABEL_RUN: token}
+    opts.volumes = [
+        *opts.volumes,
+        f"{d}:{IN_CONTAINER}",
+        f"{KERNEL_PKG_DIR}:{IN_CONTAINER}/lib/cellbox/kernel:ro",
+    ]
+    if not opts.command:
+        opts.command = list(IDLE_COMMAND)
+    try:
+        return eng.run(opts) if start else eng.create(opts)
+    except BaseException:
+        shutil.rmtree(d, ignore_errors=True)
+        raise
+
+
+def run_dir(eng: Engine, ctr: Container) -> Path:
+    """The host run dir of a kernel container (CellboxError if it is not one)."""
+    token = ((ctr.options or {}).get("labels") or {}).get(LABEL_RUN)
+    if not token or not all(c in "0123456789abcdef" for c in token):
+        raise CellboxError(
+            f"container {ctr.short_id} was not created for a cellbox kernel (no {LABEL_RUN} label): "
+            "create it with cellbox.kernel.containers.create_kernel_container"
+        )
+    return run_base(eng) / token
+
+
+def ensure_running(eng: Engine, ctr: Container) -> None:
+    """Start a stopped kernel container again (its files are kept)."""
+    from cellbox.runtime import state
+
+    st = ctr.state().status
+    if st == state.RUNNING:
+        return
+    if st == state.PAUSED:
+        eng.unpause(ctr.id)
+    elif st == state.CREATED:
+        eng.start(ctr.id)
+    else:
+        eng.restart(ctr.id)
+
+
+def kill_strays(eng: Engine, ctr: Container) -> int:
+    """SIGKILL every process in the container but its init and idle command.
+
+    What a dead kernel left behind (its children), so a restart leaves no orphans.
+    """
+    import signal
+
+    init = ctr.state().pid
+    idle = " ".join(IDLE_COMMAND)
+    n = 0
+    for row in eng.top(ctr.id):
+        pid = row["PID"]
+        if pid == init or (row["PPID"] == init and row["CMD"] == idle):
+            continue
+        try:
+            os.kill(pid, signal.SIGKILL)
+            n += 1
+        except ProcessLookupError:
+            pass
+    return n
+
+
+def remove_kernel_container(eng: Engine, ref: str) -> None:
+    """Remove a kernel container and its run dir."""
+    ctr = eng.get(ref)
+    d = None
+    try:
+        d = run_dir(eng, ctr)
+    except CellboxError:
+        pass
+    eng.remove(ctr.id, force=True)
+    if d is not None:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def container_info(eng: Engine, ctr: Container) -> dict[str, Any]:
+    """What `%cellbox status` shows: names, image, limits and usage."""
+    o = ctr.options or {}
+    return {
+        "id": ctr.id,
+        "name": ctr.name,
+        "image": ctr.image,
+        "status": ctr.state().status,
+        "network": o.get("network"),
+        "limits": {"memory": o.get("memory"), "cpus": o.get("cpus"), "pids": o.get("pids_limit")},
+        "stats": eng.stats(ctr.id),
+    }

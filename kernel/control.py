@@ -1,0 +1,320 @@
+"""The per-container control socket, host side: what a notebook may ask of its own box.
+
+One unix socket per container, in that container's run dir (bind-mounted in at
+/run/cellbox/control.sock). The socket identifies the container: requests never name
+one, so a container can act only on itself. Protocol: the client sends one JSON object
+on one line (at most MAX_REQUEST bytes, within READ_TIMEOUT seconds):
+
+    {"op": "snapshot", "args": {"message": "before training"}}
+
+and reads JSON lines back: zero or more {"progress": {...}} then one final
+{"ok": true, "result": ...} or {"ok": false, "error": "one plain line"}.
+
+Ops: status, snapshot, snapshots, restore, commit, push, diff. Every request is checked
+against a schema (unknown fields are refused). Policy: commit may not overwrite an image
+that this container did not commit (images it commits carry the label
+cellbox.kernel.container=<id>); push only sends such images, and only to registries in
+the allow-list (none by default: pushing uses the host's network and credentials).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from cellbox.runtime.engine import Engine
+from cellbox.runtime.errors import CellboxError, Conflict, InvalidArgument
+
+MAX_REQUEST = 64 * 1024
+READ_TIMEOUT = 5.0
+WRITE_TIMEOUT = 10.0
+MAX_CLIENTS = 4
+LABEL_COMMITTER = "cellbox.kernel.container"
+
+_TEXT = {"type": "string", "maxLength": 4096}
+_REF = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"}
+_SNAP = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[0-9a-f]+$"}
+
+
+def _args(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    return {"type": "object", "properties": props, "required": required or [], "additionalProperties": False}
+
+
+ARGS_SCHEMAS: dict[str, dict[str, Any]] = {
+    "status": _args({}),
+    "snapshots": _args({}),
+    "diff": _args({}),
+    "snapshot": _args({"message": _TEXT}),
+    "restore": _args({"snapshot": _SNAP}, ["snapshot"]),
+    "commit": _args({"ref": _REF, "message": _TEXT}, ["ref"]),
+    "push": _args({"ref": _REF}, ["ref"]),
+}
+REQUEST_SCHEMA = {
+    "type": "object",
+    "properties": {"op": {"enum": sorted(ARGS_SCHEMAS)}, "args": {"type": "object"}},
+    "required": ["op"],
+    "additionalProperties": False,
+}
+
+
+class RequestError(CellboxError):
+    """A request that cannot be accepted (malformed, too large, too slow, not allowed)."""
+
+
+def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
+    """Decode and validate one request line; RequestError with a one-line reason."""
+    try:
+        req = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RequestError(f"malformed request: not JSON ({e.__class__.__name__})") from None
+    try:
+        jsonschema.validate(req, REQUEST_SCHEMA)
+        args = req.get("args") or {}
+        jsonschema.validate(args, ARGS_SCHEMAS[req["op"]])
+    except jsonschema.ValidationError as e:
+        where = "/".join(str(p) for p in e.absolute_path)
+        raise RequestError(f"invalid request{' at ' + where if where else ''}: {e.message[:200]}") from None
+    return req["op"], args
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e) if isinstance(e, CellboxError) else f"{e.__class__.__name__}: {e}"
+    return " ".join(text.split())[:1000] or e.__class__.__name__
+
+
+class ControlServer:
+    """Serves one container's control socket from a thread of the host process.
+
+    restore: called as restore(snapshot_id) after the reply is sent (the caller, usually
+    the kernel provisioner, restores and restarts the kernel); default eng.snapshot_restore.
+    push_registries: registry hosts a push may go to (default: $CELLBOX_PUSH_REGISTRIES,
+    comma-separated; empty = push refused).
+    """
+
+    def __init__(
+        self,
+        eng: Engine,
+        container_id: str,
+        path: str | Path,
+        *,
+        restore: Callable[[str], Any] | None = None,
+        push_registries: list[str] | None = None,
+        insecure_registries: bool = False,
+    ) -> None:
+        self.eng = eng
+        self.cid = eng.get(container_id).id
+        self.path = str(path)
+        self.restore_hook = restore
+        if push_registries is None:
+            env = os.environ.get("CELLBOX_PUSH_REGISTRIES", "")
+            push_registries = [r.strip() for r in env.split(",") if r.strip()]
+        self.push_registries = list(push_registries)
+        self.insecure_registries = insecure_registries
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        self._op_lock = threading.Lock()  # one mutating op at a time per container
+        self._closed = threading.Event()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Bind the socket (replacing a stale one) and serve in a daemon thread."""
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(self.path)
+        os.chmod(self.path, 0o666)  # any user in *this* container may ask for itself
+        s.listen(16)
+        s.settimeout(0.5)
+        self._sock = s
+        self._thread = threading.Thread(target=self._serve, name=f"cellbox-control-{self.cid[:12]}", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._closed.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _serve(self) -> None:
+        assert self._sock is not None
+        while not self._closed.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._closed.is_set():
+                    return
+                time.sleep(0.05)
+                continue
+            if not self._slots.acquire(blocking=False):
+                self._reply_and_close(conn, {"ok": False, "error": "busy: too many requests at once"})
+                continue
+            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+
+    def _reply_and_close(self, conn: socket.socket, msg: dict[str, Any]) -> None:
+        try:
+            conn.settimeout(1.0)
+            conn.sendall(json.dumps(msg).encode() + b"\n")
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    # ---------------------------------------------------------------- one connection
+
+    def _read_line(self, conn: socket.socket) -> bytes:
+        deadline = time.monotonic() + READ_TIMEOUT
+        buf = bytearray()
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RequestError(f"request timed out: send one JSON line within {READ_TIMEOUT:g} s")
+            conn.settimeout(left)
+            try:
+                chunk = conn.recv(65536)
+            except TimeoutError:
+                raise RequestError(f"request timed out: send one JSON line within {READ_TIMEOUT:g} s") from None
+            if not chunk:
+                if buf:
+                    return bytes(buf)
+                raise RequestError("empty request")
+            nl = chunk.find(b"\n")
+            if nl >= 0:
+                buf += chunk[:nl]
+                if len(buf) > MAX_REQUEST:
+                    break
+                return bytes(buf)
+            buf += chunk
+            if len(buf) > MAX_REQUEST:
+                break
+        raise RequestError(f"request too large: the limit is {MAX_REQUEST} bytes")
+
+    def _connection(self, conn: socket.socket) -> None:
+        after: Callable[[], Any] | None = None
+        try:
+            conn.settimeout(WRITE_TIMEOUT)
+
+            def send(msg: dict[str, Any]) -> None:
+                conn.settimeout(WRITE_TIMEOUT)
+                conn.sendall(json.dumps(msg, default=str).encode() + b"\n")
+
+            try:
+                op, args = parse_request(self._read_line(conn))
+                result, after = self.handle(op, args, progress=lambda p: send({"progress": p}))
+                send({"ok": True, "result": result})
+            except OSError:
+                raise
+            except Exception as e:  # noqa: BLE001 - every failure becomes one line for the user
+                after = None
+                send({"ok": False, "error": _one_line(e)})
+        except OSError:
+            pass  # the client went away or stopped reading: nothing to tell it
+        finally:
+            conn.close()
+            self._slots.release()
+        if after is not None:
+            try:
+                after()
+            except Exception as e:  # noqa: BLE001
+                import logging
+
+                logging.getLogger(__name__).error("cellbox: restore of %s failed: %s", self.cid[:12], _one_line(e))
+
+    # ---------------------------------------------------------------- the ops
+
+    def handle(
+        self, op: str, args: dict[str, Any], progress: Callable[[dict[str, Any]], None] | None = None
+    ) -> tuple[Any, Callable[[], Any] | None]:
+        """Run one validated op; (result, work to do after replying or None)."""
+        from .containers import container_info
+
+        eng, cid = self.eng, self.cid
+        if op == "status":
+            return container_info(eng, eng.get(cid)), None
+        if op == "snapshots":
+            return [dataclasses.asdict(s) for s in eng.snapshots(cid).list()], None
+        if op == "diff":
+            return [[kind, path] for kind, path in eng.diff(cid)], None
+        with self._op_lock:
+            if op == "snapshot":
+                return dataclasses.asdict(eng.snapshot_create(cid, args.get("message", ""))), None
+            if op == "restore":
+                info = eng.snapshots(cid).get(args["snapshot"])
+                hook = self.restore_hook or (lambda snap: eng.snapshot_restore(cid, snap))
+                return {**dataclasses.asdict(info), "restarting": True}, lambda: hook(info.id)
+            if op == "commit":
+                return self._commit(args["ref"], args.get("message", ""), progress), None
+            if op == "push":
+                return self._push(args["ref"], progress), None
+        raise InvalidArgument(f"unknown op {op!r}")
+
+    def _owned(self, ref: str) -> Any | None:
+        """The image `ref` if it exists (Conflict unless this container committed it)."""
+        from cellbox.runtime.errors import NotFound
+
+        try:
+            img = self.eng.images.resolve(ref)
+        except NotFound:
+            return None
+        labels = (self.eng.images.config(img).get("config") or {}).get("Labels") or {}
+        if labels.get(LABEL_COMMITTER) != self.cid:
+            raise Conflict(f"image {ref} exists and was not committed from this container: choose another name")
+        return img
+
+    def _commit(self, ref: str, message: str, progress: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+        from cellbox.runtime.images.reference import parse_reference
+
+        r = parse_reference(ref)
+        if r.digest:
+            raise InvalidArgument("commit needs REPO:TAG, not a digest")
+        self._owned(ref)
+
+        def on_progress(done: int) -> None:
+            if progress:
+                progress({"action": "commit", "bytes": int(done)})
+
+        img = self.eng.commit(
+            self.cid, ref, message=message, changes=[f"LABEL {LABEL_COMMITTER}={self.cid}"], progress=on_progress
+        )
+        return {"id": img.id, "digest": getattr(img, "manifest_digest", ""), "refs": list(img.refs)}
+
+    def _push(self, ref: str, progress: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+        from cellbox.runtime.images.reference import parse_reference
+        from cellbox.runtime.images.registry import push
+
+        r = parse_reference(ref)
+        if r.registry not in self.push_registries:
+            allowed = ", ".join(self.push_registries) or "none configured (CELLBOX_PUSH_REGISTRIES)"
+            raise InvalidArgument(f"push to {r.registry} is not allowed here; allowed registries: {allowed}")
+        if self._owned(ref) is None:
+            raise InvalidArgument(f"no image {ref} committed from this container: commit it first")
+
+        def on_progress(ev: Any) -> None:
+            if progress:
+                progress({"action": "push", "kind": ev.kind, "status": ev.status, "current": ev.current, "total": ev.total})
+
+        digest = push(self.eng.images, ref, insecure=self.insecure_registries, progress=on_progress)
+        return {"ref": ref, "digest": digest}

@@ -1,0 +1,15 @@
+"""Container side: the IPython extension the cellbox kernel loads at start."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def load_ipython_extension(ip: Any) -> None:
+    from .magics import CellboxMagics
+
+    ip.register_magics(CellboxMagics)
+
+
+def unload_ipython_extension(ip: Any) -> None:
+    pass

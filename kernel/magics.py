@@ -1,0 +1,115 @@
+"""Container side: the %cellbox line magic (status, snapshot, snapshots, restore, commit, push, diff)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from typing import Any
+
+from IPython.core.magic import Magics, line_magic, magics_class
+
+from . import client
+
+USAGE = (
+    "usage: %cellbox status | snapshot [-m MSG] | snapshots | restore SNAP | "
+    "commit REPO:TAG [-m MSG] | push REPO:TAG | diff"
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # never exit the kernel; one line for the user
+        raise client.ControlError(f"{message}\n{USAGE}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="%cellbox", add_help=False)
+    sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
+    sub.add_parser("status")
+    sub.add_parser("snapshots")
+    sub.add_parser("diff")
+    s = sub.add_parser("snapshot")
+    s.add_argument("-m", "--message", default="")
+    s = sub.add_parser("restore")
+    s.add_argument("snapshot")
+    s = sub.add_parser("commit")
+    s.add_argument("ref")
+    s.add_argument("-m", "--message", default="")
+    s = sub.add_parser("push")
+    s.add_argument("ref")
+    return p
+
+
+def _size(n: Any) -> str:
+    if not isinstance(n, (int, float)):
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def format_status(st: dict[str, Any]) -> str:
+    s = st.get("stats") or {}
+    mem, cpu, pids = s.get("memory") or {}, s.get("cpu") or {}, s.get("pids") or {}
+    lim = st.get("limits") or {}
+    lines = [
+        f"container  {st['name']} ({st['id'][:12]}), {st['status']}",
+        f"image      {st.get('image') or '-'}",
+        f"network    {st.get('network') or 'none'}",
+        f"memory     {_size(mem.get('usage'))} of {_size(mem.get('limit')) if mem.get('limit') else lim.get('memory') or 'no limit'}",
+        f"cpu        {cpu.get('usage_ns', 0) / 1e9:.2f} s used, limit {lim.get('cpus') or 'none'} cpus",
+        f"pids       {pids.get('current', '-')} of {pids.get('limit') or lim.get('pids') or 'no limit'}",
+    ]
+    return "\n".join(lines)
+
+
+def run(line: str) -> Any:
+    """Run one %cellbox command line; prints the outcome, returns the raw result."""
+    args = _parser().parse_args(shlex.split(line))
+    if args.cmd is None:
+        raise client.ControlError(USAGE)
+    if args.cmd == "status":
+        st = client.status()
+        print(format_status(st))
+        return None
+    if args.cmd == "snapshot":
+        snap = client.snapshot(args.message)
+        print(f"snapshot {snap['id'][:12]} ({_size(snap['size'])}){': ' + snap['message'] if snap['message'] else ''}")
+        return None
+    if args.cmd == "snapshots":
+        snaps = client.snapshots()
+        if not snaps:
+            print("no snapshots yet: %cellbox snapshot -m MSG")
+        for s in snaps:
+            print(f"{s['id'][:12]}  {s['created']}  {_size(s['size']):>10}  {s['message']}")
+        return None
+    if args.cmd == "restore":
+        snap = client.restore(args.snapshot)
+        print(f"restoring snapshot {snap['id'][:12]}: the kernel restarts now", flush=True)
+        return None
+    if args.cmd == "commit":
+        img = client.commit(args.ref, args.message)
+        print(f"committed {args.ref}: {img['id']}")
+        return None
+    if args.cmd == "push":
+        out = client.push(args.ref)
+        print(f"pushed {args.ref}: {out['digest']}")
+        return None
+    if args.cmd == "diff":
+        for kind, path in client.diff():
+            print(f"{kind} {path}")
+        return None
+    raise client.ControlError(USAGE)
+
+
+@magics_class
+class CellboxMagics(Magics):
+    @line_magic
+    def cellbox(self, line: str) -> None:
+        """%cellbox status | snapshot [-m MSG] | snapshots | restore SNAP | commit REPO:TAG [-m MSG] | push REPO:TAG | diff"""
+        try:
+            run(line)
+        except client.ControlError as e:
+            print(f"cellbox: {e}", file=sys.stderr)

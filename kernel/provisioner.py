@@ -1,0 +1,339 @@
+"""The jupyter_client kernel provisioner: ipykernel inside the notebook's container.
+
+Selected by kernel.json metadata {"kernel_provisioner": {"provisioner_name":
+"cellbox-provisioner", "config": {...}}}; the config keys are the traits below.
+
+- The container: from `container_resolver` (the server extension's hook) if set, else
+  created on the first start (one per kernel session), reused on restart, and on
+  shutdown removed / stopped / kept (`shutdown`).
+- ZMQ over ipc: the sockets live in the container's run dir (bind-mounted at
+  /run/cellbox); the host connection file names the host path, the container's the
+  in-container path; the transport crosses the network namespace.
+- Interrupt: SIGINT to the exec helper, which forwards it (signal mode); message mode
+  needs nothing here. Kill: SIGKILL to the kernel and its helper; on restart every
+  process the old kernel left in the container is killed.
+- Control socket: served from this process (`serve_control`), restore restarts the
+  kernel into the restored filesystem with the same connection info.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import os
+import signal
+import subprocess
+from typing import Any
+
+from jupyter_client.provisioning import LocalProvisioner
+from traitlets import Any as AnyTrait
+from traitlets import Bool, CaselessStrEnum, Float, Int, List, Unicode
+
+from . import containers
+
+STARTUP_ERROR = "kernel-error.txt"  # written by the boot module in the run dir
+
+
+class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
+    """Runs the kernel in a cellbox container (see the module docstring)."""
+
+    image = Unicode("", help="image of a new container (default cellbox/python:3.11)").tag(config=True)
+    memory = Unicode("", help="memory limit of a new container, e.g. 1g").tag(config=True)
+    cpus = Float(0.0, help="CPU limit of a new container (0 = none)").tag(config=True)
+    network = Unicode("none", help="network of a new container: none, bridge, host").tag(config=True)
+    pids_limit = Int(0, help="pids limit of a new container (0 = none)").tag(config=True)
+    shutdown = CaselessStrEnum(
+        ["remove", "stop", "keep"], "remove", help="what kernel shutdown does to a container it created"
+    ).tag(config=True)
+    container_resolver = AnyTrait(
+        None,
+        allow_none=True,
+        help="callable(provisioner, env) -> container id or None, or 'module:function' naming one; "
+        "lets the server extension hand over the notebook's container",
+    ).tag(config=True)
+    serve_control = Bool(True, help="serve the container's control socket from this process").tag(config=True)
+    push_registries = List(Unicode(), default_value=None, allow_none=True, help="registries a push may go to").tag(
+        config=True
+    )
+
+    container_id: str | None = None
+    owns_container: bool = False
+    _helper: subprocess.Popen | None = None
+    _control: Any = None
+    _restoring = False
+    _engine: Any = None
+
+    # ---------------------------------------------------------------- engine / container
+
+    @property
+    def engine(self) -> Any:
+        """The engine: $CELLBOX_ROOT and $CELLBOX_CGROUP_PARENT pick root and cgroup parent."""
+        if self._engine is None:
+            from cellbox.runtime.engine import Engine
+
+            self._engine = Engine()
+        return self._engine
+
+    def _resolver(self) -> Any:
+        r = self.container_resolver
+        if isinstance(r, str) and r:
+            mod, _, fn = r.partition(":")
+            r = getattr(importlib.import_module(mod), fn)
+        return r
+
+    def _get_container(self, env: dict[str, str]) -> Any:
+        """The container to run in: the resolver's, the one from before, or a new one."""
+        eng = self.engine
+        if self.container_id is None:
+            resolver = self._resolver()
+            cid = resolver(self, env) if resolver else None
+            if cid:
+                self.container_id = eng.get(cid).id
+                self.owns_container = False
+            else:
+                labels = {"cellbox.kernel.id": str(self.kernel_id)}
+                if env.get("JPY_SESSION_NAME"):
+                    labels[containers.LABEL_SESSION] = env["JPY_SESSION_NAME"][:1024]
+                opts = containers.kernel_run_options(
+                    image=self.image or None,
+                    memory=self.memory or None,
+                    cpus=self.cpus or None,
+                    network=self.network,
+                    pids_limit=self.pids_limit or None,
+                    labels=labels,
+                )
+                ctr = containers.create_kernel_container(eng, opts)
+                self.container_id = ctr.id
+                self.owns_container = True
+        ctr = eng.get(self.container_id)
+        containers.ensure_running(eng, ctr)
+        return ctr
+
+    # ---------------------------------------------------------------- launch
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        km = self.parent
+        env = kwargs.get("env") or {}
+        ctr = await asyncio.to_thread(self._get_container, env)
+        self.run_dir = containers.run_dir(self.engine, ctr)
+        if km is not None:
+            km.transport = "ipc"
+            km.ip = str(self.run_dir / "kernel")
+            km.cache_ports = False
+        kwargs = await super().pre_launch(**kwargs)
+        self._write_container_connection_file()
+        if self.serve_control and self._control is None:
+            from .control import ControlServer
+
+            self._control = ControlServer(
+                self.engine,
+                self.container_id,
+                self.run_dir / containers.CONTROL_SOCKET,
+                restore=self._restore,
+                push_registries=self.push_registries,
+            )
+            self._control.start()
+        return kwargs
+
+    def _write_container_connection_file(self) -> None:
+        info = dict(self.connection_info)
+        info = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in info.items()}
+        info["ip"] = f"{containers.IN_CONTAINER}/kernel"
+        info["transport"] = "ipc"
+        path = self.run_dir / containers.CONNECTION_FILE
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(info, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def _container_cmd(self, cmd: list[str]) -> list[str]:
+        """The kernelspec argv with the connection file swapped for the container's view."""
+        host_cf = getattr(self.parent, "connection_file", None)
+        inside = f"{containers.IN_CONTAINER}/{containers.CONNECTION_FILE}"
+        out = [inside if (a == host_cf or a == "{connection_file}") else a for a in cmd]
+        if not any(a.startswith("--IPKernelApp.extra_extensions") for a in out):
+            out.append("--IPKernelApp.extra_extensions=cellbox.kernel.extension")
+        return out
+
+    def _container_env(self, env: dict[str, str]) -> list[str]:
+        """Only what the kernel needs: the host environment stays on the host."""
+        out = {
+            "PYTHONPATH": f"{containers.IN_CONTAINER}/lib",
+            "CELLBOX_CONTROL": f"{containers.IN_CONTAINER}/{containers.CONTROL_SOCKET}",
+            # not 1 and not our pid: ipykernel then exits when reparented to the container's init
+            "JPY_PARENT_PID": "2",
+        }
+        for k in ("JPY_SESSION_NAME",):
+            if env.get(k):
+                out[k] = env[k]
+        out.update({k: str(v) for k, v in (self.kernel_spec.env or {}).items()})
+        return [f"{k}={v}" for k, v in out.items()]
+
+    def _exec_kernel(self) -> subprocess.Popen:
+        from cellbox.runtime.errors import CellboxError
+
+        cmd, kw = self._launch
+        try:
+            p = self.engine.exec(
+                self.container_id,
+                self._container_cmd(cmd),
+                env=self._container_env(kw.get("env") or {}),
+                stdout=kw.get("stdout"),
+                stderr=kw.get("stderr"),
+            )
+        except CellboxError as e:
+            raise CellboxError(
+                f"cannot start the kernel in container {self.container_id[:12]}: {e} "
+                "(the image needs Python with ipykernel)"
+            ) from None
+        return p
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> dict[str, Any]:
+        self._launch = (list(cmd), kwargs)
+        self._helper = await asyncio.to_thread(self._exec_kernel)
+        self.process = self._helper
+        self.pid = self._helper.pid
+        self.pgid = None
+        return self.connection_info
+
+    # ---------------------------------------------------------------- process control
+
+    @property
+    def has_process(self) -> bool:
+        return self._helper is not None
+
+    async def poll(self) -> int | None:
+        if self._helper is None:
+            return 0
+        if self._restoring:
+            return None
+        code = self._helper.poll()
+        if code is not None:
+            self._log_startup_failure(code)
+        return code
+
+    def _log_startup_failure(self, code: int) -> None:
+        if code in (126, 127):
+            self.log.error(
+                "cellbox: the kernel command %s cannot run in the container (exit %d): "
+                "the image needs Python with ipykernel",
+                self._launch[0][:1] if getattr(self, "_launch", None) else "?",
+                code,
+            )
+
+    async def wait(self) -> int | None:
+        while True:
+            code = await self.poll()
+            if code is not None:
+                return code
+            await asyncio.sleep(0.05)
+
+    async def send_signal(self, signum: int) -> None:
+        if self._helper is None:
+            return
+        if signum == 0:
+            return
+        if signum == signal.SIGKILL:
+            await self.kill()
+            return
+        try:
+            self._helper.send_signal(signum)  # the helper forwards it to the kernel
+        except ProcessLookupError:
+            pass
+
+    async def kill(self, restart: bool = False) -> None:
+        p = self._helper
+        if p is None:
+            return
+        for pid in (getattr(p, "process_pid", None), p.pid):
+            if pid:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        await asyncio.to_thread(p.wait)
+
+    async def terminate(self, restart: bool = False) -> None:
+        if self._helper is not None:
+            try:
+                self._helper.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    async def cleanup(self, restart: bool = False) -> None:
+        eng = self.engine
+        if self._helper is not None and self._helper.poll() is None:
+            await self.kill()
+        self._helper = None
+        self.process = None
+        if self.container_id is None:
+            return
+        if restart:
+            await asyncio.to_thread(self._kill_strays)
+            return
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        if self.owns_container:
+            cid, self.container_id = self.container_id, None
+            if self.shutdown == "remove":
+                await asyncio.to_thread(containers.remove_kernel_container, eng, cid)
+            elif self.shutdown == "stop":
+                await asyncio.to_thread(eng.stop, cid, 2)
+        else:
+            await asyncio.to_thread(self._kill_strays)
+
+    def _kill_strays(self) -> None:
+        try:
+            containers.kill_strays(self.engine, self.engine.get(self.container_id))
+        except Exception as e:  # noqa: BLE001 - best effort; the container may be gone
+            self.log.debug("cellbox: kill_strays: %s", e)
+
+    # ---------------------------------------------------------------- restore
+
+    def _restore(self, snapshot_id: str) -> None:
+        """Called by the control server after it answered: restore, then restart the kernel."""
+        self._restoring = True
+        try:
+            old = self._helper
+            self.engine.snapshot_restore(self.container_id, snapshot_id)
+            if old is not None:
+                try:
+                    old.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    old.kill()
+                    old.wait()
+            self._helper = self._exec_kernel()
+            self.process = self._helper
+            self.pid = self._helper.pid
+        finally:
+            self._restoring = False
+
+    # ---------------------------------------------------------------- persistence
+
+    async def get_provisioner_info(self) -> dict[str, Any]:
+        info = await super().get_provisioner_info()
+        info.update({"container_id": self.container_id, "owns_container": self.owns_container})
+        return info
+
+    async def load_provisioner_info(self, provisioner_info: dict) -> None:
+        await super().load_provisioner_info(provisioner_info)
+        self.container_id = provisioner_info.get("container_id")
+        self.owns_container = bool(provisioner_info.get("owns_container"))
+
+    def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
+        return recommended
+
+    def get_stable_start_time(self, recommended: float = 10.0) -> float:
+        return recommended
+
+
+def container_of(km: Any) -> str | None:
+    """The container id a kernel manager's cellbox kernel runs in (None if not cellbox)."""
+    p = getattr(km, "provisioner", None)
+    return getattr(p, "container_id", None) if isinstance(p, CellboxProvisioner) else None
+
