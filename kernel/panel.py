@@ -1,0 +1,133 @@
+"""Container side: the ipywidgets panel (usage vs limits, snapshots, restore, commit).
+
+Every action goes through cellbox.kernel.client; a failure shows as one plain line in
+the panel's error label, never a traceback.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import ipywidgets as w
+
+from . import client
+from .magics import _size
+
+
+class Panel:
+    """The widgets and their handlers; `.widget` is what a cell displays."""
+
+    def __init__(self, refresh: float = 2.0) -> None:
+        self.usage = w.HTML(value="…")
+        self.message = w.Text(placeholder="snapshot message", description="Message")
+        self.snap_button = w.Button(description="Snapshot", icon="camera")
+        self.snap_list = w.Select(options=[], description="Snapshots", rows=5)
+        self.restore_button = w.Button(description="Restore", icon="undo")
+        self.repo = w.Text(placeholder="repository", description="Repository")
+        self.tag = w.Text(value="latest", description="Tag")
+        self.commit_message = w.Text(placeholder="commit message", description="Message")
+        self.commit_button = w.Button(description="Commit", icon="save")
+        self.progress = w.IntProgress(value=0, min=0, max=100, description="Commit")
+        self.result = w.HTML(value="")
+        self.error = w.HTML(value="")
+        self.snap_button.on_click(lambda _b: self._guard(self.do_snapshot))
+        self.restore_button.on_click(lambda _b: self._guard(self.do_restore))
+        self.commit_button.on_click(lambda _b: self._guard(self.do_commit))
+        self.widget = w.VBox(
+            [
+                self.usage,
+                w.HBox([self.message, self.snap_button]),
+                w.HBox([self.snap_list, self.restore_button]),
+                w.HBox([self.repo, self.tag]),
+                w.HBox([self.commit_message, self.commit_button]),
+                self.progress,
+                self.result,
+                self.error,
+            ]
+        )
+        self._stop = threading.Event()
+        self._guard(self.refresh)
+        if refresh > 0:
+            threading.Thread(target=self._loop, args=(refresh,), daemon=True).start()
+
+    def _guard(self, fn: Any) -> None:
+        try:
+            self.error.value = ""
+            fn()
+        except client.ControlError as e:
+            self.error.value = f"<span style='color:#b00'>{_escape(str(e))}</span>"
+        except Exception as e:  # noqa: BLE001 - one line, never a traceback
+            self.error.value = f"<span style='color:#b00'>{_escape(f'{e.__class__.__name__}: {e}')}</span>"
+
+    def _loop(self, every: float) -> None:
+        while not self._stop.wait(every):
+            try:
+                self.refresh_usage()
+            except Exception:  # noqa: BLE001 - the next tick tries again
+                pass
+
+    def close(self) -> None:
+        self._stop.set()
+        self.widget.close()
+
+    def refresh(self) -> None:
+        self.refresh_usage()
+        self.refresh_snapshots()
+
+    def refresh_usage(self) -> None:
+        st = client.status()
+        s = st.get("stats") or {}
+        mem, cpu, pids = s.get("memory") or {}, s.get("cpu") or {}, s.get("pids") or {}
+        lim = st.get("limits") or {}
+        self.usage.value = (
+            f"<b>{_escape(st['name'])}</b> ({st['id'][:12]}) · {_escape(st.get('image') or '-')}<br>"
+            f"memory {_size(mem.get('usage'))} / {_size(mem['limit']) if mem.get('limit') else 'no limit'}"
+            f" · CPU {cpu.get('usage_ns', 0) / 1e9:.1f} s (limit {lim.get('cpus') or 'none'})"
+            f" · pids {pids.get('current', '-')} / {pids.get('limit') or lim.get('pids') or 'no limit'}"
+        )
+
+    def refresh_snapshots(self) -> None:
+        snaps = client.snapshots()
+        self.snap_list.options = [(f"{s['id'][:12]} {s['created'][:19]} {s['message']}", s["id"]) for s in snaps]
+
+    def do_snapshot(self) -> None:
+        snap = client.snapshot(self.message.value)
+        self.result.value = f"snapshot {snap['id'][:12]} taken"
+        self.message.value = ""
+        self.refresh_snapshots()
+
+    def do_restore(self) -> None:
+        if not self.snap_list.value:
+            raise client.ControlError("choose a snapshot to restore")
+        snap = client.restore(self.snap_list.value)
+        self.result.value = f"restoring {snap['id'][:12]}: the kernel restarts"
+
+    def do_commit(self) -> None:
+        if not self.repo.value.strip():
+            raise client.ControlError("enter a repository name to commit to")
+        ref = f"{self.repo.value.strip()}:{self.tag.value.strip() or 'latest'}"
+        self.progress.value = 0
+        self.progress.bar_style = ""
+
+        def on_progress(p: dict[str, Any]) -> None:
+            self.progress.value = min(99, self.progress.value + 5)
+            self.progress.description = _size(p.get("bytes"))
+
+        img = client.commit(ref, self.commit_message.value, progress=on_progress)
+        self.progress.value = 100
+        self.progress.bar_style = "success"
+        self.result.value = f"committed {_escape(ref)}: <code>{img['id']}</code>"
+
+
+def _escape(s: str) -> str:
+    import html
+
+    return html.escape(s)
+
+
+def panel(refresh: float = 2.0) -> w.Widget:
+    """Build the panel; display it by returning it from a cell."""
+    p = Panel(refresh=refresh)
+    p.widget._cellbox_panel = p  # keep the handlers alive with the widget
+    return p.widget
