@@ -327,3 +327,47 @@ def test_podman_style_global_flags_are_accepted(env: Env) -> None:
     assert r.code == 0, r.err
     assert "some-new-flag" in r.err and "warning" in r.err
     env.gone(cid)
+
+
+def test_terminal_over_console_socket(env: Env) -> None:
+    """process.terminal with --console-socket: the pty master arrives over the socket (SCM_RIGHTS)."""
+    import socket
+
+    cid = f"tty-{secrets.token_hex(3)}"
+    b = env.bundle(cid, ["/bin/sh", "-c", "tty; echo done"])
+    cfg = json.loads((b / "config.json").read_text())
+    cfg["process"]["terminal"] = True
+    (b / "config.json").write_text(json.dumps(cfg))
+    r = env.runc("create", "--bundle", str(b), cid)
+    assert r.code != 0 and "console socket" in r.err and len(r.lines()) == 1
+    env.gone(cid)
+    path = str(env.tmp / "console.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+    srv.settimeout(30)
+    try:
+        env.runc.ok("create", "--bundle", str(b), "--console-socket", path, cid)
+        conn, _ = srv.accept()
+        _msg, fds, _flags, _addr = socket.recv_fds(conn, 1024, 1)
+        conn.close()
+        assert len(fds) == 1
+        master = fds[0]
+        env.runc.ok("start", cid)
+        out = b""
+        while b"done" not in out:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO once the last slave closes
+                break
+            if not chunk:
+                break
+            out += chunk
+        os.close(master)
+        assert b"/dev/pts/" in out or b"/dev/console" in out, out
+        assert b"done" in out
+        env.runc.wait_status(cid, "stopped")
+        env.runc.ok("delete", cid)
+        env.gone(cid)
+    finally:
+        srv.close()
