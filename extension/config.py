@@ -1,0 +1,60 @@
+"""The extension's settings, one traitlets class: `c.Cellbox.<name>` in jupyter_server_config.
+
+Per-notebook settings (`metadata.cellbox` in the .ipynb) may ask for more or less than
+the defaults, but never more than the `max_*` caps: asked limits above a cap are lowered
+to the cap (and the container's record says so); an image or network not allowed is an
+error (the kernel does not start; the REST API answers 403).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+
+from traitlets import Bool, Enum, Float, Int, List, Unicode, default
+from traitlets.config import Configurable
+
+
+class Cellbox(Configurable):
+    """Settings for cellbox's Jupyter server extension."""
+
+    default_image = Unicode("cellbox/python:3.11", help="Image for a notebook that names none.").tag(config=True)
+    allowed_images = List(
+        Unicode(),
+        default_value=[],
+        help="fnmatch patterns of images a notebook may name in metadata.cellbox.image "
+        "(the default image is always allowed; ['*'] allows every local image).",
+    ).tag(config=True)
+    memory_limit = Unicode("1g", help="Memory limit of a notebook's container.").tag(config=True)
+    max_memory = Unicode("4g", help="Highest memory a notebook's metadata may ask for.").tag(config=True)
+    cpu_limit = Float(1.0, help="CPUs of a notebook's container (0 = no limit).").tag(config=True)
+    max_cpus = Float(2.0, help="Highest CPUs a notebook's metadata may ask for.").tag(config=True)
+    pids_limit = Int(512, help="Most processes in a notebook's container.").tag(config=True)
+    max_pids = Int(2048, help="Highest pids limit a notebook's metadata may ask for.").tag(config=True)
+    network = Enum(["none", "bridge"], "none", help="Network of a notebook's container.").tag(config=True)
+    allowed_networks = List(Unicode(), default_value=["none"], help="Networks metadata may ask for.").tag(config=True)
+    idle_timeout = Int(3600, help="Seconds without a kernel or kernel activity before a container is culled (0 = never).").tag(config=True)
+    cull_interval = Float(60.0, help="Seconds between two looks for idle containers.").tag(config=True)
+    cull_action = Enum(["stop", "remove"], "stop", help="What culling does to an idle container.").tag(config=True)
+    max_containers = Int(50, help="Most running notebook containers at once (0 = no limit).").tag(config=True)
+    state_root = Unicode("", help="cellbox state root (default $CELLBOX_ROOT or /var/lib/cellbox).").tag(config=True)
+    cgroup_parent = Unicode("", help="Parent cgroup of the containers (default $CELLBOX_CGROUP_PARENT or 'cellbox').").tag(config=True)
+    allow_commit = Bool(True, help="Whether users may commit containers into images.").tag(config=True)
+    allow_push = Bool(True, help="Whether users may push and pull images to and from registries.").tag(config=True)
+    insecure_registries = List(Unicode(), default_value=[], help="Registries reached over plain HTTP.").tag(config=True)
+    remove_on_delete = Bool(True, help="Remove a notebook's container when the notebook is deleted.").tag(config=True)
+    on_restart = Enum(["reattach", "remove"], "reattach", help="What a starting server does with the containers a previous run of it left.").tag(config=True)
+    isolation = Enum(["auto", "on", "off"], "auto", help="'auto': probe whether namespaces are allowed; 'off': degraded mode (kernels unisolated).").tag(config=True)
+    server_id = Unicode(help="This server's identity in container labels (default: from its root_dir).").tag(config=True)
+
+    @default("server_id")
+    def _server_id(self) -> str:
+        root = getattr(self.parent, "root_dir", None) or os.getcwd()
+        return hashlib.sha256(os.path.realpath(root).encode()).hexdigest()[:16]
+
+    def image_allowed(self, image: str) -> bool:
+        """The default image, or one matching an allowed pattern."""
+        if image == self.default_image:
+            return True
+        return any(fnmatch.fnmatchcase(image, pat) for pat in self.allowed_images)
