@@ -175,7 +175,9 @@ def _security_opts(opts: list[str], caps: list[str]) -> tuple[dict | None, bool]
 class Engine:
     """Containers (and, through `images`, the image store) under one root."""
 
-    def __init__(self, root: str | Path | None = None, cgroup_parent: str | None = None) -> None:
+    def __init__(
+        self, root: str | Path | None = None, cgroup_parent: str | None = None, zygote: bool | None = None
+    ) -> None:
         self.root = Path(root) if root else default_root()
         self.containers_dir = self.root / "containers"
         self.containers_dir.mkdir(parents=True, exist_ok=True)
@@ -184,6 +186,8 @@ class Engine:
         self._images = None
         self._network = None
         self._monitors: dict[str, Any] = {}  # id -> monitor Popen, for a fast wait()
+        # A long-lived caller (server, kernel) starts containers through a pre-forked zygote.
+        self.use_zygote = zygote if zygote is not None else os.environ.get("CELLBOX_ZYGOTE") == "1"
 
     # ------------------------------------------------------------------ helpers
 
@@ -203,6 +207,13 @@ class Engine:
 
             self._network = NetworkManager(self.root / "network")
         return self._network
+
+    def _creator(self) -> Any:
+        if self.use_zygote:
+            from .zygote import Zygote
+
+            return Zygote.shared().create
+        return launcher.create
 
     def _lock(self, shared: bool = False) -> Any:
         return state.locked(self.containers_dir / ".lock", shared=shared)
@@ -440,7 +451,7 @@ class Engine:
             if stdout is None or stderr is None:
                 log = open(ctr.log_path, "ab")
             try:
-                self._monitors[cid] = launcher.create(
+                self._monitors[cid] = self._creator()(
                     ctr_dir,
                     stdin=stdin,
                     stdout=stdout if stdout is not None else log,
@@ -713,7 +724,7 @@ class Engine:
             ctr.network = {}
         state.save(ctr.dir, state.State(id=ctr.id, bundle=str(ctr.dir), annotations={"name": ctr.name}))
         with open(ctr.log_path, "ab") as log:
-            self._monitors[ctr.id] = launcher.create(ctr.dir, stdout=log, stderr=log)
+            self._monitors[ctr.id] = self._creator()(ctr.dir, stdout=log, stderr=log)
         self._setup_network(ctr, RunOptions(**{k: v for k, v in ctr.options.items() if k in RunOptions.__dataclass_fields__}))
 
     # ------------------------------------------------------------------ images

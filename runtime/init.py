@@ -61,6 +61,32 @@ class _Pipe:
         os.close(self.wfd)
 
 
+_TRACE = os.environ.get("CELLBOX_TRACE")
+
+
+def trace(label: str) -> None:
+    """With CELLBOX_TRACE=FILE, append a timestamped step (finding where start time goes)."""
+    if _TRACE:
+        import time
+
+        with open(_TRACE, "a") as f:
+            f.write(f"{time.monotonic():.6f} {os.getpid()} {label}\n")
+
+
+_FILTERS: dict[str, seccomp_mod.Filter] = {}
+
+
+def compiled_filter(profile: dict | None) -> seccomp_mod.Filter | None:
+    """Compile a profile once per process; a zygote's children inherit the compiled ones."""
+    if not profile:
+        return None
+    key = json.dumps(profile, sort_keys=True)
+    f = _FILTERS.get(key)
+    if f is None:
+        f = _FILTERS[key] = seccomp_mod.Filter.compile(profile)
+    return f
+
+
 def _ns_list(config: dict) -> list[dict]:
     return list((config.get("linux") or {}).get("namespaces") or [])
 
@@ -169,11 +195,13 @@ def _container_init(config: dict, join_files: list[str], pipe: _Pipe, console: d
         for fd, flag in joins:
             sc.setns(fd, flag)
             os.close(fd)
+        trace("init: joined cgroups")
         sc.unshare(flags)
         if flags & sc.CLONE_NEWNET:
             _loopback_up()
         linux = config.get("linux") or {}
         proc = config.get("process") or {}
+        trace("init: unshared")
         root = rootfs.setup(config)
         master = slave = -1
         if proc.get("terminal"):
@@ -184,15 +212,16 @@ def _container_init(config: dict, join_files: list[str], pipe: _Pipe, console: d
         if "oomScoreAdj" in proc:
             with open("/proc/self/oom_score_adj", "w") as f:
                 f.write(str(proc["oomScoreAdj"]))
-        seccomp_filter = None
-        if linux.get("seccomp"):
-            seccomp_filter = seccomp_mod.Filter.compile(linux["seccomp"])
+        seccomp_filter = compiled_filter(linux.get("seccomp"))
         hooks = config.get("hooks") or {}
+        trace("init: mounts done")
         pipe.send(stage="mounted")
         msg = pipe.recv()
         if msg.get("stage") != "go":
             os._exit(1)
+        trace("init: go")
         rootfs.finish(config, root)
+        trace("init: pivoted")
         pipe.send(stage="ready")
         msg = pipe.recv()
         if msg.get("stage") != "start":
@@ -200,6 +229,7 @@ def _container_init(config: dict, join_files: list[str], pipe: _Pipe, console: d
         if hooks.get("startContainer"):
             st = state.State(id=msg.get("id", ""), status=state.CREATED, pid=1)
             run_hooks(config, "startContainer", st)
+        trace("init: start")
         child = os.fork()
         if child == 0:
             try:
@@ -209,13 +239,18 @@ def _container_init(config: dict, join_files: list[str], pipe: _Pipe, console: d
                 process_mod.exec_process(proc, config.get("annotations") or {}, seccomp_filter)
             finally:
                 os._exit(127)
+        _forward_signals(child)  # before "started": a kill right after start must arrive
         if slave >= 0:
             os.close(slave)
         _harden_init()
         pipe.send(stage="started", pid=child)
-        pipe.close()
-        sc.close_range(3)
-        _reap(child)
+        pipe.r.close()
+        # Keep only the pipe to the monitor: it hears the exit code the moment it is known.
+        notify = pipe.wfd
+        if notify > 3:
+            sc.close_range(3, notify - 1)
+        sc.close_range(notify + 1)
+        _reap(child, notify)
     except BaseException as e:  # noqa: BLE001 - report any failure to the monitor
         try:
             pipe.send(error=_describe(e))
@@ -238,9 +273,7 @@ def _harden_init() -> None:
     caps_mod.apply(empty)
 
 
-def _reap(main_pid: int) -> None:
-    """Reap every zombie; forward signals to the main process; exit with its status."""
-
+def _forward_signals(main_pid: int) -> None:
     def forward(signum: int, _frame: object) -> None:
         try:
             os.kill(main_pid, signum)
@@ -249,6 +282,10 @@ def _reap(main_pid: int) -> None:
 
     for s in _FORWARDED:
         signal.signal(s, forward)
+
+
+def _reap(main_pid: int, notify_fd: int = -1) -> None:
+    """Reap every zombie until the main process ends; exit with its status."""
     code = 0
     while True:
         try:
@@ -259,6 +296,11 @@ def _reap(main_pid: int) -> None:
             code = os.waitstatus_to_exitcode(status)
             code = 128 - code if code < 0 else code
             break
+    if notify_fd >= 0:
+        try:
+            os.write(notify_fd, json.dumps({"exit": code}).encode() + b"\n")
+        except OSError:
+            pass
     os._exit(code)
 
 
@@ -275,12 +317,13 @@ def _sync(fd: int, **msg: object) -> None:
         pass
 
 
-def create(state_dir: str, sync_fd: int, console: dict) -> None:
+def create(state_dir: str, sync_fd: int, console: dict, done_fd: int = -1) -> None:
     """The monitor: set up, report to the caller, wait for start, record the exit."""
     sc.set_dumpable(False)
     sc.set_process_name("cellbox-monitor")
     with open(os.path.join(state_dir, "config.json")) as f:
         config = json.load(f)
+    trace("monitor: begin")
     st = state.load(state_dir, refresh=False)
     cg = None
     child = 0
@@ -294,6 +337,7 @@ def create(state_dir: str, sync_fd: int, console: dict) -> None:
             cg.create()
             cg.apply((config.get("linux") or {}).get("resources") or {})
             join_files = cg.join_files()
+        trace("monitor: cgroup ready")
         pid_ns = next((n for n in _ns_list(config) if n["type"] == "pid"), None)
         # Hooks are forked after the init: they must run in the runtime's pid namespace.
         host_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
@@ -310,6 +354,8 @@ def create(state_dir: str, sync_fd: int, console: dict) -> None:
             os.close(w1)
             os.close(r2)
             os.close(sync_fd)
+            if done_fd >= 0:
+                os.close(done_fd)
             _container_init(config, join_files, _Pipe(r1, w2), console)
             os._exit(1)
         os.close(r1)
@@ -319,6 +365,7 @@ def create(state_dir: str, sync_fd: int, console: dict) -> None:
         pipe = _Pipe(r2, w1)
         st.pid = child
         st.pid_start = state.proc_start_time(child) or 0
+        trace("monitor: forked")
         msg = pipe.recv()
         if "error" in msg:
             raise RuntimeError(msg["error"])
@@ -333,6 +380,7 @@ def create(state_dir: str, sync_fd: int, console: dict) -> None:
         state.save(state_dir, st)
         fifo = os.path.join(state_dir, "exec.fifo")
         os.mkfifo(fifo, 0o600)
+        trace("monitor: created")
         _sync(sync_fd, pid=child)
         os.close(sync_fd)
         sync_fd = -1
@@ -340,6 +388,7 @@ def create(state_dir: str, sync_fd: int, console: dict) -> None:
         fd = os.open(fifo, os.O_WRONLY | os.O_CLOEXEC)
         os.write(fd, b"0")
         os.close(fd)
+        trace("monitor: start")
         pipe.send(stage="start", id=st.id)
         msg = pipe.recv()
         if "error" in msg:
@@ -352,13 +401,12 @@ def create(state_dir: str, sync_fd: int, console: dict) -> None:
             run_hooks(config, "poststart", st)
         except Exception as e:  # noqa: BLE001 - spec: a failing poststart hook is logged
             print(f"cellbox: {e}", file=sys.stderr)
-        pipe.r.close()
         os.close(pipe.wfd)
         if os.path.exists(os.path.join(state_dir, "monitor-exits-after-start")):
             # cellbox-runc: leave the init to the caller's subreaper (conmon waits for
             # that pid itself, as with runc); `state` reads liveness from the kernel.
             os._exit(0)
-        _monitor_wait(state_dir, child, cg)
+        _monitor_wait(state_dir, child, cg, pipe, done_fd)
     except BaseException as e:  # noqa: BLE001
         if sync_fd >= 0:
             _sync(sync_fd, error=_describe(e))
@@ -382,13 +430,21 @@ def create(state_dir: str, sync_fd: int, console: dict) -> None:
         os._exit(1)
 
 
-def _monitor_wait(state_dir: str, child: int, cg: object) -> None:
+def _monitor_wait(state_dir: str, child: int, cg: object, pipe: _Pipe, done_fd: int) -> None:
+    """Record the exit as soon as the init reports it, then wait for its teardown."""
     # The monitor ignores the signals a terminal sends; `stop` and `kill` signal the init.
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(s, signal.SIG_IGN)
-    _, status = os.waitpid(child, 0)
-    code = os.waitstatus_to_exitcode(status)
-    code = 128 - code if code < 0 else code
+    trace("monitor: waiting")
+    msg = pipe.recv()
+    pipe.r.close()
+    if "exit" in msg:
+        code = int(msg["exit"])
+    else:  # the init died without a word (SIGKILL, OOM): its own status tells
+        _, status = os.waitpid(child, 0)
+        child = 0
+        code = os.waitstatus_to_exitcode(status)
+        code = 128 - code if code < 0 else code
     st = state.load(state_dir, refresh=False)
     st.status = state.STOPPED
     st.exit_code = code
@@ -399,10 +455,15 @@ def _monitor_wait(state_dir: str, child: int, cg: object) -> None:
         except Exception:  # noqa: BLE001
             pass
     state.save(state_dir, st)
+    trace("monitor: exit recorded")
     try:
         os.unlink(os.path.join(state_dir, "exec.fifo"))
     except OSError:
         pass
+    if done_fd >= 0:
+        os.close(done_fd)
+    if child:
+        os.waitpid(child, 0)
     os._exit(code)
 
 
@@ -437,10 +498,7 @@ def exec_in(state_dir: str, process_file: str, sync_fd: int, console: dict) -> N
         for fd, flag in fds:
             sc.setns(fd, flag)
             os.close(fd)
-        seccomp_filter = None
-        seccomp = (config.get("linux") or {}).get("seccomp")
-        if seccomp:
-            seccomp_filter = seccomp_mod.Filter.compile(seccomp)
+        seccomp_filter = compiled_filter((config.get("linux") or {}).get("seccomp"))
         master = slave = -1
         if proc.get("terminal"):
             master, slave = _open_console("/")
@@ -466,8 +524,57 @@ def exec_in(state_dir: str, process_file: str, sync_fd: int, console: dict) -> N
     os._exit(128 - code if code < 0 else code)
 
 
+def zygote(sock_fd: int) -> None:
+    """Serve create requests forever: fork a monitor per container, everything pre-imported.
+
+    A request is one message: JSON {"state_dir", "console_socket"?} with the fds
+    stdin, stdout, stderr, sync, done[, console] attached (SCM_RIGHTS).
+    """
+    sc.set_dumpable(False)
+    sc.set_pdeathsig(signal.SIGKILL)
+    sc.set_process_name("cellbox-zygote")
+    sock = socket.socket(fileno=sock_fd)
+    try:
+        compiled_filter(seccomp_mod.default_profile())
+    except Exception:  # noqa: BLE001 - a warm cache is an optimisation only
+        pass
+    from . import cgroups  # noqa: F401 - imported once here, used by every child
+
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps our monitors
+    while True:
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(sock, 65536, 8)
+        except InterruptedError:
+            continue
+        if not msg:
+            os._exit(0)
+        req = json.loads(msg)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                sock.close()
+                os.setsid()
+                stdin, stdout, stderr, sync_fd, done_fd, *rest = fds
+                os.set_inheritable(done_fd, False)
+                for target, fd in ((0, stdin), (1, stdout), (2, stderr)):
+                    os.dup2(fd, target)
+                for fd in (stdin, stdout, stderr):
+                    os.close(fd)
+                console: dict = {}
+                if rest:
+                    console["fd"] = rest[0]
+                elif req.get("console_socket"):
+                    console["socket"] = req["console_socket"]
+                create(req["state_dir"], sync_fd, console, done_fd)
+            finally:
+                os._exit(1)
+        for fd in fds:
+            os.close(fd)
+
+
 def main(argv: list[str]) -> None:
-    """argv: create STATE_DIR SYNC_FD [console] | exec STATE_DIR PROCESS.json SYNC_FD [console]."""
+    """argv: create STATE_DIR SYNC_FD [console] | exec STATE_DIR PROCESS.json SYNC_FD [console] | zygote SOCK_FD."""
     console: dict = {}
     if argv[-1].startswith("console-fd="):
         console["fd"] = int(argv.pop()[len("console-fd=") :])
@@ -477,5 +584,7 @@ def main(argv: list[str]) -> None:
         create(argv[1], int(argv[2]), console)
     elif argv[0] == "exec":
         exec_in(argv[1], argv[2], int(argv[3]), console)
+    elif argv[0] == "zygote":
+        zygote(int(argv[1]))
     else:
         raise SystemExit(f"cellbox init: unknown mode {argv[0]}")

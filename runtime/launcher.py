@@ -43,7 +43,7 @@ def _reap() -> None:
             _children.remove(p)
 
 
-def _read_sync(fd: int) -> dict[str, Any]:
+def read_sync(fd: int) -> dict[str, Any]:
     data = b""
     with os.fdopen(fd, "rb") as f:
         data = f.readline()
@@ -90,7 +90,7 @@ def create(
     finally:
         os.close(w)
     _children.append(proc)
-    msg = _read_sync(r)
+    msg = read_sync(r)
     if "error" in msg:
         proc.wait()
         raise CellboxError(msg["error"])
@@ -167,7 +167,7 @@ def exec_process(
         os.close(w)
     _children.append(proc)
     try:
-        msg = _read_sync(r)
+        msg = read_sync(r)
     finally:
         os.unlink(pfile)
     if "error" in msg:

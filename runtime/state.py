@@ -24,21 +24,22 @@ def now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def write_atomic(path: str | Path, data: bytes, mode: int = 0o644) -> None:
-    """Temp file in the same directory, fsync, rename: readers see old or new, never half."""
+def write_atomic(path: str | Path, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
+    """Temp file in the same directory, (fsync,) rename: readers see old or new, never half."""
     path = str(path)
     tmp = f"{path}.tmp-{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         os.write(fd, data)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
 
 
-def write_json(path: str | Path, obj: Any, mode: int = 0o644) -> None:
-    write_atomic(path, json.dumps(obj, indent=1, sort_keys=True).encode(), mode)
+def write_json(path: str | Path, obj: Any, mode: int = 0o644, durable: bool = True) -> None:
+    write_atomic(path, json.dumps(obj, separators=(",", ":"), sort_keys=True).encode(), mode, durable)
 
 
 def proc_start_time(pid: int) -> int | None:
@@ -99,14 +100,18 @@ def state_path(state_dir: str | Path) -> Path:
 
 
 def load(state_dir: str | Path, refresh: bool = True) -> State:
-    with open(state_path(state_dir)) as f:
-        raw = json.load(f)
+    try:
+        with open(state_path(state_dir)) as f:
+            raw = json.load(f)
+    except ValueError:  # torn by a crash (it is written without fsync): nothing runs
+        return State(id=Path(state_dir).name, status=STOPPED, exit_code=None, error="state lost in a crash")
     st = State(**{k: v for k, v in raw.items() if k in State.__dataclass_fields__})
     return st.refresh() if refresh else st
 
 
 def save(state_dir: str | Path, st: State) -> None:
-    write_json(state_path(state_dir), asdict(st))
+    # No fsync: after a power loss the kernel's truth (is the init alive?) rebuilds it.
+    write_json(state_path(state_dir), asdict(st), durable=False)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,143 @@
+"""A pre-forked, single-threaded helper that creates containers without a new interpreter.
+
+Starting `python -I -S` and importing the runtime costs tens of milliseconds per
+container; the zygote pays it once and forks a monitor per request (as Android's
+zygote does for apps). Used by long-lived callers: the Jupyter server, kernels,
+benchmarks. It dies with its owner (PR_SET_PDEATHSIG, and EOF on its socket).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import IO, Any
+
+from . import state
+from .errors import CellboxError
+
+
+def _fileno(f: int | IO[Any] | None, default: int, devnull: int) -> int:
+    if f is None:
+        return default
+    if f == subprocess.DEVNULL:
+        return devnull
+    if isinstance(f, int):
+        if f < 0:
+            raise CellboxError("the zygote passes files, not pipes: give a file or fd")
+        return f
+    return f.fileno()
+
+
+class MonitorHandle:
+    """Stands in for the monitor's Popen: wait() returns the container's exit code."""
+
+    def __init__(self, done_fd: int, state_dir: str | Path) -> None:
+        self._done = done_fd
+        self.state_dir = state_dir
+        self.returncode: int | None = None
+
+    def _finish(self) -> int:
+        os.close(self._done)
+        self._done = -1
+        st = state.load(self.state_dir)
+        self.returncode = st.exit_code if st.exit_code is not None else 137
+        return self.returncode
+
+    def poll(self) -> int | None:
+        if self.returncode is not None:
+            return self.returncode
+        ready, _, _ = select.select([self._done], [], [], 0)
+        return self._finish() if ready and not os.read(self._done, 1) else None
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is not None:
+            return self.returncode
+        while True:
+            ready, _, _ = select.select([self._done], [], [], timeout)
+            if not ready:
+                raise subprocess.TimeoutExpired("cellbox-monitor", timeout or 0)
+            if not os.read(self._done, 1):
+                return self._finish()
+
+    def __del__(self) -> None:
+        if self._done >= 0:
+            try:
+                os.close(self._done)
+            except OSError:
+                pass
+
+
+class Zygote:
+    """One per process; thread-safe."""
+
+    _instance: Zygote | None = None
+    _instance_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls) -> Zygote:
+        with cls._instance_lock:
+            if cls._instance is None or cls._instance.proc.poll() is not None:
+                cls._instance = cls()
+            return cls._instance
+
+    def __init__(self) -> None:
+        from .launcher import helper_argv
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.sock = ours
+        self.proc = subprocess.Popen(
+            helper_argv("zygote", str(theirs.fileno())),
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        theirs.close()
+        self._lock = threading.Lock()
+
+    def create(
+        self,
+        state_dir: str | Path,
+        *,
+        stdin: int | IO[Any] | None = None,
+        stdout: int | IO[Any] | None = None,
+        stderr: int | IO[Any] | None = None,
+        console_socket: str | None = None,
+        console_fd: int | None = None,
+    ) -> MonitorHandle:
+        from .launcher import read_sync
+
+        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        r, w = os.pipe()
+        done_r, done_w = os.pipe()
+        fds = [
+            _fileno(stdin, devnull, devnull),
+            _fileno(stdout, sys.stdout.fileno(), devnull),
+            _fileno(stderr, sys.stderr.fileno(), devnull),
+            w,
+            done_w,
+        ]
+        if console_fd is not None:
+            fds.append(console_fd)
+        req = {"state_dir": str(state_dir), "console_socket": console_socket}
+        try:
+            with self._lock:
+                socket.send_fds(self.sock, [json.dumps(req).encode()], fds)
+        except OSError as e:
+            for fd in (r, done_r):
+                os.close(fd)
+            raise CellboxError(f"the cellbox zygote is gone: {e}") from None
+        finally:
+            for fd in (w, done_w, devnull):
+                os.close(fd)
+        msg = read_sync(r)
+        handle = MonitorHandle(done_r, state_dir)
+        if "error" in msg:
+            handle.wait()
+            raise CellboxError(msg["error"])
+        return handle
