@@ -37,6 +37,7 @@ MAX_REQUEST = 64 * 1024
 READ_TIMEOUT = 5.0
 WRITE_TIMEOUT = 10.0
 MAX_CLIENTS = 4
+RESTORE_DELAY = 0.3
 LABEL_COMMITTER = "cellbox.kernel.container"
 
 _TEXT = {"type": "string", "maxLength": 4096}
@@ -264,7 +265,12 @@ class ControlServer:
             if op == "restore":
                 info = eng.snapshots(cid).get(args["snapshot"])
                 hook = self.restore_hook or (lambda snap: eng.snapshot_restore(cid, snap))
-                return {**dataclasses.asdict(info), "restarting": True}, lambda: hook(info.id)
+
+                def later() -> None:
+                    time.sleep(RESTORE_DELAY)  # let the kernel show the answer before it is replaced
+                    hook(info.id)
+
+                return {**dataclasses.asdict(info), "restarting": True}, later
             if op == "commit":
                 return self._commit(args["ref"], args.get("message", ""), progress), None
             if op == "push":

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cellbox.runtime.errors import InvalidArgument
+from cellbox.runtime.errors import CellboxError, InvalidArgument
 
 DEFAULT_NAME = "cellbox"
 DISPLAY_NAME = "Python 3 (cellbox)"
@@ -124,7 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cellbox")
     register(parser.add_subparsers(dest="cmd", required=True))
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except CellboxError as e:
+        print(f"cellbox: {e}", file=sys.stderr)
+        return e.exit_code
 
 
 if __name__ == "__main__":
