@@ -379,6 +379,8 @@ class Engine:
         namespaces = [n for n in linux["namespaces"] if n["type"] != "network"]
         if net.mode == "none" or net.mode == "bridge":
             namespaces.append({"type": "network"})
+            # ping without CAP_NET_RAW, as Docker allows it in a namespace of its own
+            linux["sysctl"].setdefault("net.ipv4.ping_group_range", "0 2147483647")
         elif net.mode == "container":
             other = self.get(net.container or "")
             ost = other.state()
@@ -477,7 +479,7 @@ class Engine:
                 raise InvalidArgument(f"ports can only be published with --network bridge, not {net.mode}")
             return
         st = ctr.state()
-        info = self.network.setup(ctr.id, f"/proc/{st.pid}/ns/net", net, publish, hostname=ctr.name)
+        info = self.network.setup(ctr.id, f"/proc/{st.pid}/ns/net", net, publish, hostname=ctr.config()["hostname"])
         ctr.network = {
             "mode": info.mode,
             "ip": info.ip,

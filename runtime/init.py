@@ -380,14 +380,12 @@ def create(state_dir: str, sync_fd: int, console: dict, done_fd: int = -1) -> No
         state.save(state_dir, st)
         fifo = os.path.join(state_dir, "exec.fifo")
         os.mkfifo(fifo, 0o600)
+        gate = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         trace("monitor: created")
         _sync(sync_fd, pid=child)
         os.close(sync_fd)
         sync_fd = -1
-        # The start gate: blocks until `start` opens the fifo for reading.
-        fd = os.open(fifo, os.O_WRONLY | os.O_CLOEXEC)
-        os.write(fd, b"0")
-        os.close(fd)
+        _wait_for_start(fifo, gate, child)
         trace("monitor: start")
         pipe.send(stage="start", id=st.id)
         msg = pipe.recv()
@@ -410,7 +408,7 @@ def create(state_dir: str, sync_fd: int, console: dict, done_fd: int = -1) -> No
     except BaseException as e:  # noqa: BLE001
         if sync_fd >= 0:
             _sync(sync_fd, error=_describe(e))
-        else:
+        elif not isinstance(e, _Aborted):
             print(f"cellbox: {_describe(e)}", file=sys.stderr)
         if child:
             try:
@@ -428,6 +426,32 @@ def create(state_dir: str, sync_fd: int, console: dict, done_fd: int = -1) -> No
         except OSError:
             pass
         os._exit(1)
+
+
+class _Aborted(Exception):
+    """The container went away before start: nothing to report."""
+
+
+def _wait_for_start(fifo: str, gate: int, child: int) -> None:
+    """The start gate: `start` writes a byte into the fifo. If the init dies first
+    (killed, or the container removed before it started), give up at once."""
+    import select
+
+    pidfd = os.pidfd_open(child)
+    try:
+        while True:
+            ready, _, _ = select.select([gate, pidfd], [], [])
+            if gate in ready:
+                if os.read(gate, 1):
+                    break
+                # a writer came and went without a byte: start listening afresh
+                os.close(gate)
+                gate = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                continue
+            raise _Aborted("the container's init died before it was started")
+    finally:
+        os.close(pidfd)
+        os.close(gate)
 
 
 def _monitor_wait(state_dir: str, child: int, cg: object, pipe: _Pipe, done_fd: int) -> None:

@@ -104,11 +104,12 @@ def start(state_dir: str | Path) -> None:
         raise Conflict(f"container {st.id} is not in created state (it is {st.status})")
     fifo = os.path.join(state_dir, "exec.fifo")
     try:
-        fd = os.open(fifo, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+        # The monitor holds the read end; with no reader this fails (ENXIO) at once.
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (FileNotFoundError, OSError):
         raise Conflict(f"container {st.id} is not in created state") from None
     try:
-        os.read(fd, 1)
+        os.write(fd, b"0")
     finally:
         os.close(fd)
     try:

@@ -1,0 +1,103 @@
+"""--network through the engine and the CLI, inside a network namespace that plays the host
+(the machine's own interfaces and firewall are never touched)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def hostns(engine):
+    name = f"cbxtest-{secrets.token_hex(3)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"], check=True)
+    yield name
+    # whatever the test left: containers first (their veths and rules), then the namespace
+    run_in(name, engine, "ps", "-aq", check=False)
+    for cid in run_in(name, engine, "ps", "-aq", check=False).stdout.split():
+        run_in(name, engine, "rm", "-f", cid, check=False)
+    subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def run_in(ns: str, engine, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    """The cellbox CLI with only its network namespace switched (cgroups stay visible)."""
+    cmd = ["nsenter", f"--net=/run/netns/{ns}", sys.executable, "-m", "cellbox.runtime.cli",
+           "--root", str(engine.root), "--cgroup-parent", engine.cgroup_parent, *args]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+def in_ns(ns: str, *cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, timeout=30)
+
+
+def connect(ns: str, host: str, port: int) -> str:
+    """The first line a TCP server sends, retried while it is still starting."""
+    code = (
+        "import socket,time\n"
+        "for i in range(50):\n"
+        "    try:\n"
+        f"        s=socket.create_connection(({host!r},{port}),timeout=5)\n"
+        "        data=s.recv(100).decode().strip()\n"
+        "        if data:\n"
+        "            print(data); break\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "    time.sleep(0.1)\n"
+    )
+    return in_ns(ns, sys.executable, "-c", code).stdout.strip()
+
+
+SERVER = "while true; do echo hello-$(hostname) | nc -l -p 80; done"
+
+
+def test_bridge_publish_and_cleanup(engine, busybox_rootfs, hostns):
+    run_in(hostns, engine, "run", "-d", "--name", "web", "--hostname", "web1", "--network", "bridge",
+           "-p", "18080:80", "--rootfs", str(busybox_rootfs), "sh", "-c", SERVER)  # fmt: skip
+    info = json.loads(run_in(hostns, engine, "inspect", "web").stdout)[0]
+    ip = info["NetworkSettings"]["ip"]
+    assert ip.startswith("10.88.")
+    assert connect(hostns, "127.0.0.1", 18080) == "hello-web1"  # published on the host's loopback
+    time.sleep(0.2)
+    assert connect(hostns, ip, 80) == "hello-web1"  # host -> container over the bridge
+    # a second container reaches the first one over the bridge, and sees its own eth0
+    r = run_in(hostns, engine, "run", "--rm", "--network", "bridge", "--rootfs", str(busybox_rootfs),
+               "sh", "-c", f"ip -o -4 addr show eth0 | wc -l; nc -w 3 {ip} 80 </dev/null")  # fmt: skip
+    assert r.stdout.split() == ["1", "hello-web1"], r.stdout + r.stderr
+    # container:NAME shares web's namespace: same address
+    r = run_in(hostns, engine, "run", "--rm", "--network", "container:web", "--rootfs", str(busybox_rootfs),
+               "sh", "-c", "ip -o -4 addr show eth0")  # fmt: skip
+    assert ip in r.stdout
+    run_in(hostns, engine, "rm", "-f", "web")
+    links = in_ns(hostns, "ip", "-o", "link").stdout
+    assert "cbx" not in links  # no veth left
+    assert "dnat" not in in_ns(hostns, "nft", "list", "ruleset").stdout
+
+
+def test_none_and_unknown_modes(engine, busybox_rootfs, hostns):
+    r = run_in(hostns, engine, "run", "--rm", "--rootfs", str(busybox_rootfs), "ls", "/sys/class/net")
+    assert r.stdout.split() == ["lo"]
+    r = run_in(hostns, engine, "run", "--rm", "--network", "bogus", "--rootfs", str(busybox_rootfs), "true", check=False)
+    assert r.returncode == 125 and "network" in r.stderr and r.stderr.count("\n") == 1
+    r = run_in(hostns, engine, "run", "--rm", "-p", "80:80", "--rootfs", str(busybox_rootfs), "true", check=False)
+    assert r.returncode == 125 and "bridge" in r.stderr
+    assert run_in(hostns, engine, "ps", "-aq").stdout.strip() == ""  # nothing half-created
+
+
+def test_port_in_use_is_refused_cleanly(engine, busybox_rootfs, hostns):
+    run_in(hostns, engine, "run", "-d", "--name", "a", "--network", "bridge", "-p", "18081:80", "--rootfs", str(busybox_rootfs), "sleep", "100")
+    r = run_in(hostns, engine, "run", "-d", "--name", "b", "--network", "bridge", "-p", "18081:80", "--rootfs", str(busybox_rootfs), "sleep", "100", check=False)
+    assert r.returncode != 0 and "18081" in r.stderr
+    names = run_in(hostns, engine, "ps", "-a", "--format", "json").stdout.splitlines()
+    assert [json.loads(n)["Names"] for n in names] == ["a"]
+    assert in_ns(hostns, "ip", "-o", "link").stdout.count("cbx") == 1
