@@ -1,0 +1,75 @@
+"""`cellbox lab`: JupyterLab with the cellbox extension, on the default image, in notebooks/.
+
+The extension is passed with --ServerApp.jpserver_extensions, so it is on even when the
+jupyter_server_config.d file was not installed (editable installs skip data-files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _default_dir() -> str:
+    here = Path(__file__).resolve().parents[2] / "notebooks"
+    return str(here) if here.is_dir() else os.getcwd()
+
+
+def _install_kernelspec() -> None:
+    try:
+        from cellbox.kernel.kernelspec import install_kernelspec
+    except ImportError:
+        sys.stderr.write("cellbox: the cellbox kernel is not available; notebooks will use other kernels\n")
+        return
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if "cellbox" not in KernelSpecManager().find_kernel_specs():
+        install_kernelspec()
+
+
+def lab_argv(args: argparse.Namespace) -> list[str]:
+    """The jupyter lab command line `cellbox lab` runs."""
+    argv = [
+        sys.executable, "-m", "jupyterlab",
+        f"--ServerApp.jpserver_extensions={ {'cellbox.extension': True} !r}",
+        f"--ServerApp.ip={args.ip}",
+        f"--ServerApp.root_dir={os.path.abspath(args.dir or _default_dir())}",
+    ]  # fmt: skip
+    if args.port:
+        argv.append(f"--ServerApp.port={args.port}")
+    if args.no_browser:
+        argv.append("--ServerApp.open_browser=False")
+    if os.geteuid() == 0:
+        argv.append("--ServerApp.allow_root=True")
+    if getattr(args, "root", None):
+        argv.append(f"--Cellbox.state_root={args.root}")
+    if getattr(args, "cgroup_parent", None):
+        argv.append(f"--Cellbox.cgroup_parent={args.cgroup_parent}")
+    return argv + list(args.jupyter_args or [])
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    from cellbox.extension.isolation import probe
+
+    if probe().isolated:
+        from .common import engine
+
+        sys.stderr.write("cellbox: preparing the default image (the first time takes a few seconds)...\n")
+        engine(args).ensure_default_image()
+    _install_kernelspec()
+    argv = lab_argv(args)
+    sys.stdout.flush()
+    os.execv(argv[0], argv)
+    return 0  # not reached
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("lab", help="start JupyterLab with every notebook in its own container")
+    p.add_argument("--port", type=int, default=0, help="port (default: 8888 or the next free one)")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    p.add_argument("--ip", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("dir", nargs="?", help="notebook directory (default: the project's notebooks/)")
+    p.add_argument("jupyter_args", nargs=argparse.REMAINDER, help="more options for jupyter lab, after --")
+    p.set_defaults(func=cmd_lab)
