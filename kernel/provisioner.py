@@ -24,6 +24,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from typing import Any
 
 from jupyter_client.provisioning import LocalProvisioner
@@ -155,6 +156,8 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
         host_cf = getattr(self.parent, "connection_file", None)
         inside = f"{containers.IN_CONTAINER}/{containers.CONNECTION_FILE}"
         out = [inside if (a == host_cf or a == "{connection_file}") else a for a in cmd]
+        if out and out[0] == sys.executable:  # jupyter_client swaps "python3" for the host's
+            out[0] = "python3"
         if not any(a.startswith("--IPKernelApp.extra_extensions") for a in out):
             out.append("--IPKernelApp.extra_extensions=cellbox.kernel.extension")
         return out
