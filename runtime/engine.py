@@ -784,13 +784,16 @@ class Engine:
             # A --rootfs container: the image holds the rootfs itself as its base layer.
             changes_all = list(changes)
             base = self.images.import_rootfs(Path(self.lowers(ctr)[0]), None, changes=changes_all)
-        if snapshot:
-            with tempfile.TemporaryDirectory(dir=ctr.dir) as tmp:
-                tree = Path(tmp) / "upper"
-                self.snapshots(ctr.id).materialize(self.snapshots(ctr.id).get(snapshot).id, tree)
-                return self.images.commit(tree, base, **common)
-        with self._frozen(ctr, pause):
-            return self.images.commit(ctr.upper, base, **common)
+        try:
+            if snapshot:
+                with tempfile.TemporaryDirectory(dir=ctr.dir) as tmp:
+                    tree = Path(tmp) / "upper"
+                    self.snapshots(ctr.id).materialize(self.snapshots(ctr.id).get(snapshot).id, tree)
+                    return self.images.commit(tree, base, **common)
+            with self._frozen(ctr, pause):
+                return self.images.commit(ctr.upper, base, **common)
+        except OSError as e:  # a full disk, most often: the store is left as it was
+            raise CellboxError(f"commit of {ctr.short_id} failed: {e.strerror or e}") from None
 
     def diff(self, ref: str) -> list[tuple[str, str]]:
         from .images.diff import changes

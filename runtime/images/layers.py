@@ -242,6 +242,9 @@ def create_layer(
                     total += len(data)
                     if progress:
                         progress(total)
+        except BaseException:
+            proc.kill()  # a full disk or a cancel: tar must not block on a pipe no one reads
+            raise
         finally:
             feeder.join()
             err = proc.stderr.read().decode(errors="replace")  # type: ignore[union-attr]

@@ -10,6 +10,7 @@ import ctypes
 import ctypes.util
 import os
 
+
 def _open_libc() -> ctypes.CDLL:
     # find_library spawns ldconfig (tens of ms): only when the usual soname fails.
     try:
