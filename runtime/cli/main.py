@@ -15,7 +15,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import containers, images, system
+    from . import containers, images, lab, system
 
     parser = _Parser(
         prog="cellbox",
@@ -30,6 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     containers.register(sub)
     images.register(sub)
     system.register(sub)
+    lab.register(sub)
+    try:
+        from cellbox.kernel.kernelspec import register as register_kernelspec
+    except ImportError:  # the kernel part is optional for the runtime alone
+        pass
+    else:
+        register_kernelspec(sub)
     return parser
 
 
