@@ -543,9 +543,33 @@ def exec_in(state_dir: str, process_file: str, sync_fd: int, console: dict) -> N
         os._exit(126)
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(s, lambda signum, _f: os.kill(child, signum))
+    if not os.environ.get("CELLBOX_EXEC_DETACHED"):
+        _die_with_parent(child)
     _, status = os.waitpid(child, 0)
     code = os.waitstatus_to_exitcode(status)
     os._exit(128 - code if code < 0 else code)
+
+
+def _die_with_parent(child: int) -> None:
+    """An attached exec ends with whoever started it: a SIGKILLed Jupyter server must not
+    leave its kernels running. (PR_SET_PDEATHSIG would fire when the spawning *thread*
+    exits, which in a server's thread pool is any time.)"""
+    import select
+
+    parent = os.pidfd_open(os.getppid())
+    mine = os.pidfd_open(child)
+    while True:
+        try:
+            ready, _, _ = select.select([parent, mine], [], [])
+        except InterruptedError:
+            continue
+        if mine in ready:
+            break
+        if parent in ready:
+            os.kill(child, signal.SIGKILL)
+            break
+    os.close(parent)
+    os.close(mine)
 
 
 def zygote(sock_fd: int) -> None:

@@ -163,6 +163,7 @@ def exec_process(
             stderr=stderr,
             pass_fds=pass_fds,
             start_new_session=detach,
+            env={**os.environ, "CELLBOX_EXEC_DETACHED": "1"} if detach else None,
         )
     finally:
         os.close(w)

@@ -243,3 +243,35 @@ def test_cli_tty(engine, busybox_rootfs):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, out
     assert b"/dev/pts/0" in out and b"is-a-tty" in out
+
+
+def test_exec_dies_with_its_caller(engine, busybox_rootfs):
+    """A SIGKILLed caller (say, a Jupyter server) leaves no exec'd process behind."""
+    ctr = detached(engine, busybox_rootfs, "exec sleep 1000")
+    code = (
+        "import sys, time\n"
+        "from cellbox.runtime.engine import Engine\n"
+        f"e = Engine(root={str(engine.root)!r}, cgroup_parent={engine.cgroup_parent!r})\n"
+        f"p = e.exec({ctr.id!r}, ['sleep', '999'])\n"
+        "print(p.process_pid, flush=True)\n"
+        "time.sleep(1000)\n"
+    )
+    caller = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(caller.stdout.readline())
+        for _ in range(100):  # the helper's child execs sleep a moment later
+            if open(f"/proc/{pid}/cmdline").read().startswith("sleep\0999"):
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("exec never ran sleep")
+    finally:
+        caller.kill()
+        caller.wait()
+    for _ in range(100):
+        if not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z":
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the exec'd process outlived its caller")
+    assert ctr.state().status == "running"  # the container itself is untouched
