@@ -177,6 +177,13 @@ class ControlServer:
 
     def _reply_and_close(self, conn: socket.socket, msg: dict[str, Any]) -> None:
         try:
+            # Take (and drop) what the client sends first, briefly: closing on unread
+            # data would make its write fail (EPIPE) before it can read the answer.
+            conn.settimeout(0.2)
+            try:
+                conn.recv(MAX_REQUEST + 1)
+            except (TimeoutError, OSError):
+                pass
             conn.settimeout(1.0)
             conn.sendall(json.dumps(msg).encode() + b"\n")
         except OSError:
