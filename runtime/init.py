@@ -339,29 +339,16 @@ def create(state_dir: str, sync_fd: int, console: dict, done_fd: int = -1) -> No
             join_files = cg.join_files()
         trace("monitor: cgroup ready")
         pid_ns = next((n for n in _ns_list(config) if n["type"] == "pid"), None)
-        # Hooks are forked after the init: they must run in the runtime's pid namespace.
-        host_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-        if pid_ns and pid_ns.get("path"):
-            fd = os.open(pid_ns["path"], os.O_RDONLY)
-            sc.setns(fd, sc.CLONE_NEWPID)
-            os.close(fd)
-        elif pid_ns:
-            sc.unshare(sc.CLONE_NEWPID)
+        user_ns = next((n for n in _ns_list(config) if n["type"] == "user"), None)
         r1, w1 = os.pipe()
         r2, w2 = os.pipe()
-        child = os.fork()
-        if child == 0:
-            os.close(w1)
-            os.close(r2)
-            os.close(sync_fd)
-            if done_fd >= 0:
-                os.close(done_fd)
-            _container_init(config, join_files, _Pipe(r1, w2), console)
-            os._exit(1)
+        keep = (sync_fd, done_fd)
+        if user_ns:
+            child = _fork_in_user_namespace(config, user_ns, pid_ns, join_files, (r1, w1, r2, w2), keep, console)
+        else:
+            child = _fork_init(config, pid_ns, join_files, (r1, w1, r2, w2), keep, console)
         os.close(r1)
         os.close(w2)
-        sc.setns(host_pidns, sc.CLONE_NEWPID)
-        os.close(host_pidns)
         pipe = _Pipe(r2, w1)
         st.pid = child
         st.pid_start = state.proc_start_time(child) or 0
@@ -430,6 +417,107 @@ def create(state_dir: str, sync_fd: int, console: dict, done_fd: int = -1) -> No
 
 class _Aborted(Exception):
     """The container went away before start: nothing to report."""
+
+
+def _enter_pid_namespace(pid_ns: dict | None) -> None:
+    if pid_ns and pid_ns.get("path"):
+        fd = os.open(pid_ns["path"], os.O_RDONLY)
+        sc.setns(fd, sc.CLONE_NEWPID)
+        os.close(fd)
+    elif pid_ns:
+        sc.unshare(sc.CLONE_NEWPID)
+
+
+def _fork_init(config: dict, pid_ns: dict | None, join_files: list[str], pipes: tuple, keep: tuple, console: dict) -> int:
+    """Fork the container's init as PID 1 of a new pid namespace; the monitor stays outside."""
+    r1, w1, r2, w2 = pipes
+    # Hooks are forked later by the monitor: it must stay in the runtime's pid namespace.
+    host_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    _enter_pid_namespace(pid_ns)
+    child = os.fork()
+    if child == 0:
+        os.close(w1)
+        os.close(r2)
+        for fd in keep:
+            if fd >= 0:
+                os.close(fd)
+        _container_init(config, join_files, _Pipe(r1, w2), console)
+        os._exit(1)
+    sc.setns(host_pidns, sc.CLONE_NEWPID)
+    os.close(host_pidns)
+    return child
+
+
+def _write_id_map(pid: int, kind: str, mappings: list[dict]) -> None:
+    lines = "".join(f"{m['containerID']} {m['hostID']} {m['size']}\n" for m in mappings)
+    with open(f"/proc/{pid}/{kind}_map", "w") as f:
+        f.write(lines)
+
+
+def _fork_in_user_namespace(
+    config: dict, user_ns: dict, pid_ns: dict | None, join_files: list[str], pipes: tuple, keep: tuple, console: dict
+) -> int:
+    """runc's dance: an intermediate process enters the user namespace (the monitor writes
+    its id maps), then creates the pid namespace, which the user namespace must own for
+    /proc to be mountable, and forks the init. The monitor, a subreaper, inherits it."""
+    r1, w1, r2, w2 = pipes
+    sc.set_child_subreaper()
+    to_mid_r, to_mid_w = os.pipe()
+    from_mid_r, from_mid_w = os.pipe()
+    mid = os.fork()
+    if mid == 0:
+        try:
+            os.close(to_mid_w)
+            os.close(from_mid_r)
+            for fd in keep:
+                if fd >= 0:
+                    os.close(fd)
+            for path in join_files:  # cgroup files belong to the host's root: join first
+                with open(path, "w") as f:
+                    f.write("0")
+            if user_ns.get("path"):
+                fd = os.open(user_ns["path"], os.O_RDONLY)
+                sc.setns(fd, sc.CLONE_NEWUSER)
+                os.close(fd)
+            else:
+                sc.unshare(sc.CLONE_NEWUSER)
+                os.write(from_mid_w, b"u")
+                if os.read(to_mid_r, 1) != b"m":
+                    os._exit(1)
+            os.setresgid(0, 0, 0)
+            os.setresuid(0, 0, 0)
+            _enter_pid_namespace(pid_ns)
+            init = os.fork()
+            if init == 0:
+                os.close(to_mid_r)
+                os.close(from_mid_w)
+                os.close(w1)
+                os.close(r2)
+                _container_init(config, [], _Pipe(r1, w2), console)
+                os._exit(1)
+            os.write(from_mid_w, f"{init}\n".encode())
+        finally:
+            os._exit(0)
+    os.close(to_mid_r)
+    os.close(from_mid_w)
+    try:
+        if not user_ns.get("path"):
+            if os.read(from_mid_r, 1) != b"u":
+                raise RuntimeError("could not create the user namespace")
+            linux = config.get("linux") or {}
+            _write_id_map(mid, "uid", linux.get("uidMappings") or [])
+            _write_id_map(mid, "gid", linux.get("gidMappings") or [])
+            os.write(to_mid_w, b"m")
+        data = b""
+        while chunk := os.read(from_mid_r, 64):
+            data += chunk
+        os.waitpid(mid, 0)
+        if not data.strip():
+            raise RuntimeError("could not start the container's init in its user namespace")
+        return int(data)
+    finally:
+        os.close(to_mid_w)
+        os.close(from_mid_r)
 
 
 def _wait_for_start(fifo: str, gate: int, child: int) -> None:

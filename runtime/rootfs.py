@@ -217,7 +217,14 @@ def create_devices(root: str, devices: list[dict[str, Any]]) -> None:
         mode = d.get("fileMode", 0o666)
         if os.path.lexists(path):
             os.unlink(path)
-        os.mknod(path, kind | mode, os.makedev(d.get("major", 0), d.get("minor", 0)))
+        try:
+            os.mknod(path, kind | mode, os.makedev(d.get("major", 0), d.get("minor", 0)))
+        except PermissionError:
+            # In a user namespace mknod is refused: bind the host's node instead (as runc does).
+            with open(path, "a"):
+                pass
+            sc.mount(d["path"], path, None, sc.MS_BIND)
+            continue
         os.chmod(path, mode)  # mknod applies the umask
         os.chown(path, d.get("uid", 0), d.get("gid", 0))
     for name, target in (

@@ -44,7 +44,7 @@ def features() -> dict[str, Any]:
         "hooks": list(HOOKS),
         "mountOptions": list(MOUNT_OPTIONS),
         "linux": {
-            "namespaces": [n for n in spec_mod.NAMESPACES if n not in ("user", "time")],
+            "namespaces": [n for n in spec_mod.NAMESPACES if n != "time"],
             "capabilities": sorted(ALL_CAPS),
             "cgroup": {"v1": True, "v2": True, "systemd": False, "systemdUser": False, "rdma": False},
             "seccomp": {

@@ -140,8 +140,9 @@ class Runtime:
             raise NotFound(f"bundle {bundle} does not exist")
         config = bundle_mod.resolve(bundle_mod.load_config(bundle), bundle, cid)
         ns_types = {n.get("type") for n in (config.get("linux") or {}).get("namespaces") or []}
-        if "user" in ns_types:
-            raise InvalidArgument("config.json: user namespaces are not supported by cellbox-runc yet")
+        if "user" in ns_types and not any(n.get("path") for n in config["linux"]["namespaces"] if n["type"] == "user"):
+            if not config["linux"].get("uidMappings") or not config["linux"].get("gidMappings"):
+                raise InvalidArgument("config.json: a new user namespace needs linux.uidMappings and gidMappings")
         terminal = bool(config["process"].get("terminal"))
         if terminal and not console_socket:
             raise InvalidArgument("cannot allocate tty if cellbox-runc will detach without setting console socket")

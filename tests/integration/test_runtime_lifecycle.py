@@ -256,10 +256,12 @@ def test_exec_dies_with_its_caller(engine, busybox_rootfs):
         "print(p.process_pid, flush=True)\n"
         "time.sleep(1000)\n"
     )
-    caller = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    caller = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        pid = int(caller.stdout.readline())
-        for _ in range(100):  # the helper's child execs sleep a moment later
+        line = caller.stdout.readline()
+        assert line.strip().isdigit(), caller.stderr.read() if caller.poll() is not None else line
+        pid = int(line)
+        for _ in range(250):  # the helper's child execs sleep a moment later
             if open(f"/proc/{pid}/cmdline").read().startswith("sleep\0999"):
                 break
             time.sleep(0.02)
@@ -268,8 +270,11 @@ def test_exec_dies_with_its_caller(engine, busybox_rootfs):
     finally:
         caller.kill()
         caller.wait()
-    for _ in range(100):
-        if not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z":
+    for _ in range(200):
+        try:
+            if open(f"/proc/{pid}/stat").read().split()[2] == "Z":
+                break
+        except FileNotFoundError:
             break
         time.sleep(0.05)
     else:
