@@ -101,7 +101,7 @@ class ContainerManager:
         root = config.state_root or os.environ.get("CELLBOX_ROOT") or None
         if root is None and os.geteuid() != 0:
             root = os.path.expanduser("~/.local/share/cellbox")
-        self.engine = engine or Engine(root=root, cgroup_parent=config.cgroup_parent or None)
+        self.engine = engine or Engine(root=root, cgroup_parent=config.cgroup_parent or None, zygote=True)
         self.read_metadata = read_metadata
         self.root_dir = os.getcwd()  # the server's root_dir, set by the loader
         self.state_dir = Path(self.engine.root) / "extension" / config.server_id

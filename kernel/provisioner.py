@@ -73,7 +73,7 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
         if self._engine is None:
             from cellbox.runtime.engine import Engine
 
-            self._engine = Engine()
+            self._engine = Engine(zygote=True)  # a server lives long: pre-forked starts
         return self._engine
 
     def _resolver(self) -> Any:

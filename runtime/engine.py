@@ -700,9 +700,15 @@ class Engine:
             caps = proc["capabilities"].get("bounding") or []
             proc["capabilities"] = capabilities.oci_capabilities(caps, proc["user"]["uid"])
         proc["annotations"] = annotations
+        zygote = None
+        if self.use_zygote:
+            from .zygote import Zygote
+
+            zygote = Zygote.shared()
         return launcher.exec_process(
-            ctr.dir, proc, stdin=stdin, stdout=stdout, stderr=stderr, console_fd=console_fd, detach=detach
-        )
+            ctr.dir, proc, stdin=stdin, stdout=stdout, stderr=stderr, console_fd=console_fd, detach=detach,
+            zygote=zygote,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ restart
 

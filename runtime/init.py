@@ -579,7 +579,9 @@ def _monitor_wait(state_dir: str, child: int, cg: object, pipe: _Pipe, done_fd: 
     os._exit(code)
 
 
-def exec_in(state_dir: str, process_file: str, sync_fd: int, console: dict) -> None:
+def exec_in(
+    state_dir: str, process_file: str, sync_fd: int, console: dict, done_fd: int = -1, owner: int = 0
+) -> None:
     """Run one more process in a running container; exit with its status."""
     sc.set_dumpable(False)
     with open(os.path.join(state_dir, "config.json")) as f:
@@ -624,27 +626,34 @@ def exec_in(state_dir: str, process_file: str, sync_fd: int, console: dict) -> N
             os._exit(127)
         if slave >= 0:
             os.close(slave)
-        _sync(sync_fd, pid=child)
+        _sync(sync_fd, pid=child, helper=os.getpid())
         os.close(sync_fd)
     except BaseException as e:  # noqa: BLE001
         _sync(sync_fd, error=_describe(e))
         os._exit(126)
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(s, lambda signum, _f: os.kill(child, signum))
-    if not os.environ.get("CELLBOX_EXEC_DETACHED"):
-        _die_with_parent(child)
+    if not os.environ.get("CELLBOX_EXEC_DETACHED") and owner >= 0:
+        _die_with_parent(child, owner or os.getppid())
     _, status = os.waitpid(child, 0)
     code = os.waitstatus_to_exitcode(status)
-    os._exit(128 - code if code < 0 else code)
+    code = 128 - code if code < 0 else code
+    if done_fd >= 0:  # a zygote's caller is not our parent: tell it the code this way
+        os.write(done_fd, str(code).encode())
+    os._exit(code)
 
 
-def _die_with_parent(child: int) -> None:
+def _die_with_parent(child: int, owner: int) -> None:
     """An attached exec ends with whoever started it: a SIGKILLed Jupyter server must not
     leave its kernels running. (PR_SET_PDEATHSIG would fire when the spawning *thread*
     exits, which in a server's thread pool is any time.)"""
     import select
 
-    parent = os.pidfd_open(os.getppid())
+    try:
+        parent = os.pidfd_open(owner)
+    except ProcessLookupError:
+        os.kill(child, signal.SIGKILL)
+        return
     mine = os.pidfd_open(child)
     while True:
         try:
@@ -661,13 +670,16 @@ def _die_with_parent(child: int) -> None:
 
 
 def zygote(sock_fd: int) -> None:
-    """Serve create requests forever: fork a monitor per container, everything pre-imported.
+    """Serve requests forever: fork a monitor per container (or an exec helper), with
+    everything already imported.
 
-    A request is one message: JSON {"state_dir", "console_socket"?} with the fds
-    stdin, stdout, stderr, sync, done[, console] attached (SCM_RIGHTS).
+    A request is one message: JSON {"mode": "create"|"exec", "state_dir",
+    "process_file"?, "owner"?, "detached"?, "console_socket"?} with the fds stdin,
+    stdout, stderr, sync, done[, console] attached (SCM_RIGHTS).
     """
+    # It ends at EOF on its socket (its owner is gone), not by PR_SET_PDEATHSIG: that
+    # fires when the spawning *thread* exits, which in a server's thread pool is any time.
     sc.set_dumpable(False)
-    sc.set_pdeathsig(signal.SIGKILL)
     sc.set_process_name("cellbox-zygote")
     sock = socket.socket(fileno=sock_fd)
     try:
@@ -702,7 +714,12 @@ def zygote(sock_fd: int) -> None:
                     console["fd"] = rest[0]
                 elif req.get("console_socket"):
                     console["socket"] = req["console_socket"]
-                create(req["state_dir"], sync_fd, console, done_fd)
+                if req.get("mode") == "exec":
+                    if req.get("detached"):
+                        os.environ["CELLBOX_EXEC_DETACHED"] = "1"
+                    exec_in(req["state_dir"], req["process_file"], sync_fd, console, done_fd, int(req.get("owner") or 0))
+                else:
+                    create(req["state_dir"], sync_fd, console, done_fd)
             finally:
                 os._exit(1)
         for fd in fds:

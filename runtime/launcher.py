@@ -137,8 +137,10 @@ def exec_process(
     console_fd: int | None = None,
     console_socket: str | None = None,
     detach: bool = False,
-) -> subprocess.Popen:
-    """Start one more process in a running container; return its helper (exit = status)."""
+    zygote: Any = None,
+) -> Any:
+    """Start one more process in a running container; return its helper (exit = status):
+    a Popen, or the zygote's stand-in for one."""
     _reap()
     st = state.load(state_dir)
     if st.status == state.PAUSED:
@@ -146,7 +148,15 @@ def exec_process(
     if st.status != state.RUNNING:
         raise Conflict(f"container {st.id} is not running")
     pfile = Path(state_dir) / f"exec-{os.getpid()}-{id(process)}.json"
-    state.write_json(pfile, process, 0o600)
+    state.write_json(pfile, process, 0o600, durable=False)
+    if zygote is not None and all(f is None or f == subprocess.DEVNULL or not isinstance(f, int) or f >= 0 for f in (stdin, stdout, stderr)):
+        try:
+            return zygote.exec(
+                state_dir, pfile, stdin=stdin, stdout=stdout, stderr=stderr,
+                console_socket=console_socket, console_fd=console_fd, detach=detach,
+            )  # fmt: skip
+        finally:
+            os.unlink(pfile)
     r, w = os.pipe()
     args = ["exec", str(state_dir), str(pfile), str(w)]
     pass_fds = [w]

@@ -73,6 +73,60 @@ class MonitorHandle:
                 pass
 
 
+class ExecHandle:
+    """Stands in for an exec helper's Popen: pid (the helper), process_pid, wait, signals."""
+
+    def __init__(self, done_fd: int, pid: int, process_pid: int) -> None:
+        self._done = done_fd
+        self.pid = pid
+        self.process_pid = process_pid
+        self.returncode: int | None = None
+        self._buf = b""
+
+    def _read(self, timeout: float | None) -> int | None:
+        while True:
+            ready, _, _ = select.select([self._done], [], [], timeout)
+            if not ready:
+                return None
+            chunk = os.read(self._done, 16)
+            if chunk:
+                self._buf += chunk
+                continue
+            os.close(self._done)
+            self._done = -1
+            # no code written: the helper itself was killed
+            self.returncode = int(self._buf) if self._buf.strip() else 137
+            return self.returncode
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self._read(0)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None and self._read(timeout) is None:
+            raise subprocess.TimeoutExpired("cellbox-exec", timeout or 0)
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(15)
+
+    def kill(self) -> None:
+        self.send_signal(9)
+
+    def __del__(self) -> None:
+        if self._done >= 0:
+            try:
+                os.close(self._done)
+            except OSError:
+                pass
+
+
 class Zygote:
     """One per process; thread-safe."""
 
@@ -100,6 +154,35 @@ class Zygote:
         theirs.close()
         self._lock = threading.Lock()
 
+    def _request(self, req: dict[str, Any], stdio: tuple, console_fd: int | None) -> tuple[dict[str, Any], int]:
+        """Send one request with its fds; returns the sync message and the done fd."""
+        from .launcher import read_sync
+
+        stdin, stdout, stderr = stdio
+        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        r, w = os.pipe()
+        done_r, done_w = os.pipe()
+        try:
+            fds = [
+                _fileno(stdin, devnull, devnull),
+                _fileno(stdout, sys.stdout.fileno(), devnull),
+                _fileno(stderr, sys.stderr.fileno(), devnull),
+                w,
+                done_w,
+            ]
+            if console_fd is not None:
+                fds.append(console_fd)
+            with self._lock:
+                socket.send_fds(self.sock, [json.dumps(req).encode()], fds)
+        except OSError as e:
+            for fd in (r, done_r):
+                os.close(fd)
+            raise CellboxError(f"the cellbox zygote is gone: {e}") from None
+        finally:
+            for fd in (w, done_w, devnull):
+                os.close(fd)
+        return read_sync(r), done_r
+
     def create(
         self,
         state_dir: str | Path,
@@ -110,34 +193,36 @@ class Zygote:
         console_socket: str | None = None,
         console_fd: int | None = None,
     ) -> MonitorHandle:
-        from .launcher import read_sync
-
-        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-        r, w = os.pipe()
-        done_r, done_w = os.pipe()
-        fds = [
-            _fileno(stdin, devnull, devnull),
-            _fileno(stdout, sys.stdout.fileno(), devnull),
-            _fileno(stderr, sys.stderr.fileno(), devnull),
-            w,
-            done_w,
-        ]
-        if console_fd is not None:
-            fds.append(console_fd)
-        req = {"state_dir": str(state_dir), "console_socket": console_socket}
-        try:
-            with self._lock:
-                socket.send_fds(self.sock, [json.dumps(req).encode()], fds)
-        except OSError as e:
-            for fd in (r, done_r):
-                os.close(fd)
-            raise CellboxError(f"the cellbox zygote is gone: {e}") from None
-        finally:
-            for fd in (w, done_w, devnull):
-                os.close(fd)
-        msg = read_sync(r)
+        req = {"mode": "create", "state_dir": str(state_dir), "console_socket": console_socket}
+        msg, done_r = self._request(req, (stdin, stdout, stderr), console_fd)
         handle = MonitorHandle(done_r, state_dir)
         if "error" in msg:
             handle.wait()
             raise CellboxError(msg["error"])
         return handle
+
+    def exec(
+        self,
+        state_dir: str | Path,
+        process_file: str | Path,
+        *,
+        stdin: int | IO[Any] | None = None,
+        stdout: int | IO[Any] | None = None,
+        stderr: int | IO[Any] | None = None,
+        console_socket: str | None = None,
+        console_fd: int | None = None,
+        detach: bool = False,
+    ) -> ExecHandle:
+        req = {
+            "mode": "exec",
+            "state_dir": str(state_dir),
+            "process_file": str(process_file),
+            "owner": os.getpid(),
+            "detached": detach,
+            "console_socket": console_socket,
+        }
+        msg, done_r = self._request(req, (stdin, stdout, stderr), console_fd)
+        if "error" in msg:
+            os.close(done_r)
+            raise CellboxError(msg["error"])
+        return ExecHandle(done_r, int(msg["helper"]), int(msg["pid"]))
