@@ -787,9 +787,12 @@ class Engine:
             compression=compression, reproducible=reproducible, progress=progress,
         )  # fmt: skip
         if not ctr.image_id:
-            # A --rootfs container: the image holds the rootfs itself as its base layer.
-            changes_all = list(changes)
-            base = self.images.import_rootfs(Path(self.lowers(ctr)[0]), None, changes=changes_all)
+            # A --rootfs container: its rootfs becomes the base layer, imported once and
+            # kept as this container's image from then on.
+            base = self.images.import_rootfs(Path(self.lowers(ctr)[0]), None)
+            self.images.retain(base.id, ctr.id)
+            ctr.image_id = base.id
+            self._save(ctr)
         try:
             if snapshot:
                 with tempfile.TemporaryDirectory(dir=ctr.dir) as tmp:
@@ -837,6 +840,7 @@ class Engine:
     def export(self, ref: str, out: IO[bytes]) -> None:
         """The container's flattened filesystem as a tar (like `docker export`)."""
         import subprocess
+        import tempfile
 
         ctr = self.get(ref)
         st = ctr.state()
@@ -851,9 +855,15 @@ class Engine:
                 'tar --numeric-owner --xattrs -C "$m" -cf - .; umount "$m"; rmdir "$m"'
             )
             cmd = ["unshare", "--mount", "sh", "-c", script]
-        r = subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE)
-        if r.returncode not in (0, 1):  # GNU tar: 1 = some files changed while read
-            raise CellboxError(f"export failed: {r.stderr.decode(errors='replace').strip()}")
+        with tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
+            assert proc.stdout is not None
+            while chunk := proc.stdout.read(1 << 20):
+                out.write(chunk)
+            code = proc.wait()
+            if code not in (0, 1):  # GNU tar: 1 = some files changed while read
+                err.seek(0)
+                raise CellboxError(f"export failed: {err.read().decode(errors='replace').strip()}")
 
     def ensure_default_image(self, progress: Any = None) -> Any:
         """The notebook image, built offline from this host's Python the first time."""
