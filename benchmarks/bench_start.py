@@ -108,6 +108,7 @@ def main() -> None:
             r.mkdir()
         script = cellbox_runc_script()
         engine = Engine(root=tmp / "engine", cgroup_parent=parent)
+        zengine = Engine(root=tmp / "engine", cgroup_parent=parent, zygote=True)
         n = iter(range(1 << 30))
 
         def cbx() -> float:
@@ -124,7 +125,7 @@ def main() -> None:
             inner = f"umount /sys/fs/cgroup/unified 2>/dev/null; exec crun --root {roots['crun']} run --bundle {bundle} k{next(n)}"
             return timed(["unshare", "-m", "--propagation", "private", "sh", "-c", inner])
 
-        def api() -> float:
+        def api(engine: Engine = engine) -> float:
             t = time.perf_counter()
             ctr = engine.run(
                 RunOptions(rootfs=str(engine_rootfs), command=["/bin/true"]),
@@ -144,6 +145,7 @@ def main() -> None:
             "runc run": runc,
             "crun run (in unshare -m)": crun,
             "engine API create+start+wait": api,
+            "engine API through the zygote": lambda: api(zengine),
         }
         for f in contenders.values():  # warm caches once
             f()

@@ -219,9 +219,7 @@ def _container_init(config: dict, join_files: list[str], pipe: _Pipe, console: d
         msg = pipe.recv()
         if msg.get("stage") != "go":
             os._exit(1)
-        trace("init: go")
         rootfs.finish(config, root)
-        trace("init: pivoted")
         pipe.send(stage="ready")
         msg = pipe.recv()
         if msg.get("stage") != "start":
@@ -229,7 +227,6 @@ def _container_init(config: dict, join_files: list[str], pipe: _Pipe, console: d
         if hooks.get("startContainer"):
             st = state.State(id=msg.get("id", ""), status=state.CREATED, pid=1)
             run_hooks(config, "startContainer", st)
-        trace("init: start")
         child = os.fork()
         if child == 0:
             try:
