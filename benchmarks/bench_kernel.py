@@ -7,6 +7,7 @@ engine root and cgroup parent (removed after). Usage: python benchmarks/bench_ke
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import statistics
@@ -42,30 +43,44 @@ def main() -> int:
     ap.add_argument("-r", type=int, default=500, help="round trips per kernel")
     a = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from conftest import remove_cgroup_tree
-
     from cellbox.kernel.kernelspec import install_kernelspec
     from cellbox.runtime.engine import Engine
+    from conftest import remove_cgroup_tree
 
     os.environ.setdefault("CELLBOX_ROOT", "/var/tmp/cellbox-kernel-tests")
     parent = f"cellbox-bench-{secrets.token_hex(4)}"
     os.environ["CELLBOX_CGROUP_PARENT"] = parent
     prefix = tempfile.mkdtemp(prefix="cbk-bench-")
-    install_kernelspec(prefix=prefix)
+    spec_dir = install_kernelspec(prefix=prefix)
+    # the same kernel with a pool of two pre-started kernels (the first start fills it)
+    pooled = json.loads((Path(spec_dir) / "kernel.json").read_text())
+    pooled["metadata"]["kernel_provisioner"].setdefault("config", {})["pool"] = 2
+    pooled_dir = Path(prefix) / "share" / "jupyter" / "kernels" / "cellbox-pooled"
+    pooled_dir.mkdir(parents=True)
+    (pooled_dir / "kernel.json").write_text(json.dumps(pooled))
     os.environ["JUPYTER_PATH"] = f"{prefix}/share/jupyter"
     Engine().ensure_default_image()
-    res: dict[str, list[tuple[float, float]]] = {"python3": [], "cellbox": []}
+    kinds = ("python3", "cellbox", "cellbox-pooled")
+    res: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
     try:
+        start_and_roundtrip("cellbox-pooled", 1)  # fills the pool
+        time.sleep(3)
         for _ in range(a.n):
-            for k in ("python3", "cellbox"):
+            for k in kinds:
                 res[k].append(start_and_roundtrip(k, a.r))
+            time.sleep(1.5)  # the pool refills between rounds, as it would between students
     finally:
+        from cellbox.kernel.pool import KernelPool
+
+        for pool in KernelPool._instances.values():
+            pool.close()
         remove_cgroup_tree(parent)
     med = {k: (statistics.median(s for s, _ in v), statistics.median(r for _, r in v)) for k, v in res.items()}
+    ps, pr = med["python3"]
+    print("| kernel | start ms | vs plain | \"1+1\" round trip ms | vs plain |")
+    print("|---|---:|---:|---:|---:|")
     for k, (s, r) in med.items():
-        print(f"{k:8s} start {s * 1000:7.0f} ms   round trip {r * 1000:6.2f} ms")
-    (ps, pr), (cs, cr) = med["python3"], med["cellbox"]
-    print(f"ratio    start {cs / ps:7.2f} x    round trip {cr / pr:6.2f} x")
+        print(f"| {k} | {s * 1000:.0f} | {s / ps:.2f}x | {r * 1000:.2f} | {r / pr:.2f}x |")
     return 0
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Any as AnyTrait
-from traitlets import Bool, CaselessStrEnum, Float, Int, List, Unicode
+from traitlets import Bool, CaselessStrEnum, Float, Int, List, Unicode, default
 
 from . import containers
 
@@ -53,6 +53,14 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
         help="callable(provisioner, env) -> container id or None, or 'module:function' naming one; "
         "lets the server extension hand over the notebook's container",
     ).tag(config=True)
+    pool = Int(
+        help="keep this many kernels pre-started (default image and limits) for the next notebook "
+        "(default: $CELLBOX_KERNEL_POOL or 0)",
+    ).tag(config=True)
+
+    @default("pool")
+    def _pool_default(self) -> int:
+        return int(os.environ.get("CELLBOX_KERNEL_POOL") or 0)
     serve_control = Bool(True, help="serve the container's control socket from this process").tag(config=True)
     push_registries = List(Unicode(), default_value=None, allow_none=True, help="registries a push may go to").tag(
         config=True
@@ -64,6 +72,7 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
     _control: Any = None
     _restoring = False
     _engine: Any = None
+    _warm: Any = None
 
     # ---------------------------------------------------------------- engine / container
 
@@ -89,9 +98,18 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
         if self.container_id is None:
             resolver = self._resolver()
             cid = resolver(self, env) if resolver else None
+            warm = None
+            if not cid and self.pool > 0 and self._uses_defaults():
+                from .pool import KernelPool
+
+                warm = KernelPool.get(eng, self.pool).take()
             if cid:
                 self.container_id = eng.get(cid).id
                 self.owns_container = False
+            elif warm is not None:
+                self._warm = warm
+                self.container_id = warm.container_id
+                self.owns_container = True
             else:
                 labels = {"cellbox.kernel.id": str(self.kernel_id)}
                 if env.get("JPY_SESSION_NAME"):
@@ -111,6 +129,10 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
         containers.ensure_running(eng, ctr)
         return ctr
 
+    def _uses_defaults(self) -> bool:
+        """Pooled kernels run the default image with no limits and no network."""
+        return not (self.image or self.memory or self.cpus or self.pids_limit) and self.network == "none"
+
     # ---------------------------------------------------------------- launch
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
@@ -122,6 +144,8 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
             km.transport = "ipc"
             km.ip = str(self.run_dir / "kernel")
             km.cache_ports = False
+            if self._warm is not None:  # a pre-started kernel: the client adopts its sockets and key
+                km.load_connection_info(self._warm.info)
         kwargs = await super().pre_launch(**kwargs)
         self._write_container_connection_file()
         if self.serve_control and self._control is None:
@@ -197,7 +221,10 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> dict[str, Any]:
         self._launch = (list(cmd), kwargs)
-        self._helper = await asyncio.to_thread(self._exec_kernel)
+        if self._warm is not None:
+            self._helper, self._warm = self._warm.helper, None
+        else:
+            self._helper = await asyncio.to_thread(self._exec_kernel)
         self.process = self._helper
         self.pid = self._helper.pid
         self.pgid = None

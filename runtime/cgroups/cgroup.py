@@ -106,8 +106,10 @@ class Cgroup:
                 cur = os.path.join(h.mountpoint, *parts[:i])
                 if h.version == 2 and self.layout.mode == "v2":
                     v2.enable_controllers(prev)
-                created = fsio.mkdir(cur)
-                if created and h.version == 1 and "cpuset" in h.controllers:
+                fsio.mkdir(cur)
+                if h.version == 1 and "cpuset" in h.controllers:
+                    # every level, not only the ones we made: a parent made a moment ago
+                    # by a concurrent create may not have its cpus and mems yet
                     v1.init_cpuset(cur, prev)
                 prev = cur
 
