@@ -76,7 +76,9 @@ def stop(pid: int, tag: str, timeout: float = 2.0) -> None:
         return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not is_forwarder(pid, tag) or _zombie(pid):
+        # Not "no longer our cmdline": that empties when the memory goes, before the
+        # sockets close. A zombie (or no process at all) has closed its ports.
+        if _zombie(pid):
             return
         time.sleep(0.01)
     try:
