@@ -55,6 +55,8 @@ def provisioner_resolver(provisioner: Any, env: dict[str, str]) -> str | None:
     managed = m.ensure_from_thread(path)
     if not m.config.allow_push and hasattr(provisioner, "push_registries"):
         provisioner.push_registries = []
+    if not m.config.allow_commit and hasattr(provisioner, "allow_commit"):
+        provisioner.allow_commit = False  # the server's policy reaches %cellbox commit too
     return managed.id
 
 

@@ -109,8 +109,10 @@ class ControlServer:
         restore: Callable[[str], Any] | None = None,
         push_registries: list[str] | None = None,
         insecure_registries: bool = False,
+        allow_commit: bool = True,
     ) -> None:
         self.eng = eng
+        self.allow_commit = allow_commit
         self.cid = eng.get(container_id).id
         self.path = str(path)
         self.restore_hook = restore
@@ -279,6 +281,8 @@ class ControlServer:
 
                 return {**dataclasses.asdict(info), "restarting": True}, later
             if op == "commit":
+                if not self.allow_commit:
+                    raise PermissionError("commit is turned off on this server")
                 return self._commit(args["ref"], args.get("message", ""), progress), None
             if op == "push":
                 return self._push(args["ref"], progress), None

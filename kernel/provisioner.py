@@ -61,6 +61,9 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
     @default("pool")
     def _pool_default(self) -> int:
         return int(os.environ.get("CELLBOX_KERNEL_POOL") or 0)
+    allow_commit = Bool(True, help="whether a cell may commit its container (%cellbox commit, the panel)").tag(
+        config=True
+    )
     serve_control = Bool(True, help="serve the container's control socket from this process").tag(config=True)
     push_registries = List(Unicode(), default_value=None, allow_none=True, help="registries a push may go to").tag(
         config=True
@@ -157,6 +160,7 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
                 self.run_dir / containers.CONTROL_SOCKET,
                 restore=self._restore,
                 push_registries=self.push_registries,
+                allow_commit=self.allow_commit,
             )
             self._control.start()
         return kwargs
