@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
 import sys
@@ -101,3 +102,34 @@ def test_port_in_use_is_refused_cleanly(engine, busybox_rootfs, hostns):
     names = run_in(hostns, engine, "ps", "-a", "--format", "json").stdout.splitlines()
     assert [json.loads(n)["Names"] for n in names] == ["a"]
     assert in_ns(hostns, "ip", "-o", "link").stdout.count("cbx") == 1
+
+
+UDP_ECHO = (
+    "import socket\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 90))\n"
+    "while True:\n"
+    "    d, a = s.recvfrom(100); s.sendto(b'got-' + d, a)\n"
+)
+
+
+def test_udp_published_port(engine, busybox_rootfs, hostns):
+    """-p HOST:CTR/udp: datagrams to the host port reach the container and the reply comes back."""
+    prefix = sys.base_prefix
+    libs = [d for d in ("/lib", "/lib64", "/usr/lib") if os.path.isdir(d)]
+    vols = [x for v in [f"{prefix}:{prefix}:ro", *[f"{d}:{d}:ro" for d in libs]] for x in ("-v", v)]
+    run_in(hostns, engine, "run", "-d", "--name", "udp", "--network", "bridge", "-p", "19090:90/udp", *vols,
+           "--rootfs", str(busybox_rootfs), sys.executable, "-I", "-S", "-c", UDP_ECHO)  # fmt: skip
+    code = (
+        "import socket, time\n"
+        "for target in [('127.0.0.1', 19090)]:\n"
+        "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.5)\n"
+        "    for i in range(40):\n"
+        "        s.sendto(b'ping', target)\n"
+        "        try:\n"
+        "            print(s.recvfrom(100)[0].decode()); break\n"
+        "        except OSError:\n"
+        "            time.sleep(0.1)\n"
+    )
+    assert in_ns(hostns, sys.executable, "-c", code).stdout.strip() == "got-ping"
+    run_in(hostns, engine, "rm", "-f", "udp")
+    assert "dnat" not in in_ns(hostns, "nft", "list", "ruleset").stdout
