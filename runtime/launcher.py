@@ -55,6 +55,42 @@ def read_sync(fd: int) -> dict[str, Any]:
 Stdio = int | IO[Any] | None
 
 
+def _spawn(
+    args: list[str],
+    stdio: tuple[Stdio, Stdio, Stdio],
+    console_fd: int | None,
+    console_socket: str | None,
+    *,
+    session: bool,
+    env: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen, dict[str, Any]]:
+    """Start the helper with a sync pipe (its fd number follows ARGS) and read its word."""
+    _reap()
+    r, w = os.pipe()
+    args = [*args, str(w)]
+    pass_fds = [w]
+    if console_fd is not None:
+        args.append(f"console-fd={console_fd}")
+        pass_fds.append(console_fd)
+    elif console_socket:
+        args.append(f"console-socket={console_socket}")
+    stdin, stdout, stderr = stdio
+    try:
+        proc = subprocess.Popen(
+            helper_argv(*args),
+            stdin=stdin if stdin is not None else subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            pass_fds=pass_fds,
+            start_new_session=session,
+            env=env,
+        )
+    finally:
+        os.close(w)
+    _children.append(proc)
+    return proc, read_sync(r)
+
+
 def create(
     state_dir: str | Path,
     *,
@@ -69,28 +105,7 @@ def create(
     On return the container is "created": namespaces, cgroup and rootfs exist, and
     its init waits at the start gate. On failure nothing is left but a stopped record.
     """
-    _reap()
-    r, w = os.pipe()
-    args = ["create", str(state_dir), str(w)]
-    pass_fds = [w]
-    if console_fd is not None:
-        args.append(f"console-fd={console_fd}")
-        pass_fds.append(console_fd)
-    elif console_socket:
-        args.append(f"console-socket={console_socket}")
-    try:
-        proc = subprocess.Popen(
-            helper_argv(*args),
-            stdin=stdin if stdin is not None else subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=stderr,
-            pass_fds=pass_fds,
-            start_new_session=True,
-        )
-    finally:
-        os.close(w)
-    _children.append(proc)
-    msg = read_sync(r)
+    proc, msg = _spawn(["create", str(state_dir)], (stdin, stdout, stderr), console_fd, console_socket, session=True)
     if "error" in msg:
         proc.wait()
         raise CellboxError(msg["error"])
@@ -149,7 +164,7 @@ def exec_process(
         raise Conflict(f"container {st.id} is not running")
     pfile = Path(state_dir) / f"exec-{os.getpid()}-{id(process)}.json"
     state.write_json(pfile, process, 0o600, durable=False)
-    if zygote is not None and all(f is None or f == subprocess.DEVNULL or not isinstance(f, int) or f >= 0 for f in (stdin, stdout, stderr)):
+    if zygote is not None and subprocess.PIPE not in (stdin, stdout, stderr):  # the zygote passes fds, not pipes
         try:
             return zygote.exec(
                 state_dir, pfile, stdin=stdin, stdout=stdout, stderr=stderr,
@@ -157,29 +172,12 @@ def exec_process(
             )  # fmt: skip
         finally:
             os.unlink(pfile)
-    r, w = os.pipe()
-    args = ["exec", str(state_dir), str(pfile), str(w)]
-    pass_fds = [w]
-    if console_fd is not None:
-        args.append(f"console-fd={console_fd}")
-        pass_fds.append(console_fd)
-    elif console_socket:
-        args.append(f"console-socket={console_socket}")
+    env = {**os.environ, "CELLBOX_EXEC_DETACHED": "1"} if detach else None
     try:
-        proc = subprocess.Popen(
-            helper_argv(*args),
-            stdin=stdin if stdin is not None else subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=stderr,
-            pass_fds=pass_fds,
-            start_new_session=detach,
-            env={**os.environ, "CELLBOX_EXEC_DETACHED": "1"} if detach else None,
-        )
-    finally:
-        os.close(w)
-    _children.append(proc)
-    try:
-        msg = read_sync(r)
+        proc, msg = _spawn(
+            ["exec", str(state_dir), str(pfile)], (stdin, stdout, stderr), console_fd, console_socket,
+            session=detach, env=env,
+        )  # fmt: skip
     finally:
         os.unlink(pfile)
     if "error" in msg:

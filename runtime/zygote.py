@@ -34,7 +34,20 @@ def _fileno(f: int | IO[Any] | None, default: int, devnull: int) -> int:
     return f.fileno()
 
 
-class MonitorHandle:
+class _DoneFd:
+    """Owns the read end of a pipe whose writer (a helper) closes it when done."""
+
+    _done = -1
+
+    def __del__(self) -> None:
+        if self._done >= 0:
+            try:
+                os.close(self._done)
+            except OSError:
+                pass
+
+
+class MonitorHandle(_DoneFd):
     """Stands in for the monitor's Popen: wait() returns the container's exit code."""
 
     def __init__(self, done_fd: int, state_dir: str | Path) -> None:
@@ -65,15 +78,8 @@ class MonitorHandle:
             if not os.read(self._done, 1):
                 return self._finish()
 
-    def __del__(self) -> None:
-        if self._done >= 0:
-            try:
-                os.close(self._done)
-            except OSError:
-                pass
 
-
-class ExecHandle:
+class ExecHandle(_DoneFd):
     """Stands in for an exec helper's Popen: pid (the helper), process_pid, wait, signals."""
 
     def __init__(self, done_fd: int, pid: int, process_pid: int) -> None:
@@ -118,13 +124,6 @@ class ExecHandle:
 
     def kill(self) -> None:
         self.send_signal(9)
-
-    def __del__(self) -> None:
-        if self._done >= 0:
-            try:
-                os.close(self._done)
-            except OSError:
-                pass
 
 
 class Zygote:

@@ -6,7 +6,6 @@ import os
 import subprocess
 
 import pytest
-
 from cellbox.runtime.engine import RunOptions
 from cellbox.runtime.errors import CellboxError
 

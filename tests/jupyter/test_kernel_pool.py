@@ -83,6 +83,8 @@ def test_warm_kernel_is_adopted_and_restart_keeps_it(pooled_spec):
             km.shutdown_kernel(now=True)
     spare = [w.container_id for w in pool.ready]
     pool.close()
+    from cellbox.runtime.errors import NotFound
+
     for cid in spare:
-        with pytest.raises(Exception):
+        with pytest.raises(NotFound):
             eng.get(cid)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-
 from cellbox.runtime.engine import RunOptions
 
 pytestmark = pytest.mark.root
