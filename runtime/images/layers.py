@@ -177,13 +177,63 @@ class _Plain:
         pass
 
 
+class _TarEnd:
+    """Finds where a tar stream's entries end, reading only the headers as they pass,
+    so the end-of-archive marker and tar's record padding can be dropped and more
+    entries appended (tar then writes whole 10 KiB records, not one 512-byte block
+    per write: half the time on one big file)."""
+
+    def __init__(self) -> None:
+        self.next_header = 0  # absolute offset of the next header
+        self.end: int | None = None  # offset of the end-of-archive marker, once seen
+        self._pax_size: int | None = None
+
+    @staticmethod
+    def _size(field: bytes) -> int:
+        if field[0] & 0x80:  # GNU base-256
+            return int.from_bytes(field[1:], "big")
+        text = field.split(b"\0", 1)[0].strip()
+        return int(text, 8) if text else 0
+
+    def _pax_records(self, data: bytes) -> None:
+        for rec in data.split(b"\n"):
+            key, sep, value = rec.partition(b"=")
+            if sep and key.split(b" ", 1)[-1] == b"size":
+                self._pax_size = int(value)
+
+    def feed(self, buf: bytes | bytearray, base: int) -> int:
+        """Advance over the headers inside buf (which starts at offset base); returns the
+        offset up to which the stream is known to be entries, not the end marker."""
+        while self.end is None:
+            off = self.next_header - base
+            if off + 512 > len(buf):
+                break
+            header = bytes(buf[off : off + 512])
+            if header == b"\0" * 512:
+                self.end = self.next_header
+                break
+            size = self._size(header[124:136])
+            kind = header[156:157]
+            if kind in (b"x", b"g"):
+                if off + 512 + size > len(buf):
+                    break  # the pax records are needed whole: wait for more
+                if kind == b"x":
+                    self._pax_records(bytes(buf[off + 512 : off + 512 + size]))
+            elif self._pax_size is not None:
+                size, self._pax_size = self._pax_size, None
+            if kind in (b"1", b"2", b"3", b"4", b"5", b"6"):
+                size = 0  # links, devices, dirs, fifos carry no data
+            self.next_header += 512 + (size + 511) // 512 * 512
+        return self.end if self.end is not None else min(self.next_header, base + len(buf))
+
+
 def tar_command(root: Path, reproducible: bool, epoch: int | None) -> list[str]:
     cmd = [
         "tar", "-C", str(root), "--format=posix",
         "--pax-option=delete=atime,delete=ctime,delete=mtime",
         "--xattrs", "--xattrs-include=security.capability", "--xattrs-include=user.*",
         "--xattrs-exclude=user.overlay.*", "--numeric-owner", "--no-recursion",
-        "--null", "-T", "-", "-b", "1", "-cf", "-",
+        "--null", "-T", "-", "-cf", "-",
     ]  # fmt: skip
     if reproducible:
         cmd[1:1] = [f"--mtime=@{epoch or 0}", "--clamp-mtime"]
@@ -231,12 +281,19 @@ def create_layer(
 
         feeder = threading.Thread(target=feed, daemon=True)
         feeder.start()
-        tail = b""
+        ends = _TarEnd()
+        pending = bytearray()  # bytes read but not yet known to be entries
+        base = 0  # stream offset of pending[0]
         try:
             while chunk := proc.stdout.read(_CHUNK):  # type: ignore[union-attr]
-                data = tail + chunk
-                tail, data = data[-1024:], data[:-1024]
-                if data:
+                if ends.end is not None:
+                    continue  # past the end marker: tar's padding, drained so tar can exit
+                pending += chunk
+                upto = ends.feed(pending, base) - base
+                if upto > 0:
+                    data = bytes(pending[:upto])
+                    del pending[:upto]
+                    base += upto
                     diff.update(data)
                     sink.write(data)
                     total += len(data)
@@ -249,7 +306,7 @@ def create_layer(
             feeder.join()
             err = proc.stderr.read().decode(errors="replace")  # type: ignore[union-attr]
             rc = proc.wait()
-        if rc != 0 or (scan.paths and tail != _EOF):
+        if rc != 0 or (scan.paths and ends.end is None):
             raise CellboxError(f"tar failed reading {src}: {err.strip() or rc}")
         extra = _extra_entries(scan, epoch) + _EOF
         diff.update(extra)
