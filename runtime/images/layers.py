@@ -281,6 +281,7 @@ def create_layer(
 
         feeder = threading.Thread(target=feed, daemon=True)
         feeder.start()
+        same = compression == "none"  # the blob is the tar: its digest is the diff_id, hash once
         ends = _TarEnd()
         pending = bytearray()  # bytes read but not yet known to be entries
         base = 0  # stream offset of pending[0]
@@ -294,7 +295,8 @@ def create_layer(
                     data = bytes(pending[:upto])
                     del pending[:upto]
                     base += upto
-                    diff.update(data)
+                    if not same:
+                        diff.update(data)
                     sink.write(data)
                     total += len(data)
                     if progress:
@@ -314,9 +316,8 @@ def create_layer(
         total += len(extra)
         sink.close()
     assert w.digest is not None
-    return LayerBlob(
-        w.digest, w.size, "sha256:" + diff.hexdigest(), MEDIA_TYPES[compression], total
-    )
+    diff_id = w.digest if same else "sha256:" + diff.hexdigest()
+    return LayerBlob(w.digest, w.size, diff_id, MEDIA_TYPES[compression], total)
 
 
 def is_whiteout_stat(st: os.stat_result) -> bool:
