@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import resource
 import secrets
 import shutil
 import signal as signal_mod
@@ -19,50 +18,19 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from . import launcher, spec, state
+from . import launcher, runconfig, spec, state
+from .engine_images import ImageOps
 from .errors import CellboxError, Conflict, InvalidArgument, NotFound
 from .names import random_name, validate_name
+from .runconfig import RunOptions, merge_env, parse_env, parse_user
 
 DEFAULT_ROOT = "/var/lib/cellbox"
 
 
 def default_root() -> Path:
     return Path(os.environ.get("CELLBOX_ROOT") or DEFAULT_ROOT)
-
-
-@dataclass
-class RunOptions:
-    """What `cellbox run` accepts; every field has Docker's meaning."""
-
-    image: str | None = None
-    rootfs: str | None = None
-    command: list[str] = field(default_factory=list)
-    entrypoint: list[str] | None = None
-    name: str | None = None
-    env: list[str] = field(default_factory=list)
-    workdir: str | None = None
-    hostname: str | None = None
-    user: str | None = None
-    volumes: list[str] = field(default_factory=list)
-    memory: str | int | None = None
-    memory_swap: str | int | None = None
-    cpus: float | None = None
-    cpu_shares: int | None = None
-    pids_limit: int | None = None
-    read_only: bool = False
-    cap_add: list[str] = field(default_factory=list)
-    cap_drop: list[str] = field(default_factory=list)
-    security_opt: list[str] = field(default_factory=list)
-    tty: bool = False
-    interactive: bool = False
-    network: str = "none"
-    publish: list[str] = field(default_factory=list)
-    cgroup_parent: str | None = None
-    labels: dict[str, str] = field(default_factory=dict)
-    auto_remove: bool = False
-    sysctls: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -98,81 +66,7 @@ class Container:
         return self.dir / "container.log"
 
 
-def _parse_env(items: list[str]) -> list[str]:
-    out = []
-    for item in items:
-        if "=" not in item:
-            value = os.environ.get(item)
-            if value is None:
-                continue  # Docker: -e NAME without a value passes the caller's, if set
-            item = f"{item}={value}"
-        if item.startswith("="):
-            raise InvalidArgument(f"invalid environment variable: {item}")
-        out.append(item)
-    return out
-
-
-def _merge_env(base: list[str], extra: list[str]) -> list[str]:
-    merged: dict[str, str] = {}
-    for e in [*base, *extra]:
-        k, _, v = e.partition("=")
-        merged[k] = v
-    return [f"{k}={v}" for k, v in merged.items()]
-
-
-def _parse_volume(v: str) -> dict[str, Any]:
-    parts = v.split(":")
-    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
-        raise InvalidArgument(f"invalid volume specification: {v!r} (want SRC:DST[:ro|rw])")
-    src, dst = parts[0], parts[1]
-    mode = parts[2] if len(parts) == 3 else "rw"
-    if mode not in ("ro", "rw"):
-        raise InvalidArgument(f"invalid volume mode {mode!r} in {v!r}: use ro or rw")
-    if not os.path.isabs(src) or not os.path.isabs(dst):
-        raise InvalidArgument(f"invalid volume specification: {v!r}: both paths must be absolute")
-    if not os.path.exists(src):
-        raise InvalidArgument(f"volume source {src} does not exist")
-    if os.path.normpath(dst) == "/":
-        raise InvalidArgument("a volume cannot be mounted on /")
-    opts = ["rbind", "rprivate", mode]
-    return {"destination": os.path.normpath(dst), "type": "bind", "source": os.path.realpath(src), "options": opts}
-
-
-def _parse_user(user: str) -> tuple[dict[str, Any], str | None]:
-    """-u uid[:gid] is numeric in the spec; a name is resolved inside the container."""
-    name, _, group = user.partition(":")
-    if name.isdigit() and (not group or group.isdigit()):
-        return {"uid": int(name), "gid": int(group or 0)}, None
-    if not name:
-        raise InvalidArgument(f"invalid user: {user!r}")
-    return {"uid": 0, "gid": 0}, user
-
-
-def _security_opts(opts: list[str], caps: list[str]) -> tuple[dict | None, bool]:
-    """--security-opt: seccomp=unconfined|FILE, no-new-privileges[:true|false]."""
-    from .security import seccomp
-
-    profile: dict | None = seccomp.default_profile(caps)
-    nnp = True
-    for opt in opts:
-        key, sep, value = opt.partition("=")
-        if not sep:
-            key, sep, value = opt.partition(":")
-        if key == "seccomp":
-            if value == "unconfined":
-                profile = None
-            elif value:
-                profile = seccomp.load_profile_file(value, caps)
-            else:
-                raise InvalidArgument("--security-opt seccomp needs =unconfined or =FILE")
-        elif key == "no-new-privileges":
-            nnp = value in ("", "true")
-        else:
-            raise InvalidArgument(f"unknown --security-opt: {opt}")
-    return profile, nnp
-
-
-class Engine:
+class Engine(ImageOps):
     """Containers (and, through `images`, the image store) under one root."""
 
     def __init__(
@@ -259,46 +153,6 @@ class Engine:
 
     # ------------------------------------------------------------------ create/run
 
-    def _resources(self, opts: RunOptions) -> dict[str, Any]:
-        from .cgroups import cpus_to_quota, parse_memory
-
-        res: dict[str, Any] = {"devices": spec.DEFAULT_DEVICE_RULES}
-        mem: dict[str, Any] = {}
-        if opts.memory is not None:
-            mem["limit"] = opts.memory if isinstance(opts.memory, int) else parse_memory(str(opts.memory))
-            if mem["limit"] < 6 * 1024 * 1024:
-                raise InvalidArgument("minimum memory limit allowed is 6MB")
-        if opts.memory_swap is not None:
-            if str(opts.memory_swap) == "-1":
-                mem["swap"] = -1
-            else:
-                mem["swap"] = (
-                    opts.memory_swap if isinstance(opts.memory_swap, int) else parse_memory(str(opts.memory_swap))
-                )
-                if "limit" not in mem:
-                    raise InvalidArgument("--memory-swap needs --memory")
-                if mem["swap"] < mem["limit"]:
-                    raise InvalidArgument("--memory-swap must be at least --memory")
-        res["memory"] = mem  # present even when empty: the cgroup layer then turns swap off
-        cpu: dict[str, Any] = {}
-        if opts.cpus is not None:
-            if opts.cpus <= 0:
-                raise InvalidArgument(f"invalid --cpus {opts.cpus}: must be positive")
-            ncpu = os.cpu_count() or 1
-            if opts.cpus > ncpu:
-                raise InvalidArgument(f"--cpus {opts.cpus}: only {ncpu} CPUs available")
-            quota, period = cpus_to_quota(opts.cpus)
-            cpu.update(quota=quota, period=period)
-        if opts.cpu_shares is not None:
-            cpu["shares"] = opts.cpu_shares
-        if cpu:
-            res["cpu"] = cpu
-        if opts.pids_limit is not None:
-            if opts.pids_limit == 0 or opts.pids_limit < -1:
-                raise InvalidArgument(f"invalid --pids-limit {opts.pids_limit}")
-            res["pids"] = {"limit": opts.pids_limit}
-        return res
-
     def _image_config(self, opts: RunOptions) -> tuple[dict[str, Any], list[str], str, str]:
         """(image config, lowerdirs top first, image ref, image id)."""
         if opts.rootfs:
@@ -317,78 +171,22 @@ class Engine:
         return cfg, lowers, opts.image, img.id
 
     def build_config(self, ctr_dir: Path, cid: str, opts: RunOptions) -> tuple[dict[str, Any], str, str]:
-        """The OCI config for these options, with image defaults applied as Docker does."""
-        from .security import capabilities
-
-        img_cfg, lowers, image_ref, image_id = self._image_config(opts)
-        entrypoint = opts.entrypoint if opts.entrypoint is not None else (img_cfg.get("Entrypoint") or [])
-        cmd = opts.command or ([] if opts.entrypoint is not None else img_cfg.get("Cmd") or [])
-        args = [*entrypoint, *cmd]
-        if not args:
-            raise InvalidArgument("no command specified")
-        caps = capabilities.resolve(opts.cap_add, opts.cap_drop)
-        seccomp, nnp = _security_opts(opts.security_opt, caps)
-        user = opts.user if opts.user is not None else (img_cfg.get("User") or "")
-        user_spec, user_name = _parse_user(user) if user else ({"uid": 0, "gid": 0}, None)
-        hostname = opts.hostname or cid[:12]
-        env = _merge_env(
-            [f"PATH={spec.DEFAULT_PATH}", *(img_cfg.get("Env") or [])], [f"HOSTNAME={hostname}", *_parse_env(opts.env)]
-        )
-        if opts.tty:
-            env = _merge_env(env, ["TERM=xterm"])
-        cwd = opts.workdir or img_cfg.get("WorkingDir") or "/"
-        if not cwd.startswith("/"):
-            raise InvalidArgument(f"the working directory '{cwd}' is invalid: it needs to be an absolute path")
-        cfg = spec.default_spec(args, rootfs=str(ctr_dir / "merged"), terminal=opts.tty)
-        # Docker's 1048576, but never above our own hard limit (raising needs CAP_SYS_RESOURCE).
-        nofile = min(1048576, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
-        proc = cfg["process"]
-        proc.update(
-            env=env,
-            cwd=cwd,
-            user=user_spec,
-            capabilities=capabilities.oci_capabilities(caps, user_spec["uid"]),
-            noNewPrivileges=nnp,
-            rlimits=[{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
-        )
-        cfg["root"]["readonly"] = opts.read_only
-        cfg["hostname"] = hostname
-        annotations = {
-            spec.ANN_LOWER: ":".join(lowers),
-            spec.ANN_UPPER: str(ctr_dir / "upper"),
-            spec.ANN_WORK: str(ctr_dir / "work"),
-        }
-        if user_name:
-            annotations[spec.ANN_USER] = user_name
-        cfg["annotations"] = annotations
-        for name in ("hostname", "hosts", "resolv.conf"):
-            cfg["mounts"].append(
-                {"destination": f"/etc/{name}", "type": "bind", "source": str(ctr_dir / name), "options": ["rbind", "rprivate"]}
-            )
-        for v in opts.volumes:
-            cfg["mounts"].append(_parse_volume(v))
-        linux = cfg["linux"]
-        linux["resources"] = self._resources(opts)
-        linux["cgroupsPath"] = f"{self.cgroup_parent.strip('/')}/{cid}"
-        linux["sysctl"] = dict(opts.sysctls)
-        if seccomp is not None:
-            linux["seccomp"] = seccomp
+        """(OCI config, image ref, image id) for these options."""
         from .network import parse_network
 
+        img_cfg, lowers, image_ref, image_id = self._image_config(opts)
+        joined = None
         net = parse_network(opts.network)
-        namespaces = [n for n in linux["namespaces"] if n["type"] != "network"]
-        if net.mode == "none" or net.mode == "bridge":
-            namespaces.append({"type": "network"})
-            # ping without CAP_NET_RAW, as Docker allows it in a namespace of its own
-            linux["sysctl"].setdefault("net.ipv4.ping_group_range", "0 2147483647")
-        elif net.mode == "container":
+        if net.mode == "container":
             other = self.get(net.container or "")
             ost = other.state()
             if ost.status != state.RUNNING:
                 raise Conflict(f"cannot join network of container {net.container}: it is not running")
-            namespaces.append({"type": "network", "path": f"/proc/{ost.pid}/ns/net"})
-        linux["namespaces"] = namespaces
-        spec.validate(cfg)
+            joined = f"/proc/{ost.pid}/ns/net"
+        cfg = runconfig.build_config(
+            ctr_dir, cid, opts, image_config=img_cfg, lowers=lowers, cgroup_parent=self.cgroup_parent,
+            joined_netns=joined,
+        )  # fmt: skip
         return cfg, image_ref, image_id
 
     def create(
@@ -681,7 +479,7 @@ class Engine:
         cfg = ctr.config()
         proc = dict(cfg["process"])
         proc["args"] = list(command)
-        proc["env"] = _merge_env(proc.get("env") or [], _parse_env(env or []))
+        proc["env"] = merge_env(proc.get("env") or [], parse_env(env or []))
         proc["terminal"] = tty
         if workdir:
             if not workdir.startswith("/"):
@@ -689,7 +487,7 @@ class Engine:
             proc["cwd"] = workdir
         annotations = {}
         if user:
-            proc["user"], name = _parse_user(user)
+            proc["user"], name = parse_user(user)
             if name:
                 annotations[spec.ANN_USER] = name
         elif (cfg.get("annotations") or {}).get(spec.ANN_USER):
@@ -734,158 +532,6 @@ class Engine:
         with open(ctr.log_path, "ab") as log:
             self._monitors[ctr.id] = self._creator()(ctr.dir, stdout=log, stderr=log)
         self._setup_network(ctr, RunOptions(**{k: v for k, v in ctr.options.items() if k in RunOptions.__dataclass_fields__}))
-
-    # ------------------------------------------------------------------ images
-
-    def lowers(self, ctr: Container) -> list[Path]:
-        """The container's read-only layers, lowest first."""
-        lower = (ctr.config().get("annotations") or {}).get(spec.ANN_LOWER, "")
-        return [Path(p) for p in reversed(lower.split(":")) if p]
-
-    def _frozen(self, ctr: Container, pause: bool) -> Any:
-        """Freeze a running container while its files are read, so the copy is consistent."""
-        import contextlib
-
-        st = ctr.state()
-        if not pause or st.status != state.RUNNING:
-            return contextlib.nullcontext()
-        cg = self._cgroup(ctr)
-
-        @contextlib.contextmanager
-        def frozen() -> Iterator[None]:
-            cg.freeze()
-            try:
-                yield
-            finally:
-                cg.thaw()
-
-        return frozen()
-
-    def commit(
-        self,
-        ref: str,
-        repo_tag: str | None = None,
-        *,
-        message: str = "",
-        author: str = "",
-        changes: list[str] | tuple[str, ...] = (),
-        pause: bool = True,
-        snapshot: str | None = None,
-        compression: str = "gzip",
-        reproducible: bool = False,
-        progress: Any = None,
-    ) -> Any:
-        """The container's changes (or one of its snapshots) as a new image on top of its own."""
-        import tempfile
-
-        ctr = self.get(ref)
-        base = self.images.resolve(ctr.image_id) if ctr.image_id else None
-        cfg = ctr.config()
-        created_by = " ".join(cfg["process"]["args"])
-        common = dict(
-            ref=repo_tag, message=message, author=author, changes=list(changes), created_by=created_by,
-            compression=compression, reproducible=reproducible, progress=progress,
-        )  # fmt: skip
-        if not ctr.image_id:
-            # A --rootfs container: its rootfs becomes the base layer, imported once and
-            # kept as this container's image from then on.
-            base = self.images.import_rootfs(Path(self.lowers(ctr)[0]), None)
-            self.images.retain(base.id, ctr.id)
-            ctr.image_id = base.id
-            self._save(ctr)
-        try:
-            if snapshot:
-                with tempfile.TemporaryDirectory(dir=ctr.dir) as tmp:
-                    tree = Path(tmp) / "upper"
-                    self.snapshots(ctr.id).materialize(self.snapshots(ctr.id).get(snapshot).id, tree)
-                    return self.images.commit(tree, base, **common)
-            with self._frozen(ctr, pause):
-                return self.images.commit(ctr.upper, base, **common)
-        except OSError as e:  # a full disk, most often: the store is left as it was
-            raise CellboxError(f"commit of {ctr.short_id} failed: {e.strerror or e}") from None
-
-    def diff(self, ref: str) -> list[tuple[str, str]]:
-        from .images.diff import changes
-
-        ctr = self.get(ref)
-        return changes(ctr.upper, self.lowers(ctr))
-
-    def snapshots(self, ref: str) -> Any:
-        from .images.snapshots import Snapshots
-
-        ctr = self.get(ref)
-        return Snapshots(ctr.dir / "snapshots")
-
-    def snapshot_create(self, ref: str, message: str = "") -> Any:
-        ctr = self.get(ref)
-        with self._frozen(ctr, True):
-            return self.snapshots(ctr.id).create(ctr.upper, message)
-
-    def snapshot_restore(self, ref: str, snap: str) -> Any:
-        """Back to a snapshot: the processes stop, the files return, the container restarts."""
-        ctr = self.get(ref)
-        snaps = self.snapshots(ctr.id)
-        info = snaps.get(snap)
-        was_running = ctr.state().status in (state.RUNNING, state.PAUSED)
-        self.stop(ctr.id, timeout=2)
-        snaps.restore(info.id, ctr.upper)
-        # overlay's work dir may hold state about the old upper: start it afresh
-        shutil.rmtree(ctr.dir / "work", ignore_errors=True)
-        (ctr.dir / "work").mkdir()
-        if was_running:
-            self._recreate(ctr)
-            launcher.start(ctr.dir)
-        return info
-
-    def export(self, ref: str, out: IO[bytes]) -> None:
-        """The container's flattened filesystem as a tar (like `docker export`)."""
-        import subprocess
-        import tempfile
-
-        ctr = self.get(ref)
-        st = ctr.state()
-        if st.status in (state.RUNNING, state.PAUSED) and st.alive():
-            root = f"/proc/{st.pid}/root"
-            cmd = ["tar", "--numeric-owner", "--xattrs", "-C", root, "-cf", "-", "--exclude=./proc/*", "--exclude=./sys/*", "--exclude=./dev/*", "."]
-        else:
-            lower = ":".join(str(p) for p in reversed(self.lowers(ctr)))
-            script = (
-                'set -e; m=$(mktemp -d); mount --make-rprivate /; '
-                f'mount -t overlay overlay -o "lowerdir={ctr.upper}:{lower}" "$m"; '
-                'tar --numeric-owner --xattrs -C "$m" -cf - .; umount "$m"; rmdir "$m"'
-            )
-            cmd = ["unshare", "--mount", "sh", "-c", script]
-        with tempfile.TemporaryFile() as err:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
-            assert proc.stdout is not None
-            while chunk := proc.stdout.read(1 << 20):
-                out.write(chunk)
-            code = proc.wait()
-            if code not in (0, 1):  # GNU tar: 1 = some files changed while read
-                err.seek(0)
-                raise CellboxError(f"export failed: {err.read().decode(errors='replace').strip()}")
-
-    def ensure_default_image(self, progress: Any = None) -> Any:
-        """The notebook image, built offline from this host's Python the first time."""
-        import tempfile
-
-        from .images.default_image import DEFAULT_IMAGE, build_rootfs
-
-        try:
-            return self.images.resolve(DEFAULT_IMAGE)
-        except NotFound:
-            pass
-        with tempfile.TemporaryDirectory(dir=self.root) as tmp:
-            rootfs = Path(tmp) / "rootfs"
-            cfg = build_rootfs(rootfs)
-            changes = [f"ENV {e}" for e in cfg.get("Env") or []]
-            if cfg.get("Cmd"):
-                changes.append("CMD " + json.dumps(cfg["Cmd"]))
-            if cfg.get("WorkingDir"):
-                changes.append(f"WORKDIR {cfg['WorkingDir']}")
-            for k, v in (cfg.get("Labels") or {}).items():
-                changes.append(f"LABEL {k}={json.dumps(v)}")
-            return self.images.import_rootfs(rootfs, DEFAULT_IMAGE, changes=changes)
 
     # ------------------------------------------------------------------ inspection
 
