@@ -7,6 +7,7 @@ The kernel provisioner (cellbox.kernel) finds the notebook's container through
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 from typing import Any
@@ -103,6 +104,8 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
         log.warning("cellbox: looking for an earlier run's containers: %s", e)
     manager.root_dir = serverapp.root_dir
     _active = manager
+    # A clean stop (Ctrl-C, SIGTERM) runs this; after SIGKILL the next start reattaches.
+    atexit.register(manager.shutdown, config.on_shutdown)
     _install_provisioner_hook(serverapp)
     # The provisioner's Engine() reads these: the same root and cgroup parent as ours.
     os.environ["CELLBOX_ROOT"] = str(manager.engine.root)

@@ -44,6 +44,12 @@ class Cellbox(Configurable):
     allow_push = Bool(True, help="Whether users may push and pull images to and from registries.").tag(config=True)
     insecure_registries = List(Unicode(), default_value=[], help="Registries reached over plain HTTP.").tag(config=True)
     remove_on_delete = Bool(True, help="Remove a notebook's container when the notebook is deleted.").tag(config=True)
+    on_shutdown = Enum(
+        ["stop", "keep", "remove"],
+        "stop",
+        help="What a server that stops cleanly does with its notebooks' containers "
+        "(stop: found again and started on the next run; keep: left running).",
+    ).tag(config=True)
     on_restart = Enum(["reattach", "remove"], "reattach", help="What a starting server does with the containers a previous run of it left.").tag(config=True)
     isolation = Enum(["auto", "on", "off"], "auto", help="'auto': probe whether namespaces are allowed; 'off': degraded mode (kernels unisolated).").tag(config=True)
     server_id = Unicode(help="This server's identity in container labels (default: from its root_dir).").tag(config=True)

@@ -393,17 +393,23 @@ class ContainerManager:
         self._save()
         return out
 
-    def shutdown(self, remove: bool = False) -> None:
-        """Server stopping: containers stay (found again on restart) unless `remove`."""
+    def shutdown(self, mode: str = "keep") -> None:
+        """Server stopping: containers are stopped, kept running, or removed (`mode`);
+        stopped and kept ones are found again on the next start."""
         if self._cull_task is not None:
-            self._cull_task.cancel()
-        if remove:
-            for m in self.managed():
-                try:
+            try:
+                self._cull_task.cancel()
+            except RuntimeError:  # at exit the event loop is already closed
+                pass
+        for m in self.managed() if mode in ("stop", "remove") else []:
+            try:
+                if mode == "remove":
                     self.engine.remove(m.id, force=True)
-                except CellboxError:
-                    pass
-                self._forget(m)
+                    self._forget(m)
+                else:
+                    self.engine.stop(m.id, timeout=2)
+            except CellboxError as e:
+                self.log.warning("cellbox: %s of %s at shutdown: %s", mode, m.path, e)
         self._pool.shutdown(wait=False)
 
     # ------------------------------------------------------------------ culling
