@@ -245,13 +245,15 @@ def test_cli_tty(engine, busybox_rootfs):
     assert b"/dev/pts/0" in out and b"is-a-tty" in out
 
 
-def test_exec_dies_with_its_caller(engine, busybox_rootfs):
-    """A SIGKILLed caller (say, a Jupyter server) leaves no exec'd process behind."""
+@pytest.mark.parametrize("zygote", [False, True], ids=["spawned", "zygote"])
+def test_exec_dies_with_its_caller(engine, busybox_rootfs, zygote):
+    """A SIGKILLed caller (say, a Jupyter server) leaves no exec'd process behind,
+    whether the exec helper is its child or the zygote's."""
     ctr = detached(engine, busybox_rootfs, "exec sleep 1000")
     code = (
         "import sys, time\n"
         "from cellbox.runtime.engine import Engine\n"
-        f"e = Engine(root={str(engine.root)!r}, cgroup_parent={engine.cgroup_parent!r})\n"
+        f"e = Engine(root={str(engine.root)!r}, cgroup_parent={engine.cgroup_parent!r}, zygote={zygote})\n"
         f"p = e.exec({ctr.id!r}, ['sleep', '999'])\n"
         "print(p.process_pid, flush=True)\n"
         "time.sleep(1000)\n"
