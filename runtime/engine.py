@@ -436,6 +436,7 @@ class Engine(ImageOps):
     def _destroy(self, ctr: Container) -> None:
         """Remove everything a container owns; each step tolerates a missing piece."""
         errors = []
+        self._monitors.pop(ctr.id, None)  # a long-lived engine must not keep its fd
         try:
             self._cgroup(ctr).destroy()
         except Exception as e:  # noqa: BLE001
