@@ -96,11 +96,30 @@ class Engine(ImageOps):
 
     @property
     def network(self) -> Any:
+        """The bridge network; on first use it removes what a crash left (veths, nft
+        rules, address allocations of containers that no longer run)."""
         if self._network is None:
             from .network import NetworkManager
 
-            self._network = NetworkManager(self.root / "network")
+            mgr = NetworkManager(self.root / "network")
+            try:
+                mgr.cleanup_stale(self._alive)
+            except Exception as e:  # noqa: BLE001 - a failed clean-up must not block new containers
+                import logging
+
+                logging.getLogger(__name__).warning("cellbox: cleaning up stale networks: %s", e)
+            self._network = mgr
         return self._network
+
+    def _alive(self, cid: str) -> bool:
+        """Whether the container exists and is not stopped, asked now (not from a list)."""
+        d = self.containers_dir / cid
+        if not (d / "state.json").exists():
+            return False
+        try:
+            return launcher.state_of(d).status != state.STOPPED
+        except (CellboxError, OSError):
+            return False
 
     def _creator(self) -> Any:
         if self.use_zygote:

@@ -14,7 +14,7 @@ import ipaddress
 import os
 import re
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from cellbox.runtime.errors import Conflict, InvalidArgument
@@ -241,16 +241,20 @@ class NetworkManager:
             data["containers"].pop(container_id, None)
             self._sync_nft(data)
 
-    def cleanup_stale(self, live_ids: set[str]) -> list[str]:
+    def cleanup_stale(self, live_ids: set[str] | Callable[[str], bool]) -> list[str]:
         """After a crash: remove what belongs to containers not in live_ids; return their ids.
+
+        live_ids may be a function asked about each record when it is reached: a container
+        set up by another process meanwhile is then never taken for a dead one.
 
         Also removes cbx* veths and forwarder processes that no record owns (a crash between
         creating them and recording them), and rewrites the nft table from the records.
         """
         records = self.state.snapshot()["containers"]
         removed = []
+        alive = live_ids if callable(live_ids) else live_ids.__contains__
         for cid in sorted(records):
-            if cid not in live_ids:
+            if not alive(cid):
                 self.teardown(cid)
                 removed.append(cid)
         with self.state.locked() as data:

@@ -133,3 +133,23 @@ def test_udp_published_port(engine, busybox_rootfs, hostns):
     assert in_ns(hostns, sys.executable, "-c", code).stdout.strip() == "got-ping"
     run_in(hostns, engine, "rm", "-f", "udp")
     assert "dnat" not in in_ns(hostns, "nft", "list", "ruleset").stdout
+
+
+def test_next_start_cleans_what_a_crash_left(engine, busybox_rootfs, hostns):
+    """A bridge container whose monitor and init were SIGKILLed leaves an address and a
+    port rule; the next cellbox that uses the bridge removes them."""
+    run_in(hostns, engine, "run", "-d", "--name", "crashy", "--network", "bridge", "-p", "18082:80",
+           "--rootfs", str(busybox_rootfs), "sleep", "1000")  # fmt: skip
+    info = json.loads(run_in(hostns, engine, "inspect", "crashy").stdout)[0]
+    ip = info["NetworkSettings"]["ip"]
+    assert "18082" in in_ns(hostns, "nft", "list", "ruleset").stdout
+    # the crash: init and monitor killed, nothing recorded
+    os.kill(info["State"]["Pid"], 9)
+    time.sleep(0.3)
+    state = json.loads((engine.root / "network" / "network.json").read_text())
+    assert any(ip == rec.get("ip") for rec in state["containers"].values())
+    # the next bridge container: the stale rule and allocation are gone, the address is free again
+    r = run_in(hostns, engine, "run", "--rm", "--network", "bridge", "--rootfs", str(busybox_rootfs),
+               "sh", "-c", "ip -o -4 addr show eth0")  # fmt: skip
+    assert ip in r.stdout  # it got the dead container's address
+    assert "18082" not in in_ns(hostns, "nft", "list", "ruleset").stdout
