@@ -128,21 +128,68 @@ def cmd_image_prune(a: argparse.Namespace) -> int:
     return 0
 
 
-def _progress(a: argparse.Namespace) -> Any:
-    """A terminal progress bar (rich) for long work; nothing when output is not a terminal."""
+def _progress(a: argparse.Namespace, what: str = "commit") -> Any:
+    """A terminal progress bar (rich) for long work; nothing when stderr is not a terminal."""
     if not sys.stderr.isatty() or getattr(a, "quiet", False):
         return None
+    from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-    prog = Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(), transient=True)
+    prog = Progress(
+        "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        transient=True, console=Console(stderr=True),
+    )  # fmt: skip
     prog.start()
-    task = prog.add_task("commit", total=None)
+    task = prog.add_task(what, total=None)
 
     def update(done: int, total: int | None = None, *_: Any) -> None:
         prog.update(task, completed=done, total=total)
 
     update.stop = prog.stop  # type: ignore[attr-defined]
     return update
+
+
+class _Counting:
+    """A file wrapper that reports how many bytes went through it (for progress bars)."""
+
+    def __init__(self, f: IO[bytes], update: Any, total: int | None = None) -> None:
+        self._f, self._update, self._total, self.done = f, update, total, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self.done += len(data)
+        self._update(self.done, self._total)
+        return data
+
+    def write(self, data: bytes) -> int:
+        n = self._f.write(data)
+        self.done += len(data)
+        self._update(self.done, self._total)
+        return n
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
+@contextlib.contextmanager
+def _with_progress(a: argparse.Namespace, f: IO[bytes], what: str, total: int | None = None) -> Iterator[IO[bytes]]:
+    progress = _progress(a, what)
+    if progress is None:
+        yield f
+        return
+    try:
+        yield _Counting(f, progress, total)  # type: ignore[misc]
+    finally:
+        progress.stop()
+
+
+def _size_of(f: IO[bytes]) -> int | None:
+    import os
+
+    try:
+        return os.fstat(f.fileno()).st_size or None
+    except (OSError, ValueError):
+        return None
 
 
 def cmd_commit(a: argparse.Namespace) -> int:
@@ -177,8 +224,8 @@ def cmd_import(a: argparse.Namespace) -> int:
     elif os.path.isdir(a.file):
         img = eng.images.import_rootfs(Path(a.file), a.reference, changes=a.change)
     else:
-        with open(a.file, "rb") as f:
-            img = eng.images.import_rootfs(f, a.reference, changes=a.change)
+        with open(a.file, "rb") as f, _with_progress(a, f, "import", _size_of(f)) as src:
+            img = eng.images.import_rootfs(src, a.reference, changes=a.change)
     print(img.id)
     return 0
 
@@ -192,15 +239,15 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 def cmd_save(a: argparse.Namespace) -> int:
     eng = engine(a)
-    with _output(a.output) as out:
-        eng.images.save(a.images, out)
+    with _output(a.output) as out, _with_progress(a, out, "save") as dst:
+        eng.images.save(a.images, dst)
     return 0
 
 
 def cmd_load(a: argparse.Namespace) -> int:
     eng = engine(a)
-    with _input(a.input) as f:
-        imgs = eng.images.load(f)
+    with _input(a.input) as f, _with_progress(a, f, "load", _size_of(f)) as src:
+        imgs = eng.images.load(src)
     for img in imgs:
         for ref in img.refs or [img.id]:
             print(f"Loaded image: {ref}")
