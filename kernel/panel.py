@@ -6,6 +6,7 @@ the panel's error label, never a traceback.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -34,8 +35,18 @@ class Panel:
         self.snap_button.on_click(lambda _b: self._guard(self.do_snapshot))
         self.restore_button.on_click(lambda _b: self._guard(self.do_restore))
         self.commit_button.on_click(lambda _b: self._guard(self.do_commit))
+        banner = []
+        degraded = os.environ.get("CELLBOX_DEGRADED")
+        if degraded:  # set by the server extension where namespaces are not allowed
+            banner.append(
+                w.HTML(
+                    value="<div style='background:#fde68a;padding:4px 8px;font-weight:bold'>"
+                    f"cellbox is in degraded mode: this kernel runs UNISOLATED ({_escape(degraded)})</div>"
+                )
+            )
         self.widget = w.VBox(
             [
+                *banner,
                 self.usage,
                 w.HBox([self.message, self.snap_button]),
                 w.HBox([self.snap_list, self.restore_button]),
