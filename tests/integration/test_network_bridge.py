@@ -344,7 +344,10 @@ def _is_running(pid: int) -> bool:
 
 
 def _port_free(port: int) -> bool:
+    """No one listens there. SO_REUSEADDR: TIME_WAIT leftovers of the test's own
+    connections through the forwarder would otherwise make a free port look taken."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("0.0.0.0", port))
         except OSError:
