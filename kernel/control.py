@@ -131,13 +131,24 @@ class ControlServer:
 
     def start(self) -> None:
         """Bind the socket (replacing a stale one) and serve in a daemon thread."""
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        # The run dir is writable from inside the container: never chmod or create a path
+        # there that the container could have turned into a symlink. Bind in a private
+        # directory, set the mode there, then rename into place (rename never follows).
+        import tempfile
+
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.bind(self.path)
-        os.chmod(self.path, 0o666)  # any user in *this* container may ask for itself
+        private = tempfile.mkdtemp(prefix=".cbx-ctl-", dir=os.path.dirname(os.path.dirname(self.path)) or None)
+        try:
+            staged = os.path.join(private, "c.sock")
+            s.bind(staged)
+            os.chmod(staged, 0o666)  # any user in *this* container may ask for itself
+            os.replace(staged, self.path)
+        finally:
+            try:
+                os.unlink(staged)  # only if the rename did not happen
+            except FileNotFoundError:
+                pass
+            os.rmdir(private)
         s.listen(16)
         s.settimeout(0.5)
         self._sock = s

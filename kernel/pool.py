@@ -58,7 +58,11 @@ def write_connection_files(run_dir: Path, info: dict[str, Any]) -> None:
     inside = dict(info, ip=f"{containers.IN_CONTAINER}/kernel", transport="ipc")
     path = run_dir / containers.CONNECTION_FILE
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.unlink(tmp)  # a symlink the container left there is removed, never followed
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(inside, f)
     os.replace(tmp, path)

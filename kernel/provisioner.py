@@ -172,7 +172,11 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
         info["transport"] = "ipc"
         path = self.run_dir / containers.CONNECTION_FILE
         tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.unlink(tmp)  # a symlink the container left there is removed, never followed
+        except FileNotFoundError:
+            pass
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(info, f)
             f.flush()

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -191,3 +193,33 @@ def test_socket_in_container_is_its_own(attacker):
     ino = (host / containers.CONTROL_SOCKET).stat().st_ino
     seen = cell(kc, "import os; print(os.stat('/run/cellbox/control.sock').st_ino)")
     assert int(seen.split()[-1]) == ino
+
+
+def test_symlinks_planted_in_the_run_dir_are_not_followed(tmp_path):
+    """The run dir is writable from inside: a symlink planted where the host writes the
+    connection file (or binds the control socket) must not make the host write there."""
+    from jupyter_client.manager import start_new_kernel
+
+    victim = Path(tempfile.mkdtemp(prefix="cbx-victim-", dir="/var/tmp")) / "victim"
+    victim.write_text("untouched")
+    km, kc = start_new_kernel(kernel_name="cellbox")
+    try:
+        code = (
+            "import os\n"
+            f"for name in ('.kernel.json.tmp', 'control.sock'):\n"
+            "    p = '/run/cellbox/' + name\n"
+            "    try: os.unlink(p)\n"
+            "    except FileNotFoundError: pass\n"
+            f"    os.symlink({str(victim)!r}, p)\n"
+            "print('planted')"
+        )
+        reply = kc.execute_interactive(code, timeout=60)
+        assert reply["content"]["status"] == "ok"
+        km.restart_kernel(now=True)  # the host rewrites the connection file
+        kc.wait_for_ready(timeout=60)
+        assert victim.read_text() == "untouched"
+        assert oct(victim.stat().st_mode & 0o777) == "0o644"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+        shutil.rmtree(victim.parent, ignore_errors=True)
