@@ -101,7 +101,9 @@ def main() -> None:
     parent = f"cellbox-bench-{secrets.token_hex(4)}"
     tmp = Path(tempfile.mkdtemp(prefix="bench-start-"))
     try:
-        bundle = make_bundle(tmp / "bundle", f"{parent}/bench")
+        # Absolute: runc and crun read a relative cgroupsPath as relative to their own
+        # cgroup, which here is a memory group that is not ours.
+        bundle = make_bundle(tmp / "bundle", f"/{parent}/bench")
         engine_rootfs = make_rootfs(tmp / "engine-rootfs")
         roots = {k: tmp / f"root-{k}" for k in ("cbx", "cbxs", "runc", "crun")}
         for r in roots.values():
