@@ -9,6 +9,7 @@ container), not the container id, so a container cannot guess another's socket p
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -179,3 +180,26 @@ def container_info(eng: Engine, ctr: Container) -> dict[str, Any]:
         "limits": {"memory": o.get("memory"), "cpus": o.get("cpus"), "pids": o.get("pids_limit")},
         "stats": eng.stats(ctr.id),
     }
+
+
+def write_connection_file(run_dir: Path, info: dict[str, Any]) -> None:
+    """The container's view of a kernel's connection file, in its run dir.
+
+    The run dir is writable from inside the container: a symlink left at the temp name
+    is removed, never followed (O_EXCL|O_NOFOLLOW), and the rename replaces a link at
+    the final name instead of writing through it.
+    """
+    inside = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in info.items()}
+    inside.update(ip=f"{IN_CONTAINER}/kernel", transport="ipc")
+    path = run_dir / CONNECTION_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(inside, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -9,7 +9,6 @@ the owner's pid and are removed when it exits, or by the next pool if it was kil
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import secrets
@@ -51,21 +50,6 @@ def kernel_env() -> list[str]:
         # not 1 and not our pid: ipykernel then exits when reparented to the container's init
         "JPY_PARENT_PID=2",
     ]
-
-
-def write_connection_files(run_dir: Path, info: dict[str, Any]) -> None:
-    """The container's view of the connection file (the host's view stays in memory)."""
-    inside = dict(info, ip=f"{containers.IN_CONTAINER}/kernel", transport="ipc")
-    path = run_dir / containers.CONNECTION_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        os.unlink(tmp)  # a symlink the container left there is removed, never followed
-    except FileNotFoundError:
-        pass
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(inside, f)
-    os.replace(tmp, path)
 
 
 class KernelPool:
@@ -146,7 +130,7 @@ class KernelPool:
             "signature_scheme": "hmac-sha256",
             "kernel_name": "cellbox",
         }
-        write_connection_files(run_dir, info)
+        containers.write_connection_file(run_dir, info)
         helper = self.eng.exec(ctr.id, kernel_command(), env=kernel_env())
         return WarmKernel(ctr.id, run_dir, info, helper)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import json
 import os
 import signal
 import subprocess
@@ -166,22 +165,7 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
         return kwargs
 
     def _write_container_connection_file(self) -> None:
-        info = dict(self.connection_info)
-        info = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in info.items()}
-        info["ip"] = f"{containers.IN_CONTAINER}/kernel"
-        info["transport"] = "ipc"
-        path = self.run_dir / containers.CONNECTION_FILE
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            os.unlink(tmp)  # a symlink the container left there is removed, never followed
-        except FileNotFoundError:
-            pass
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(info, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        containers.write_connection_file(self.run_dir, dict(self.connection_info))
 
     def _container_cmd(self, cmd: list[str]) -> list[str]:
         """The kernelspec argv with the connection file swapped for the container's view."""
