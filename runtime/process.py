@@ -79,9 +79,9 @@ def exec_process(process: dict[str, Any], annotations: dict[str, str], seccomp_f
     try:
         _prepare_and_exec(process, annotations, seccomp_filter)
     except FileNotFoundError as e:
-        _die(127, f"exec failed: {e.strerror}: {e.filename or process['args'][0]}")
+        _die(127, f"exec failed: {os.fsdecode(e.filename or process['args'][0])}: {(e.strerror or str(e)).lower()}")
     except PermissionError as e:
-        _die(126, f"exec failed: {e.strerror}: {e.filename or process['args'][0]}")
+        _die(126, f"exec failed: {os.fsdecode(e.filename or process['args'][0])}: {(e.strerror or str(e)).lower()}")
     except LookupError as e:
         _die(126, f"unable to start: {e.args[0]}")
     except BaseException as e:  # noqa: BLE001 - any failure here must end the child with a message
