@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 import requests
-
-from tests.jupyter.test_extension_helpers import (  # noqa: F401 - fixture
+from test_extension_helpers import (  # noqa: F401 - fixture
     cellbox_kernelspec,
     lab,
     wait_for,

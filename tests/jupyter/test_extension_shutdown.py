@@ -3,8 +3,8 @@ next start finds them again."""
 
 from __future__ import annotations
 
-from tests.jupyter.test_extension import containers, ensure
-from tests.jupyter.test_extension_helpers import lab, write_notebook  # noqa: F401 - fixture
+from test_extension import containers, ensure
+from test_extension_helpers import lab, write_notebook  # noqa: F401 - fixture
 
 
 def test_clean_stop_stops_containers_and_restart_finds_them(lab):  # noqa: F811

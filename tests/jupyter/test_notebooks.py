@@ -6,8 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-
-from tests.jupyter.test_extension_helpers import cellbox_kernelspec, lab  # noqa: F401
+from test_extension_helpers import cellbox_kernelspec, lab  # noqa: F401
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 pytestmark = pytest.mark.skipif(not cellbox_kernelspec(), reason="the cellbox kernelspec is not installed (cellbox.kernel)")

@@ -11,8 +11,7 @@ import subprocess
 
 import pytest
 import requests
-
-from tests.jupyter.test_extension_helpers import free_port, lab, wait_for, write_notebook  # noqa: F401
+from test_extension_helpers import free_port, lab, wait_for, write_notebook  # noqa: F401
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
