@@ -7,7 +7,6 @@ install_kernelspec()"` (or `cellbox kernelspec install`) writes
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -70,6 +69,8 @@ def install_kernelspec(
         base = Path(prefix or sys.prefix) / "share" / "jupyter" / "kernels"
     if display_name is None:
         display_name = DISPLAY_NAME if name == DEFAULT_NAME else f"Python 3 (cellbox {name})"
+    import json  # here, not at the top: `cellbox --help` imports this module for its arguments
+
     spec = kernel_json(display_name=display_name, **options)
     d = base / name
     d.mkdir(parents=True, exist_ok=True)

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..engine import Engine
+from ..units import bytes_size, human_size
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+
+__all__ = ["ago", "bytes_size", "engine", "human_size", "print_json", "print_json_line", "table"]
 
 
 def engine(args: argparse.Namespace) -> Engine:
+    """The engine for --root/--cgroup-parent; imported here, so `--help` never loads it."""
+    from ..engine import Engine
+
     return Engine(root=args.root, cgroup_parent=args.cgroup_parent)
 
 
@@ -19,6 +25,8 @@ def ago(timestamp: str) -> str:
     """'2026-11-28T07:00:00Z' -> '5 minutes ago', as docker ps says it."""
     if not timestamp:
         return ""
+    import datetime as _dt
+
     then = _dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
     secs = int((_dt.datetime.now(_dt.UTC) - then).total_seconds())
     for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
@@ -26,17 +34,6 @@ def ago(timestamp: str) -> str:
             n = secs // size
             return f"{n} {unit}{'s' if n > 1 else ''} ago"
     return "Less than a second ago" if secs < 1 else f"{secs} seconds ago"
-
-
-def human_size(n: int | None) -> str:
-    if n is None:
-        return "--"
-    size = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.3g}{unit}" if unit != "B" else f"{int(size)}B"
-        size /= 1000
-    return f"{n}B"
 
 
 def table(rows: list[list[Any]], header: list[str]) -> None:
@@ -49,4 +46,14 @@ def table(rows: list[list[Any]], header: list[str]) -> None:
 
 
 def print_json(obj: Any) -> None:
+    """Indented JSON, as `docker inspect` prints it."""
+    import json
+
     sys.stdout.write(json.dumps(obj, indent=4) + "\n")
+
+
+def print_json_line(obj: Any) -> None:
+    """One object on one line, as `docker ps --format json` prints each row."""
+    import json
+
+    sys.stdout.write(json.dumps(obj) + "\n")

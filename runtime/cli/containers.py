@@ -4,18 +4,17 @@ pause, unpause, top, wait."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
-import subprocess
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..engine import Engine, RunOptions, parse_signal
 from ..errors import CellboxError, InvalidArgument
-from . import tty as tty_mod
-from .common import ago, engine, human_size, print_json, table
+from .common import ago, bytes_size, engine, print_json, print_json_line, table
+
+if TYPE_CHECKING:  # the engine is imported by the commands that run, never by `--help`
+    from ..engine import Engine, RunOptions
 
 
 def _kv(items: list[str]) -> dict[str, str]:
@@ -58,6 +57,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def _options(a: argparse.Namespace) -> RunOptions:
+    from ..engine import RunOptions
+
     args = list(a.args)
     if args and args[0] == "--":
         args = args[1:]
@@ -110,6 +111,8 @@ def _forward_signals(eng: Engine, cid: str) -> None:
 
 
 def cmd_run(a: argparse.Namespace, create_only: bool = False) -> int:
+    import subprocess
+
     eng = engine(a)
     opts = _options(a)
     if create_only or a.detach:
@@ -119,6 +122,8 @@ def cmd_run(a: argparse.Namespace, create_only: bool = False) -> int:
         print(ctr.id)
         return 0
     if opts.tty:
+        from . import tty as tty_mod
+
         ours, theirs = tty_mod.console_pair()
         stdin = None
         ctr = eng.create(
@@ -180,7 +185,7 @@ def cmd_ps(a: argparse.Namespace) -> int:
         rows.append([c.id if a.no_trunc else c.short_id, image, f'"{cmd}"', ago(c.created), status, ports, c.name])
     if a.format == "json":
         for o in out:
-            print(json.dumps(o))
+            print_json_line(o)
         return 0
     if a.format:
         raise InvalidArgument(f"unsupported --format {a.format!r}: use json")
@@ -207,6 +212,8 @@ def cmd_stop(a: argparse.Namespace) -> int:
 
 
 def cmd_kill(a: argparse.Namespace) -> int:
+    from ..engine import parse_signal
+
     eng = engine(a)
     sig = parse_signal(a.signal)
     return _each(a, lambda r: eng.kill(r, sig))
@@ -235,11 +242,15 @@ def cmd_wait(a: argparse.Namespace) -> int:
 
 
 def cmd_exec(a: argparse.Namespace) -> int:
+    import subprocess
+
     eng = engine(a)
     command = list(a.command)
     if command and command[0] == "--":
         command = command[1:]
     if a.tty:
+        from . import tty as tty_mod
+
         ours, theirs = tty_mod.console_pair()
         helper = eng.exec(
             a.container, command, env=a.env, workdir=a.workdir, user=a.user, tty=True,
@@ -289,19 +300,31 @@ def cmd_inspect(a: argparse.Namespace) -> int:
     return failed
 
 
+def _host_memory() -> int | None:
+    """What `docker stats` shows as the limit of a container without one: the host's RAM."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None
+
+
 def _stats_row(s: dict[str, Any]) -> list[str]:
+    """One `docker stats` row: memory in binary units, an unlimited limit as the host's RAM."""
     mem = s.get("memory") or {}
     pids = s.get("pids") or {}
     usage, limit = mem.get("usage"), mem.get("limit")
+    if usage is not None and limit is None:
+        limit = _host_memory()
     pct = f"{100 * usage / limit:.2f}%" if usage is not None and limit else "--"
     cpu = s.get("cpu_percent")
+    current = pids.get("current")
     return [
         s["id"][:12],
         s["name"],
         f"{cpu:.2f}%" if cpu is not None else "--",
-        f"{human_size(usage)} / {human_size(limit)}",
+        f"{bytes_size(usage)} / {bytes_size(limit)}",
         pct,
-        str(pids.get("current", "--")),
+        "--" if current is None else str(current),
     ]
 
 
@@ -327,9 +350,9 @@ def cmd_stats(a: argparse.Namespace) -> int:
         rows = sample()
         if a.format == "json":
             for s in rows:
-                print(json.dumps(s))
+                print_json_line(s)
         else:
-            if not a.no_stream:
+            if not a.no_stream and sys.stdout.isatty():  # never escape codes into a pipe or file
                 sys.stdout.write("\x1b[2J\x1b[H")
             table([_stats_row(s) for s in rows], ["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "PIDS"])
         sys.stdout.flush()
@@ -430,9 +453,9 @@ def register(sub: Any) -> None:
     p.add_argument("container")
     p.set_defaults(func=cmd_top)
 
-    p = sub.add_parser("container", help="Manage containers (prune)", usage="cellbox container prune")
+    p = sub.add_parser("container", help="Manage containers (prune)", usage="cellbox container COMMAND")
     csub = p.add_subparsers(dest="subcommand", metavar="COMMAND", parser_class=type(p))
-    pp = csub.add_parser("prune", help="Remove all stopped containers")
+    pp = csub.add_parser("prune", help="Remove all stopped containers", usage="cellbox container prune [OPTIONS]")
     pp.add_argument("-f", "--force", action="store_true", help="Do not prompt for confirmation")
     pp.set_defaults(func=cmd_prune)
     _ = os

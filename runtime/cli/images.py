@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 from collections.abc import Iterator
 from typing import IO, Any
 
 from ..errors import CellboxError, InvalidArgument
-from .common import ago, engine, human_size, print_json, table
+from .common import ago, engine, human_size, print_json, print_json_line, table
 
 
 @contextlib.contextmanager
@@ -69,7 +68,7 @@ def cmd_images(a: argparse.Namespace) -> int:
         return 0
     if a.format == "json":
         for img in imgs:
-            print(json.dumps({"ID": img.id, "Repository": img.refs, "CreatedAt": img.created, "Size": img.size, "Digest": img.manifest_digest}))
+            print_json_line({"ID": img.id, "Repository": img.refs, "CreatedAt": img.created, "Size": img.size, "Digest": img.manifest_digest})
         return 0
     if a.format:
         raise InvalidArgument(f"unsupported --format {a.format!r}: use json")
@@ -107,7 +106,7 @@ def cmd_history(a: argparse.Namespace) -> int:
     hist = eng.images.history(a.image)
     if a.format == "json":
         for h in hist:
-            print(json.dumps(h))
+            print_json_line(h)
         return 0
     rows = []
     for h in hist:
@@ -263,7 +262,7 @@ def cmd_snapshot(a: argparse.Namespace) -> int:
         snaps = eng.snapshots(a.container).list()
         if a.format == "json":
             for s in snaps:
-                print(json.dumps({"ID": s.id, "Parent": s.parent, "Created": s.created, "Message": s.message, "Size": s.size}))
+                print_json_line({"ID": s.id, "Parent": s.parent, "Created": s.created, "Message": s.message, "Size": s.size})
         else:
             table([[s.id, ago(s.created), human_size(s.size), s.message] for s in snaps], ["SNAPSHOT", "CREATED", "SIZE", "MESSAGE"])
     elif a.action == "restore":
@@ -301,9 +300,9 @@ def register(sub: Any) -> None:
     p.add_argument("image")
     p.set_defaults(func=cmd_history)
 
-    p = sub.add_parser("image", help="Manage images (prune)", usage="cellbox image prune")
+    p = sub.add_parser("image", help="Manage images (prune)", usage="cellbox image COMMAND")
     isub = p.add_subparsers(dest="subcommand", metavar="COMMAND", parser_class=parser_class)
-    pp = isub.add_parser("prune", help="Remove unused images")
+    pp = isub.add_parser("prune", help="Remove unused images", usage="cellbox image prune [OPTIONS]")
     pp.add_argument("-f", "--force", action="store_true", help="Do not prompt for confirmation")
     pp.add_argument("-a", "--all", action="store_true", help="Accepted for Docker compatibility")
     pp.set_defaults(func=cmd_image_prune)
@@ -362,7 +361,7 @@ def register(sub: Any) -> None:
         sp.add_argument("snapshot")
         sp.set_defaults(func=cmd_snapshot)
 
-    from ..images.registry.cli import register as register_registry
+    from .registry import register as register_registry
 
     register_registry(sub)
     _ = print_json

@@ -66,7 +66,10 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("lab", help="start JupyterLab with every notebook in its own container")
+    p = sub.add_parser(
+        "lab", help="Start JupyterLab with every notebook in its own container",
+        usage="cellbox lab [OPTIONS] [DIR] [-- JUPYTER_OPTIONS...]",
+    )  # fmt: skip
     p.add_argument("--port", type=int, default=0, help="port (default: 8888 or the next free one)")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser")
     p.add_argument("--ip", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")

@@ -4,17 +4,39 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any, NoReturn
 
 from ..errors import CellboxError
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Docker's help layout: `Usage:  cellbox run [OPTIONS] IMAGE [COMMAND] [ARG...]`."""
+
+    def add_usage(self, usage: str | None, actions: Any, groups: Any, prefix: str | None = None) -> None:
+        super().add_usage(usage, actions, groups, "Usage:  " if prefix is None else prefix)
+
+
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # Docker prints usage hints and exits 125
+    """Docker's habits: `Usage:` lines, errors exit 125, subcommands named `cellbox run`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        # argparse names a subcommand after its parent's whole usage line
+        # ("cellbox [OPTIONS] COMMAND run"); Docker says "cellbox run".
+        kwargs.setdefault("prog", self.prog)
+        kwargs.setdefault("parser_class", _Parser)
+        return super().add_subparsers(**kwargs)
+
+    def error(self, message: str) -> NoReturn:  # Docker prints usage hints and exits 125
         sys.stderr.write(f"cellbox: {message}\nSee '{self.prog} --help'.\n")
         raise SystemExit(125)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; cheap: command modules import their heavy parts when they run."""
     from . import containers, images, lab, system
 
     parser = _Parser(
@@ -26,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cgroup-parent", help="parent cgroup for containers (default: cellbox)")
     parser.add_argument("-D", "--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument("-v", "--version", action="store_true", help="Print version information and quit")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     containers.register(sub)
     images.register(sub)
     system.register(sub)
@@ -41,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run one command; errors are one line on stderr and Docker's exit codes."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:

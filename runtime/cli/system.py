@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
-from .common import engine, human_size, table
+from .common import engine, human_size, print_json_line, table
 
 
 def cmd_check(a: argparse.Namespace) -> int:
@@ -39,7 +38,7 @@ def cmd_df(a: argparse.Namespace) -> int:
 
     upper = sum(du(c.upper) for c in ctrs)
     if a.format == "json":
-        print(json.dumps({"images": d, "containers": {"total": len(ctrs), "running": running, "bytes": upper}}))
+        print_json_line({"images": d, "containers": {"total": len(ctrs), "running": running, "bytes": upper}})
         return 0
     table(
         [
@@ -81,12 +80,12 @@ def cmd_version(a: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     p = sub.add_parser("system", help="Manage cellbox (check, df)", usage="cellbox system COMMAND")
     ssub = p.add_subparsers(dest="subcommand", metavar="COMMAND", parser_class=type(p))
-    sp = ssub.add_parser("check", help="Verify every blob of the image store against its digest")
+    sp = ssub.add_parser("check", help="Verify every blob of the image store against its digest", usage="cellbox system check")
     sp.set_defaults(func=cmd_check)
-    sp = ssub.add_parser("df", help="Show disk usage")
+    sp = ssub.add_parser("df", help="Show disk usage", usage="cellbox system df [OPTIONS]")
     sp.add_argument("--format", help="Format output: json")
     sp.set_defaults(func=cmd_df)
-    p = sub.add_parser("info", help="Display system-wide information")
+    p = sub.add_parser("info", help="Display system-wide information", usage="cellbox info")
     p.set_defaults(func=cmd_info)
-    p = sub.add_parser("version", help="Show the cellbox version")
+    p = sub.add_parser("version", help="Show the cellbox version", usage="cellbox version")
     p.set_defaults(func=cmd_version)

@@ -1,14 +1,14 @@
 """`cellbox pull|push|login|logout`: thin argparse commands over the registry API.
 
-The CLI's images module wires them in with `register(sub)`; each handler returns an
-exit code and raises CellboxError for the CLI's one-line error output.
+The CLI's arguments for them are in `cellbox.runtime.cli.registry` (so `cellbox --help`
+does not import this package); each handler here returns an exit code and raises
+CellboxError for the CLI's one-line error output.
 """
 
 from __future__ import annotations
 
 import argparse
 import getpass
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -76,29 +76,11 @@ def cmd_logout(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    """Add pull, push, login and logout to an argparse subparsers object."""
-    insecure_help = "allow plain http (always allowed for localhost/127.x/::1)"
-    p = sub.add_parser("pull", help="download an image from a registry")
-    p.add_argument("ref")
-    p.add_argument("--platform", help="os/arch[/variant] (default: this machine)")
-    p.add_argument("--insecure", action="store_true", help=insecure_help)
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress; print the digest")
-    p.set_defaults(func=cmd_pull)
+    """Add pull, push, login and logout to an argparse subparsers object.
 
-    p = sub.add_parser("push", help="upload an image to a registry")
-    p.add_argument("ref")
-    p.add_argument("--insecure", action="store_true", help=insecure_help)
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress; print the digest")
-    p.set_defaults(func=cmd_push)
+    The definitions live in `cellbox.runtime.cli.registry`, which the `cellbox` CLI
+    imports without loading this package (and `requests` with it).
+    """
+    from cellbox.runtime.cli.registry import register as _register
 
-    p = sub.add_parser("login", help="log in to a registry")
-    p.add_argument("registry", nargs="?", default=os.environ.get("CELLBOX_REGISTRY", "docker.io"))
-    p.add_argument("-u", "--username")
-    p.add_argument("-p", "--password")
-    p.add_argument("--password-stdin", action="store_true")
-    p.add_argument("--insecure", action="store_true", help=insecure_help)
-    p.set_defaults(func=cmd_login)
-
-    p = sub.add_parser("logout", help="forget the credentials for a registry")
-    p.add_argument("registry", nargs="?", default="docker.io")
-    p.set_defaults(func=cmd_logout)
+    _register(sub)
