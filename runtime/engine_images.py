@@ -167,5 +167,29 @@ class ImageOps:
                 changes.append(f"WORKDIR {cfg['WorkingDir']}")
             for k, v in (cfg.get("Labels") or {}).items():
                 changes.append(f"LABEL {k}={json.dumps(v)}")
-            return self.images.import_rootfs(rootfs, DEFAULT_IMAGE, changes=changes)
+            image = self.images.import_rootfs(rootfs, None, changes=changes)
+        self._check_kernel_imports(image.id)
+        self.images.tag(image.id, DEFAULT_IMAGE)
+        return self.images.resolve(DEFAULT_IMAGE)
+
+    def _check_kernel_imports(self, image_id: str) -> None:
+        """A kernel must start in the default image: refuse to tag one that cannot."""
+        import tempfile
+
+        from .images.default_image import KERNEL_CHECK
+        from .runconfig import RunOptions
+
+        opts = RunOptions(image=image_id, command=["python3", "-c", KERNEL_CHECK])
+        with tempfile.TemporaryFile() as out:
+            ctr = self.run(opts, stdout=out, stderr=out)
+            try:
+                code = self.wait(ctr.id, timeout=120)
+            finally:
+                self.remove(ctr.id, force=True)
+            out.seek(0)
+            text = out.read().decode(errors="replace").strip()
+        if code != 0:
+            self.images.rmi(image_id, force=True)
+            last = text.splitlines()[-1] if text else f"exit code {code}"
+            raise CellboxError(f"the default image cannot run a kernel ({last}): not tagged")
 

@@ -24,6 +24,8 @@ from cellbox.runtime.errors import CellboxError, InvalidArgument
 
 DEFAULT_IMAGE = "cellbox/python:3.11"
 KERNEL_DISTRIBUTIONS = ("ipykernel", "ipywidgets", "pip")
+# Run inside a freshly built image before it is tagged: what a kernel needs must import.
+KERNEL_CHECK = "import ipykernel_launcher, ipywidgets, pip"
 BUSYBOX = "/bin/busybox"
 EPOCH = 0  # mtime of everything the build writes itself (SOURCE_DATE_EPOCH overrides)
 
@@ -68,11 +70,12 @@ while todo:
             todo.append((req.name, ()))
             if req.extras:
                 todo.append((req.name, tuple(req.extras)))
+paths = sysconfig.get_paths()
 print(json.dumps({
-    "prefix": sys.base_prefix, "executable": os.path.realpath(sys.executable),
-    "version": sys.version.split()[0], "stdlib": sysconfig.get_paths()["stdlib"],
-    "ldlibrary": sysconfig.get_config_var("LDLIBRARY"), "dists": sorted(dists),
-    "files": sorted(files),
+    "prefix": sys.base_prefix, "env": sys.prefix, "executable": os.path.realpath(sys.executable),
+    "env_python": sys.executable, "version": sys.version.split()[0], "stdlib": paths["stdlib"],
+    "include": paths["include"], "ldlibrary": sysconfig.get_config_var("LDLIBRARY"),
+    "dists": sorted(dists), "files": sorted(files),
 }))
 """
 
@@ -359,11 +362,14 @@ def build_rootfs(
     exe = info["executable"]
     tk_ok = False
     files = [exe, *_stdlib_files(info["stdlib"], tk_ok), *info["files"]]
-    include = os.path.join(prefix, "include")
-    for dirpath, dirnames, filenames in os.walk(include):
+    for dirpath, dirnames, filenames in os.walk(info["include"]):
         dirnames.sort()
         files.extend(os.path.join(dirpath, n) for n in sorted(filenames))
-    files = sorted({f for f in files if f.startswith(prefix + "/") and os.path.lexists(f)})
+    # A virtual environment (venv, pipx, a setup script's .venv) keeps the kernel's
+    # distributions under its own prefix: the image holds it at the same path too.
+    env = info["env"]
+    roots = tuple({prefix + "/", env + "/"})
+    files = sorted({f for f in files if f.startswith(roots) and os.path.lexists(f)})
     for f in files:
         tree.place(f)
     bindir = os.path.join(prefix, "bin")
@@ -371,8 +377,19 @@ def build_rootfs(
     major = exe_name.rstrip("0123456789.") + info["version"].split(".")[0]
     tree.symlink(exe_name, os.path.join(bindir, major))
     tree.symlink(major, os.path.join(bindir, "python"))
-    tree.symlink(os.path.join(bindir, exe_name), "/usr/local/bin/python3")
+    if env == prefix:
+        tree.symlink(os.path.join(bindir, exe_name), "/usr/local/bin/python3")
+    else:
+        # A venv is found from the path the interpreter was started by (pyvenv.cfg beside
+        # it), never through a symlink to it: its bin comes first on PATH, and the usual
+        # /usr/local/bin/python3 starts it by that path.
+        tree.place(os.path.join(env, "pyvenv.cfg"))
+        tree.place(info["env_python"])
+        launcher = f'#!/bin/sh\nexec {info["env_python"]} "$@"\n'
+        tree.write("/usr/local/bin/python3", launcher, 0o755)
     tree.symlink("python3", "/usr/local/bin/python")
+    for name in ("pip", "pip3"):  # `!pip` in a cell, whatever the install named its scripts
+        tree.write(f"/usr/local/bin/{name}", '#!/bin/sh\nexec python3 -m pip "$@"\n', 0o755)
 
     # Shared libraries of every ELF file placed so far, and the loader.
     elves = [f for f in files if f.endswith(".so") or ".so." in f or f == exe]
@@ -411,16 +428,21 @@ def build_rootfs(
     tree.write("/etc/hostname", "cellbox\n")
 
     _clamp_times(dest, tree.written, epoch)
-    path_env = f"/usr/local/sbin:/usr/local/bin:{bindir}:/usr/sbin:/usr/bin:/sbin:/bin"
+    first = [os.path.join(env, "bin")] if env != prefix else []
+    then = [bindir] if bindir not in ("/usr/bin", "/bin") else []
+    path_env = ":".join(
+        [*first, "/usr/local/sbin", "/usr/local/bin", *then, "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+    )
     return {
         "Env": [f"PATH={path_env}", "LANG=C.UTF-8", "PYTHONUNBUFFERED=1"],
         "Cmd": ["python3"],
-        "WorkingDir": "/root",
+        "WorkingDir": "/home/jovyan",
         "Labels": {
             "org.opencontainers.image.title": DEFAULT_IMAGE,
             "org.opencontainers.image.description": "host Python with ipykernel and ipywidgets",
             "io.cellbox.python.version": version,
             "io.cellbox.python.prefix": prefix,
+            "io.cellbox.python.env": env,
             "io.cellbox.distributions": " ".join(info["dists"]),
         },
     }

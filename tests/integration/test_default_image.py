@@ -92,15 +92,34 @@ def test_layout_and_config(built: tuple[Path, dict]) -> None:
     assert stat.S_IMODE((dest / "tmp").stat().st_mode) == 0o1777
     assert (dest / "home/jovyan").stat().st_uid == 1000
     assert "ID=cellbox" in (dest / "etc/os-release").read_text()
-    assert config["Cmd"] == ["python3"] and config["WorkingDir"] == "/root"
+    assert config["Cmd"] == ["python3"] and config["WorkingDir"] == "/home/jovyan"
     assert any(e.startswith("PATH=") for e in config["Env"])
     assert DEFAULT_IMAGE.startswith("cellbox/python:")
-    prefix = config["Labels"]["io.cellbox.python.prefix"]
-    site = dest / prefix.lstrip("/") / "lib/python3.11/site-packages"
-    names = {p.name.split("-")[0].lower() for p in site.glob("*.dist-info")}
-    assert {"ipykernel", "ipywidgets", "pyzmq", "tornado"} <= names
+    # Wherever this install keeps its distributions (a venv, Debian's dist-packages,
+    # a pyenv prefix), the image's python finds them there.
+    r = chroot(dest, "/usr/local/bin/python3", "-c", "import site; print(*site.getsitepackages())")
+    assert r.returncode == 0, r.stderr
+    names = {
+        p.name.split("-")[0].lower()
+        for site in r.stdout.split()
+        for p in (dest / site.lstrip("/")).glob("*.dist-info")
+    }
+    assert {"ipykernel", "ipywidgets", "pyzmq", "tornado", "pip"} <= names
     assert "jupyterlab" not in names and "notebook" not in names and "pytest" not in names
+    prefix = config["Labels"]["io.cellbox.python.prefix"]
     assert not (dest / prefix.lstrip("/") / "lib/python3.11/test").exists()
+
+
+def test_pip_and_python_on_path(built: tuple[Path, dict]) -> None:
+    """`!pip` and `!python` in a cell find the kernel's own interpreter."""
+    dest, config = built
+    path = next(e for e in config["Env"] if e.startswith("PATH="))[5:]
+    script = f"export PATH={path}; pip --version && python -c 'import ipykernel, sys; print(sys.prefix)'"
+    r = chroot(dest, "/bin/sh", "-c", script)
+    assert r.returncode == 0, r.stderr
+    pip_line, prefix = r.stdout.splitlines()
+    assert pip_line.startswith("pip ")
+    assert prefix == config["Labels"]["io.cellbox.python.env"]
 
 
 def test_two_builds_are_identical(built: tuple[Path, dict], tmp_path: Path) -> None:
