@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import secrets
 import shutil
 import signal as signal_mod
 import time
@@ -226,6 +225,8 @@ class Engine(ImageOps):
         check_parent(self.cgroup_parent)
         if opts.name is not None:
             validate_name(opts.name)
+        import secrets  # here: `cellbox ps` and friends never need it (hmac, hashlib, base64)
+
         cid = secrets.token_hex(32)
         ctr_dir = self.containers_dir / cid
         with self._lock():
