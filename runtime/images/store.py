@@ -28,8 +28,6 @@ from typing import BinaryIO
 
 from cellbox.runtime.errors import CellboxError, Conflict, InvalidArgument, NotFound
 from cellbox.runtime.images import commit as cfgmod
-from cellbox.runtime.images import layers as layermod
-from cellbox.runtime.images import tarsafe
 from cellbox.runtime.images.layout import REF_ANNOTATION, Layout, atomic_write, check_digest
 from cellbox.runtime.images.reference import familiar, parse_reference
 
@@ -233,6 +231,9 @@ class ImageStore:
             fcntl.flock(lockfd, fcntl.LOCK_EX)
             if final.is_dir():
                 return final
+            # here, not at the top: listing images needs no tar code
+            from cellbox.runtime.images import tarsafe
+
             tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{hexid[:12]}-", dir=self.root / "layers"))
             try:
                 with self.layout.open_blob(desc["digest"]) as blob:
@@ -359,6 +360,9 @@ class ImageStore:
         progress=None,
     ) -> Image:
         """An overlay upper dir (or any tree) on top of `base` as a new image."""
+        # here, not at the top: listing images needs no tar code
+        from cellbox.runtime.images import layers as layermod
+
         if ref:
             parse_reference(ref)  # refuse a bad name before doing the work
         with self.writing():
