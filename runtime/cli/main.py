@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, NoReturn
 
@@ -33,6 +34,42 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # Docker prints usage hints and exits 125
         sys.stderr.write(f"cellbox: {message}\nSee '{self.prog} --help'.\n")
         raise SystemExit(125)
+
+
+# The Debian package of each external tool some command runs: a missing one is named in
+# one line with what to install, never a traceback.
+DEBIAN_PACKAGES = {
+    "nft": "nftables",
+    "skopeo": "skopeo",
+    "chromium": "chromium",
+    "busybox": "busybox-static",
+    "zstd": "zstd",
+    "tar": "tar",
+    "unshare": "util-linux",
+    "ldconfig": "libc-bin",
+    "ip": "iproute2",
+    "podman": "podman",
+    "runc": "runc",
+    "crun": "crun",
+}
+
+
+def missing_tool_message(e: FileNotFoundError) -> str | None:
+    """'nft: command not found (apt-get install nftables)' when `e` is a known tool that
+    is not installed; None for any other missing file."""
+    if not isinstance(e.filename, (str, bytes)):
+        return None
+    tool = os.fsdecode(e.filename).rsplit("/", 1)[-1]
+    pkg = DEBIAN_PACKAGES.get(tool)
+    if pkg is None:
+        return None
+    return f"{tool}: command not found (apt-get install {pkg})"
+
+
+def _not_found(e: FileNotFoundError) -> str:
+    if e.filename is None:
+        return e.strerror or str(e)
+    return f"{os.fsdecode(e.filename)}: no such file or directory"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +117,11 @@ def main(argv: list[str] | None = None) -> None:
             raise
         sys.stderr.write(f"cellbox: {e}\n")
         raise SystemExit(e.exit_code) from None
+    except FileNotFoundError as e:
+        if args.debug:
+            raise
+        sys.stderr.write(f"cellbox: {missing_tool_message(e) or _not_found(e)}\n")
+        raise SystemExit(125) from None
     except PermissionError as e:
         if args.debug:
             raise
