@@ -123,6 +123,54 @@ class Server:
     def jupyter(self, method: str, path: str, **kw: Any) -> requests.Response:
         return requests.request(method, self.url + path, headers=self.auth, timeout=120, **kw)
 
+    def start_kernel(self, notebook: str, kernel: str = "cellbox") -> str:
+        """A session for `notebook` with a kernel the server starts (as JupyterLab opens
+        a notebook); the kernel id."""
+        r = self.jupyter("POST", "/api/sessions", json={"path": notebook, "name": notebook, "type": "notebook", "kernel": {"name": kernel}})
+        assert r.status_code == 201, r.text
+        return r.json()["kernel"]["id"]
+
+    def run_cell(self, kernel_id: str, code: str, timeout: float = 120) -> tuple[str, str]:
+        """Run code as a notebook cell, over the server's kernel websocket as a browser does:
+        (status of the execute_reply, everything the cell printed, stdout and stderr)."""
+        import websocket
+
+        ws = websocket.create_connection(
+            f"ws://127.0.0.1:{self.port}/api/kernels/{kernel_id}/channels?token={self.token}",
+            timeout=timeout,
+            suppress_origin=True,
+        )
+        try:
+            msg_id = secrets.token_hex(8)
+            ws.send(json.dumps({
+                "channel": "shell",
+                "header": {"msg_id": msg_id, "msg_type": "execute_request", "session": secrets.token_hex(8),
+                           "username": "test", "version": "5.3", "date": ""},
+                "parent_header": {}, "metadata": {},
+                "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
+                            "allow_stdin": False, "stop_on_error": True},
+            }))  # fmt: skip
+            out: list[str] = []
+            status, idle = None, False
+            deadline = time.monotonic() + timeout
+            while (status is None or not idle) and time.monotonic() < deadline:
+                msg = json.loads(ws.recv())
+                if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                    continue
+                t, c = msg["msg_type"], msg["content"]
+                if t == "stream":
+                    out.append(c["text"])
+                elif t == "error":
+                    out.append("\n".join(c["traceback"]))
+                elif t == "execute_reply":
+                    status = c["status"]
+                elif t == "status" and c["execution_state"] == "idle":
+                    idle = True
+            assert status is not None and idle, f"the cell did not finish in {timeout}s: {''.join(out)}"
+            return status, "".join(out)
+        finally:
+            ws.close()
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGTERM)
