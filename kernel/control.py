@@ -86,6 +86,10 @@ def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
     return req["op"], args
 
 
+class _ClientGone(Exception):
+    """The client's socket failed (it went away or stopped reading): no answer is sent."""
+
+
 def _one_line(e: BaseException) -> str:
     text = str(e) if isinstance(e, CellboxError) else f"{e.__class__.__name__}: {e}"
     return " ".join(text.split())[:1000] or e.__class__.__name__
@@ -239,19 +243,26 @@ class ControlServer:
             conn.settimeout(WRITE_TIMEOUT)
 
             def send(msg: dict[str, Any]) -> None:
-                conn.settimeout(WRITE_TIMEOUT)
-                conn.sendall(json.dumps(msg, default=str).encode() + b"\n")
+                try:
+                    conn.settimeout(WRITE_TIMEOUT)
+                    conn.sendall(json.dumps(msg, default=str).encode() + b"\n")
+                except OSError as e:
+                    raise _ClientGone from e
 
             try:
-                op, args = parse_request(self._read_line(conn))
+                try:
+                    line = self._read_line(conn)
+                except OSError as e:
+                    raise _ClientGone from e
+                op, args = parse_request(line)
                 result, after = self.handle(op, args, progress=lambda p: send({"progress": p}))
                 send({"ok": True, "result": result})
-            except OSError:
+            except _ClientGone:
                 raise
-            except Exception as e:  # noqa: BLE001 - every failure becomes one line for the user
+            except Exception as e:  # noqa: BLE001 - every failure (an OSError of the op too) becomes one line for the user
                 after = None
                 send({"ok": False, "error": _one_line(e)})
-        except OSError:
+        except (_ClientGone, OSError):
             pass  # the client went away or stopped reading: nothing to tell it
         finally:
             conn.close()
@@ -293,7 +304,7 @@ class ControlServer:
                 return {**dataclasses.asdict(info), "restarting": True}, later
             if op == "commit":
                 if not self.allow_commit:
-                    raise PermissionError("commit is turned off on this server")
+                    raise RequestError("commit is turned off on this server")
                 return self._commit(args["ref"], args.get("message", ""), progress), None
             if op == "push":
                 return self._push(args["ref"], progress), None
