@@ -179,6 +179,7 @@ def _container_init(config: dict, join_files: list[str], pipe: _Pipe, console: d
     """PID 1 of the new pid namespace. Never returns."""
     try:
         sc.set_process_name("cellbox-init")
+        sc.set_process_title("cellbox-init")  # no host path in the container's `ps`
         for path in join_files:
             with open(path, "w") as f:
                 f.write("0")

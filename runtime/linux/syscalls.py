@@ -195,6 +195,27 @@ def set_process_name(name: str) -> None:
     prctl(PR_SET_NAME, ctypes.cast(ctypes.c_char_p(name.encode()[:15]), ctypes.c_void_p).value or 0)
 
 
+def set_process_title(title: str) -> None:
+    """Make /proc/self/cmdline read `title` alone (setproctitle's way, no capability needed).
+
+    The argv area is overwritten in place through /proc/self/mem; a non-NUL last byte
+    tells the kernel to read the title up to its first NUL. A title longer than the area
+    is cut.
+    """
+    with open("/proc/self/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48 and 49)
+    size = end - start
+    if size < 2:
+        return
+    text = title.encode()[: size - 2] + b"\0"
+    fd = os.open("/proc/self/mem", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        os.pwrite(fd, text.ljust(size - 1, b"\0") + b" ", start)
+    finally:
+        os.close(fd)
+
+
 def close_range(first: int, last: int = 0xFFFFFFFF, flags: int = 0) -> None:
     """Close every fd in [first, last]; falls back to a loop on old kernels."""
     r = _libc.syscall(
