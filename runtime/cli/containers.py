@@ -454,7 +454,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_top)
 
     p = sub.add_parser("container", help="Manage containers (prune)", usage="cellbox container COMMAND")
-    csub = p.add_subparsers(dest="subcommand", metavar="COMMAND", parser_class=type(p))
+    csub = p.add_subparsers(dest="subcommand", metavar="COMMAND")
     pp = csub.add_parser("prune", help="Remove all stopped containers", usage="cellbox container prune [OPTIONS]")
     pp.add_argument("-f", "--force", action="store_true", help="Do not prompt for confirmation")
     pp.set_defaults(func=cmd_prune)

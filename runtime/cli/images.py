@@ -276,8 +276,6 @@ def cmd_snapshot(a: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    parser_class = type(sub._name_parser_map.get("run")) if sub._name_parser_map else argparse.ArgumentParser
-
     p = sub.add_parser("images", help="List images", usage="cellbox images [OPTIONS]")
     p.add_argument("-q", "--quiet", action="store_true", help="Only show image IDs")
     p.add_argument("--no-trunc", action="store_true", help="Don't truncate output")
@@ -301,7 +299,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_history)
 
     p = sub.add_parser("image", help="Manage images (prune)", usage="cellbox image COMMAND")
-    isub = p.add_subparsers(dest="subcommand", metavar="COMMAND", parser_class=parser_class)
+    isub = p.add_subparsers(dest="subcommand", metavar="COMMAND")
     pp = isub.add_parser("prune", help="Remove unused images", usage="cellbox image prune [OPTIONS]")
     pp.add_argument("-f", "--force", action="store_true", help="Do not prompt for confirmation")
     pp.add_argument("-a", "--all", action="store_true", help="Accepted for Docker compatibility")
@@ -346,7 +344,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_load)
 
     p = sub.add_parser("snapshot", help="Manage a container's snapshots", usage="cellbox snapshot COMMAND CONTAINER [SNAPSHOT]")
-    ssub = p.add_subparsers(dest="action", metavar="COMMAND", parser_class=parser_class)
+    ssub = p.add_subparsers(dest="action", metavar="COMMAND")
     sp = ssub.add_parser("create", help="Take a snapshot of a container's filesystem", usage="cellbox snapshot create [-m MSG] CONTAINER")
     sp.add_argument("-m", "--message", help="Snapshot message")
     sp.add_argument("container")

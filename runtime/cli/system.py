@@ -79,7 +79,7 @@ def cmd_version(a: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("system", help="Manage cellbox (check, df)", usage="cellbox system COMMAND")
-    ssub = p.add_subparsers(dest="subcommand", metavar="COMMAND", parser_class=type(p))
+    ssub = p.add_subparsers(dest="subcommand", metavar="COMMAND")
     sp = ssub.add_parser("check", help="Verify every blob of the image store against its digest", usage="cellbox system check")
     sp.set_defaults(func=cmd_check)
     sp = ssub.add_parser("df", help="Show disk usage", usage="cellbox system df [OPTIONS]")

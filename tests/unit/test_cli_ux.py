@@ -141,3 +141,29 @@ def test_stats_clears_the_screen_only_on_a_terminal(monkeypatch: pytest.MonkeyPa
     text = out.getvalue()
     assert ("\x1b[2J" in text) is tty
     assert "1KiB / 2KiB" in text
+
+
+def test_a_run_builds_only_its_command_and_help_lists_them_all() -> None:
+    full = cli_main.build_parser()
+    assert cli_main.build_parser(only="").format_help() == full.format_help()
+    lazy = cli_main.build_parser(only="ps")
+    assert _subparser(lazy, "ps").prog == "cellbox ps"
+    assert not isinstance(_subparser(lazy, "run"), argparse.ArgumentParser)
+    args = lazy.parse_args(["ps", "-a", "--no-trunc"])
+    assert args.all and args.no_trunc and args.func is containers.cmd_ps
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        ([], ""),
+        (["--help"], ""),
+        (["-v"], ""),
+        (["ps", "-a"], "ps"),
+        (["--root", "/tmp/x", "-D", "inspect", "c"], "inspect"),
+        (["--root=/tmp/x", "--cgroup-parent", "cg", "images"], "images"),
+        (["-D", "--", "run", "img"], "run"),
+    ],
+)
+def test_command_of(argv: list[str], command: str) -> None:
+    assert cli_main.command_of(argv) == command
