@@ -26,9 +26,12 @@ def env():
     yield from kernel_env()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def victim():
-    """Notebook B: a kernel container with a file, a snapshot and an image it committed."""
+    """Notebook B: a kernel container with a file, a snapshot and an image it committed.
+
+    A fresh one for every test: each test records B's state before its attacks, and a B
+    changed by an earlier test must not become the next test's "before"."""
     from cellbox.kernel import containers
     from cellbox.kernel.control import ControlServer
     from cellbox.runtime.engine import Engine
@@ -98,10 +101,12 @@ def answer(kc, raw: bytes) -> dict:
     return json.loads(text)
 
 
-def b_state(eng, ctr) -> tuple:
+def b_state(eng, ctr, ref: str) -> tuple:
+    """Everything A might change of B: status, snapshots, files (names and B's secret), its image."""
     snaps = [s.id for s in eng.snapshots(ctr.id).list()]
     upper = sorted(str(p.relative_to(ctr.upper)) for p in ctr.upper.rglob("*"))
-    return ctr.state().status, snaps, upper
+    secret = (ctr.upper / "root" / "b.txt").read_text()
+    return ctr.state().status, snaps, upper, secret, eng.images.resolve(ref).id
 
 
 def test_cannot_touch_another_container(attacker, victim):
@@ -109,7 +114,8 @@ def test_cannot_touch_another_container(attacker, victim):
     km, kc = attacker
     a_id = km.provisioner.container_id
     cell(kc, SEND)
-    before = b_state(eng, b)
+    before = b_state(eng, b, b_ref)
+    assert before[0] == "running" and len(before[1]) == 1 and before[3] == "secret-of-b\n"
     bsnap = eng.snapshots(b.id).list()[0].id
     forged = [
         {"op": "snapshot", "args": {"container": b.id}},
@@ -128,7 +134,7 @@ def test_cannot_touch_another_container(attacker, victim):
         got = answer(kc, json.dumps(req).encode() + b"\n")
         assert got["ok"] is False, (req, got)
         assert "\n" not in got["error"] and "Traceback" not in got["error"]
-    assert b_state(eng, b) == before
+    assert b_state(eng, b, b_ref) == before
     # B's files and sockets are not reachable from A at all
     seen = cell(kc, f"import os; print(os.path.exists({str(b_run)!r}), os.path.exists({str(b.upper)!r}), sorted(os.listdir('/run/cellbox')))")
     assert seen.startswith("False False")
@@ -139,10 +145,10 @@ def test_cannot_touch_another_container(attacker, victim):
 
 
 def test_malformed_oversized_and_slow_requests(attacker, victim):
-    eng, b, _b_run, _ = victim
+    eng, b, _b_run, b_ref = victim
     km, kc = attacker
     cell(kc, SEND)
-    before = b_state(eng, b)
+    before = b_state(eng, b, b_ref)
     cases = {
         b"not json\n": "malformed",
         b"[1, 2, 3]\n": "invalid request",
@@ -167,21 +173,26 @@ def test_malformed_oversized_and_slow_requests(attacker, victim):
     assert json.loads(first)["ok"] is True
     assert "timed out" in json.loads(second)["error"]
     # many idle connections at once: the extra ones are told "busy", and the server recovers
+    # (each state polled for, with a deadline: the server takes the idle ones in its own time)
     out = cell(
         kc,
+        "def until(pred, seconds=10):\n"
+        "    end = time.monotonic() + seconds\n"
+        "    while True:\n"
+        "        r = send(b'{\"op\": \"status\"}\\n')\n"
+        "        if pred(r) or time.monotonic() > end: return r\n"
+        "        time.sleep(0.05)\n"
         "idle = [socket.socket(socket.AF_UNIX) for _ in range(8)]\n"
         "[s.connect('/run/cellbox/control.sock') for s in idle]\n"
-        "time.sleep(0.5)\n"
-        "print(send(b'{\"op\": \"status\"}\\n'))\n"
+        "print(until(lambda r: 'busy' in r))\n"
         "[s.close() for s in idle]\n"
-        "time.sleep(0.5)\n"
-        "print(send(b'{\"op\": \"status\"}\\n'))",
+        "print(until(lambda r: '\"ok\": true' in r))",
     )
     busy, ok = (json.loads(x) for x in [y for y in out.splitlines() if y.strip()][-2:])
     assert busy["ok"] is False and "busy" in busy["error"]
     assert ok["ok"] is True
     assert km.provisioner._control.alive
-    assert b_state(eng, b) == before
+    assert b_state(eng, b, b_ref) == before
 
 
 def test_socket_in_container_is_its_own(attacker):
