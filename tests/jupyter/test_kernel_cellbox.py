@@ -56,6 +56,20 @@ def reply_to(kc, msg_id: str, timeout: float = 20) -> dict:
             return reply
 
 
+def start_spinning(kc) -> str:
+    """Run a cell that loops forever; return once it is really in its loop (it says so)."""
+    msg_id = kc.execute("print('spinning', flush=True)\nwhile True: pass")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            msg = kc.get_iopub_msg(timeout=1)
+        except Exception:  # noqa: BLE001 - queue.Empty
+            continue
+        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream" and "spinning" in msg["content"]["text"]:
+            return msg_id
+    raise AssertionError("the cell never started spinning")
+
+
 @pytest.fixture(scope="module")
 def kernel():
     km, kc = start_new_kernel(kernel_name="cellbox", startup_timeout=60)
@@ -109,8 +123,7 @@ def test_magics_status_snapshot_diff(kernel):
 def test_interrupt_signal_mode(kernel):
     km, kc = kernel
     assert km.kernel_spec.interrupt_mode == "signal"
-    msg_id = kc.execute("while True: pass")
-    time.sleep(1.0)
+    msg_id = start_spinning(kc)
     km.interrupt_kernel()
     reply = reply_to(kc, msg_id)
     assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
@@ -121,8 +134,7 @@ def test_interrupt_message_mode():
     km, kc = start_new_kernel(kernel_name="cellbox-msg", startup_timeout=60)
     try:
         assert km.kernel_spec.interrupt_mode == "message"
-        msg_id = kc.execute("while True: pass")
-        time.sleep(1.0)
+        msg_id = start_spinning(kc)
         km.interrupt_kernel()
         reply = reply_to(kc, msg_id)
         assert reply["content"]["ename"] == "KeyboardInterrupt"
@@ -149,7 +161,7 @@ def test_restart_keeps_files_and_packages(kernel):
     )
     text, reply = run_cell(kc, code)
     assert reply["status"] == "ok", text
-    assert int(text.split()[-1]) > 0
+    old_pid = int(text.split()[-1])
     km.restart_kernel(now=True)
     kc.wait_for_ready(timeout=60)
     assert km.provisioner.container_id == cid
@@ -157,7 +169,7 @@ def test_restart_keeps_files_and_packages(kernel):
     assert value(kc, "open('/root/kept.txt').read()") == "kept"
     procs = value(kc, "[open(f'/proc/{p}/cmdline','rb').read().decode() for p in __import__('os').listdir('/proc') if p.isdigit()]")
     assert not any(p.startswith("sleep\x001000") for p in procs), "the old kernel's child survived the restart"
-    assert value(kc, "__import__('os').getpid()") > 0
+    assert value(kc, "__import__('os').getpid()") != old_pid  # a new kernel process, same container
 
 
 def test_killed_kernel_leaves_no_process(kernel):
@@ -244,6 +256,10 @@ def test_restore_restarts_kernel_into_snapshot(kernel):
 
 
 def test_image_without_python_fails_clearly(tmp_path):
+    """An image without Python: the kernel start fails, and the log says why in one line
+    (the server shows the user this line; a bare "kernel died" would not tell them)."""
+    import logging
+
     from cellbox.kernel.kernelspec import install_kernelspec
     from conftest import make_busybox_rootfs
 
@@ -254,17 +270,29 @@ def test_image_without_python_fails_clearly(tmp_path):
     install_kernelspec("cellbox-nopy", prefix=str(prefix), image=ref)
     from jupyter_client.manager import KernelManager
 
-    km = KernelManager(kernel_name="cellbox-nopy")
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    log = logging.getLogger(f"cbk-test-nopy-{secrets.token_hex(3)}")
+    log.addHandler(Keep())
+    km = KernelManager(kernel_name="cellbox-nopy", log=log)
     try:
-        with pytest.raises(Exception) as err:
-            km.start_kernel()
-            kc = km.client()
-            kc.start_channels()
-            try:
-                kc.wait_for_ready(timeout=30)
-            finally:
-                kc.stop_channels()
-        assert "python" in str(err.value).lower() or not km.is_alive()
+        km.start_kernel()
+        assert km.provisioner.log is log
+        kc = km.client()
+        kc.start_channels()
+        try:
+            with pytest.raises(RuntimeError, match="Kernel died before replying"):
+                kc.wait_for_ready(timeout=60)
+        finally:
+            kc.stop_channels()
+        assert not km.is_alive()
+        clear = [m for m in seen if m.startswith("cellbox: the kernel command ")]
+        assert clear, seen
+        assert clear[0].endswith("cannot run in the container (exit 127): the image needs Python with ipykernel"), clear
     finally:
         try:
             km.shutdown_kernel(now=True)
