@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -69,9 +70,15 @@ def test_two_notebooks_two_containers_restart_keeps(srv):
     assert r.status_code == 200, r.text
     after = {c["notebook"]: c for c in containers(srv)}
     assert after["a.ipynb"]["id"] == by_nb["a.ipynb"]["id"] and after["a.ipynb"]["status"] == "running"
-    # the kernel really runs inside that container
-    top = srv.api("GET", f"containers/{after['a.ipynb']['id']}/stats").json()
-    assert top["pids"]["current"] >= 3  # init, idle command, the kernel
+    # the kernel really runs inside that container: its pid namespace is the one of the
+    # container's init (not the host's), where its pid is small, and it has the container's hostname
+    status, out = srv.run_cell(kid, "import os, socket; print(os.readlink('/proc/self/ns/pid'), os.getpid(), socket.gethostname())")
+    assert status == "ok", out
+    pidns, pid, hostname = out.split()
+    info = srv.api("GET", f"containers/{after['a.ipynb']['id']}").json()
+    assert pidns == os.readlink(f"/proc/{info['State']['Pid']}/ns/pid") != os.readlink("/proc/self/ns/pid")
+    assert int(pid) < 100
+    assert hostname == info["Config"]["Hostname"]
     for s in sessions.values():
         srv.jupyter("DELETE", f"/api/sessions/{s['id']}")
     assert {c["id"] for c in containers(srv)} >= {by_nb["a.ipynb"]["id"], by_nb["b.ipynb"]["id"]}
