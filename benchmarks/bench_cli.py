@@ -11,7 +11,9 @@ gives medians, p10–p90 and the ratio to podman.
   it and the python it runs). When that is a version-manager shim (pyenv's is a bash
   script that runs `pyenv exec`), the console script it leads to is timed as well, so
   the shim's cost shows on its own row.
-- `python -c pass` with the same interpreter: the floor for any Python CLI here.
+- the same CLI started as `python -I -S` with a tiny bootstrap (no site, so none of
+  this machine's `.pth` hooks; the `kernelspec` command is absent there), and `python
+  -c pass` / `python -I -S -c pass`: the floors for any Python CLI here.
 - podman 4.x on throwaway storage (`--root/--runroot` in a temp dir, overlay, runc,
   cgroupfs, `--events-backend none`), with the flags on every command as a user of such
   a setup would pass them.
@@ -43,6 +45,18 @@ import time
 from pathlib import Path
 
 BUSYBOX = "/bin/busybox"
+RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
+
+# The same CLI without site (`python -I -S`): no .pth hooks, so the row shows what this
+# machine's site start-up costs (bench_start.py does the same for cellbox-runc).
+_BOOT = (
+    "import sys,types,importlib.util as u;"
+    "p=types.ModuleType('cellbox');p.__path__=[];sys.modules['cellbox']=p;"
+    f"s=u.spec_from_file_location('cellbox.runtime',{str(RUNTIME_DIR / '__init__.py')!r},"
+    f"submodule_search_locations=[{str(RUNTIME_DIR)!r}]);"
+    "m=u.module_from_spec(s);sys.modules['cellbox.runtime']=m;s.loader.exec_module(m);"
+    "from cellbox.runtime.cli.main import main;sys.argv[0]='cellbox';main()"
+)
 CTR = "bench-ctr"
 IMAGE = "bench/busybox:1"
 
@@ -77,7 +91,9 @@ def entry_points() -> dict[str, list[str]]:
         print(f"cellbox: {found}, a console script run by {interp}")
         out["cellbox"] = [found]
         return out
-    print(f"cellbox: {found}, a {os.path.basename(interp.split()[0]) if interp else 'binary'} shim")
+    words = [os.path.basename(w) for w in interp.split()]
+    shell = words[1] if words[:1] == ["env"] and len(words) > 1 else (words[0] if words else "binary")
+    print(f"cellbox: {found}, a {shell} shim")
     out["cellbox (shim on PATH)"] = [found]
     script = None
     if "pyenv" in found:
@@ -183,13 +199,15 @@ def main() -> None:
 
         commands = {"ps": ["ps"], "ps -a": ["ps", "-a"], "images": ["images"], "--help": ["--help"],
                     f"inspect {CTR}": ["inspect", CTR]}  # fmt: skip
+        python = _shebang(list(entries.values())[-1][0]).split()[0] or sys.executable
         contenders: dict[tuple[str, str], list[str]] = {}
         for cmd, argv in commands.items():
             for label, prefix in entries.items():
                 contenders[(cmd, label)] = [*prefix, *cbx_opts, *argv]
+            contenders[(cmd, "cellbox, python -I -S (no site)")] = [python, "-I", "-S", "-c", _BOOT, *cbx_opts, *argv]
             contenders[(cmd, "podman")] = [*podman.argv, *argv]
-        python = _shebang(list(entries.values())[-1][0]).split()[0] or sys.executable
         contenders[("(interpreter alone)", "python -c pass")] = [python, "-c", "pass"]
+        contenders[("(interpreter alone)", "python -I -S -c pass")] = [python, "-I", "-S", "-c", "pass"]
 
         for argv in contenders.values():  # warm-up: byte code caches, page cache
             timed(argv, env)
