@@ -88,10 +88,10 @@ def test_snapshot_restore_brings_back_and_removes(engine, busybox_rootfs):
     # a snapshot becomes an image
     img = engine.commit(ctr.id, "snap/img:1", snapshot=s2.id)
     code, out = sh(engine, {"image": "snap/img:1"}, "cat /root/later; ls /root/keep 2>&1")
-    assert "later" in out and "No such file" in out
+    assert out.splitlines() == ["later", "ls: /root/keep: No such file or directory"], out
+    assert "snap/img:1" in img.refs and engine.images.resolve("snap/img:1").id == img.id
     with pytest.raises(NotFound):
         engine.snapshot_restore(ctr.id, "ffffffff")
-    assert img.id
 
 
 def test_export_and_import_round_trip(engine, busybox_rootfs, tmp_path):
@@ -106,9 +106,9 @@ def test_export_and_import_round_trip(engine, busybox_rootfs, tmp_path):
     assert "./root/exported" in names and "./bin/busybox" in names
     buf.seek(0)
     img = engine.images.import_rootfs(buf, "imported:1", changes=["CMD [\"cat\", \"/root/exported\"]"])
+    assert engine.images.resolve("imported:1").id == img.id
     code, out = run_capture(engine, RunOptions(image="imported:1"))
     assert (code, out.strip()) == (0, "x")
-    assert img.id
 
 
 def test_image_bad_input(engine, busybox_rootfs):
