@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -99,6 +98,7 @@ def _options(a: argparse.Namespace) -> RunOptions:
 
 def _forward_signals(eng: Engine, cid: str) -> None:
     """Like `docker run --sig-proxy`: signals to the command reach the container."""
+    import signal
 
     def forward(signum: int, _frame: Any) -> None:
         try:
@@ -267,6 +267,8 @@ def cmd_exec(a: argparse.Namespace) -> int:
     )  # fmt: skip
     if a.detach:
         return 0
+    import signal
+
     signal.signal(signal.SIGINT, lambda *_: helper.send_signal(signal.SIGINT))
     signal.signal(signal.SIGTERM, lambda *_: helper.send_signal(signal.SIGTERM))
     return helper.wait()

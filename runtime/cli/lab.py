@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 
 def _default_dir() -> str:
+    from pathlib import Path
+
     here = Path(__file__).resolve().parents[2] / "notebooks"
     return str(here) if here.is_dir() else os.getcwd()
 
