@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import platform
-import shlex
 import time
 
 from cellbox.runtime.errors import InvalidArgument
@@ -29,6 +27,8 @@ DOCKER_TO_OCI = {
 
 
 def host_arch() -> str:
+    import platform  # here: listing images (which imports this module) never needs it
+
     m = platform.machine()
     return _ARCH.get(m, m)
 
@@ -61,6 +61,8 @@ def _json_or_shell(arg: str) -> list[str]:
 
 
 def _pairs(arg: str, what: str) -> list[tuple[str, str]]:
+    import shlex  # here: listing images (which imports this module) never needs it
+
     words = shlex.split(arg)
     if len(words) >= 2 and "=" not in words[0]:
         return [(words[0], " ".join(words[1:]))]  # legacy "ENV K V"
