@@ -126,6 +126,19 @@ def test_bridge_connectivity_publish_and_teardown(hostns, tmp_path):
     assert r["bridge_after_remove"] is False and r["nft_after_remove"] == ""
 
 
+def test_container_cannot_reach_host_loopback(hostns, tmp_path):
+    """route_localnet is on for the bridge (published ports on 127.0.0.1 need it): a
+    container that routes 127.0.0.1 to its gateway must still not reach a service that
+    listens only on the host's loopback. The control: with the guard rule flushed, the
+    same attempt does connect, so the attempt itself is a real one."""
+    r = in_host(hostns, "loopback", tmp_path)
+    assert r["route_localnet"] == "1" and r["routed_via_gateway"] is True, r
+    assert r["guarded"].startswith("refused: "), r
+    assert r["hits_guarded"] == 0
+    assert r["unguarded"] == "hi from host loopback", r  # the same attack without the guard
+    assert r["hits_unguarded"] == 1
+
+
 def test_published_port_userspace_forwarder(hostns, tmp_path):
     r = in_host(hostns, "connectivity", tmp_path, backend="userspace")
     a = r["a"]
@@ -353,6 +366,80 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+LOOPBACK_ATTACK = (
+    "import socket,sys\n"
+    "try:\n"
+    "  c=socket.create_connection(('127.0.0.1',int(sys.argv[1])),timeout=3)\n"
+    "  c.sendall(b'hi');print(c.recv(100).decode() or 'connected, no answer')\n"
+    "except OSError as e:\n"
+    "  print('refused:',type(e).__name__,e)\n"
+)
+
+
+def scenario_loopback(args: dict) -> dict:
+    """A host service on 127.0.0.1 only; a bridged container sends to 127.0.0.1 through
+    its gateway (its own loopback routes removed, route_localnet on its eth0), while another
+    container publishes a port (which turns route_localnet on for the bridge)."""
+    from cellbox.runtime.network import NetworkManager, nft, parse_network, parse_publish
+
+    _setup_lo()
+    pids: list[int] = []
+    out: dict = {"pids": pids}
+    mgr = NetworkManager(Path(args["state_dir"]), port_backend="nft")
+    c, publisher = Container(pids), Container(pids)
+    hits: list[int] = []
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    port = srv.getsockname()[1]
+
+    def loop() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            hits.append(1)
+            conn.recv(100)
+            conn.sendall(b"hi from host loopback")
+            conn.close()
+
+    threading.Thread(target=loop, daemon=True).start()
+    try:
+        mgr.setup("pub1", publisher.netns, parse_network("bridge"), [parse_publish("18085:80")], "p")
+        info = mgr.setup("loop1", c.netns, parse_network("bridge"), [], "l")
+        out["route_localnet"] = open(f"/proc/sys/net/ipv4/conf/{mgr.bridge}/route_localnet").read().strip()
+        out["guard_before"] = nft.list_table()
+        # inside: no loopback of its own for 127.0.0.1, which goes to the gateway instead
+        for cmd in (
+            ["ip", "addr", "flush", "dev", "lo"],  # and with its addresses, lo's local routes
+            ["sh", "-c", "for f in all eth0; do echo 1 > /proc/sys/net/ipv4/conf/$f/route_localnet; "
+                         "echo 0 > /proc/sys/net/ipv4/conf/$f/rp_filter; done"],
+            ["ip", "route", "add", "127.0.0.1/32", "via", info.gateway, "dev", "eth0"],
+        ):
+            c.cmd(*cmd, check=True)
+        route = c.cmd("ip", "route", "get", "127.0.0.1").stdout
+        out["routed_via_gateway"] = f"via {info.gateway} dev eth0" in route
+        out["route"] = route.strip()
+        out["guarded"] = c.cmd(sys.executable, "-S", "-c", LOOPBACK_ATTACK, str(port)).stdout.strip()
+        out["hits_guarded"] = len(hits)
+        # the control: the guard chain flushed, nothing else changed
+        subprocess.run(["nft", "flush", "chain", nft.FAMILY, nft.TABLE, "guard"], check=True)
+        out["unguarded"] = c.cmd(sys.executable, "-S", "-c", LOOPBACK_ATTACK, str(port)).stdout.strip()
+        out["hits_unguarded"] = len(hits)
+        mgr.teardown("loop1")
+        mgr.teardown("pub1")
+        mgr.remove_bridge()
+    finally:
+        srv.close()
+        mgr.teardown("loop1")
+        mgr.teardown("pub1")
+        c.kill()
+        publisher.kill()
+    return out
 
 
 def scenario_none(args: dict) -> dict:
