@@ -42,8 +42,9 @@ def cmd_df(a: argparse.Namespace) -> int:
         return 0
     table(
         [
-            ["Images", d["images"], d["images_in_use"], human_size(d["blobs_bytes"] + d["layers_bytes"]), human_size(d["unreferenced_blob_bytes"])],
-            ["Containers", len(ctrs), running, human_size(upper), ""],
+            # `docker system df` prints 4 significant digits (go-units HumanSize), `images` 3
+            ["Images", d["images"], d["images_in_use"], human_size(d["blobs_bytes"] + d["layers_bytes"], 4), human_size(d["unreferenced_blob_bytes"], 4)],
+            ["Containers", len(ctrs), running, human_size(upper, 4), ""],
         ],
         ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"],
     )
