@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from cellbox.runtime.engine import RunOptions
@@ -26,6 +27,29 @@ def exec_out(eng, ref, cmd: list[str], **kw) -> tuple[int, str]:
     p = eng.exec(ref, cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
     out = p.stdout.read().decode()
     return p.wait(), out
+
+
+def poll(fn, timeout: float = 30, what: str = "condition"):
+    """fn() until it is truthy; a deadline against hangs, never a timing requirement."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = fn()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def cgroup_dir(pid: int, controller: str) -> Path:
+    """The v1 cgroup directory of `pid` in the hierarchy that has `controller`."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, rel = line.split(":", 2)
+        if controller in controllers.split(","):
+            for top in Path("/sys/fs/cgroup").iterdir():
+                if controller in top.name.split(","):
+                    return top / rel.lstrip("/")
+    pytest.skip(f"no cgroup v1 {controller} hierarchy")
 
 
 def test_detach_exec_stop_rm(engine, busybox_rootfs):
@@ -53,8 +77,8 @@ def test_detach_exec_stop_rm(engine, busybox_rootfs):
 
 
 def test_stop_escalates_to_kill(engine, busybox_rootfs):
-    ctr = detached(engine, busybox_rootfs, "trap '' TERM; while true; do sleep 1; done")
-    time.sleep(0.3)
+    ctr = detached(engine, busybox_rootfs, "trap '' TERM; touch /tmp/trapped; while true; do sleep 1; done")
+    poll(lambda: (ctr.upper / "tmp" / "trapped").exists(), what="the trap to be set")
     engine.stop(ctr.id, timeout=0.5)
     st = ctr.state()
     assert st.status == "stopped" and st.exit_code == 137
@@ -73,28 +97,39 @@ def test_exit_codes(engine, busybox_rootfs):
 
 
 def test_zombies_are_reaped(engine, busybox_rootfs):
-    # The shell forks a child that leaves an orphan; our init must reap it.
-    ctr = detached(engine, busybox_rootfs, "(sh -c 'sleep 0.2 &' ); exec sleep 1000")
-    time.sleep(1.0)
+    # The shell forks a child that leaves an orphan (it says its pid, then exits); our init
+    # must reap it: its /proc entry goes away (a zombie would keep it, state Z).
+    ctr = detached(engine, busybox_rootfs, "(sh -c 'echo $$ > /tmp/orphan.tmp; mv /tmp/orphan.tmp /tmp/orphan; exec sleep 0.2' &); exec sleep 1000")
+    orphan = poll(lambda: (ctr.upper / "tmp" / "orphan").exists() and (ctr.upper / "tmp" / "orphan").read_text().strip(), what="the orphan")
+
+    def reaped() -> bool:
+        code, out = exec_out(engine, ctr.id, ["sh", "-c", f"cat /proc/{orphan}/stat 2>/dev/null || echo gone"])
+        assert code == 0, out
+        return out.strip() == "gone"
+
+    poll(reaped, what=f"the orphan {orphan} to be reaped")
     code, out = exec_out(engine, ctr.id, ["sh", "-c", "cat /proc/[0-9]*/stat 2>/dev/null | awk '{print $3}'"])
     assert code == 0
     assert "Z" not in out.split(), out
 
 
 def test_pause_unpause(engine, busybox_rootfs):
-    ctr = detached(engine, busybox_rootfs, "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done")
-    time.sleep(0.3)
+    ctr = detached(engine, busybox_rootfs, "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.tmp; mv /tmp/count.tmp /tmp/count; sleep 0.05; done")
+    upper = ctr.upper / "tmp" / "count"
+    poll(lambda: upper.exists(), what="the counter to start")
+    freezer = cgroup_dir(ctr.state().pid, "freezer")
     engine.pause(ctr.id)
     assert ctr.state().status == "paused"
+    # the kernel says every task of the container is frozen (not: "it happened to be slow")
+    assert (freezer / "freezer.state").read_text().strip() == "FROZEN"
     with pytest.raises(Conflict):
         engine.exec(ctr.id, ["true"])
-    upper = ctr.upper / "tmp" / "count"
     a = upper.read_text()
     time.sleep(0.4)
     assert upper.read_text() == a  # frozen: no progress
     engine.unpause(ctr.id)
-    time.sleep(0.4)
-    assert upper.read_text() != a
+    assert (freezer / "freezer.state").read_text().strip() == "THAWED"
+    poll(lambda: upper.read_text() != a, what="the counter to move again")
     engine.remove(ctr.id, force=True)
 
 
@@ -147,14 +182,29 @@ def test_pids_limit_stops_fork_bomb(engine, busybox_rootfs):
 
 
 def test_cpus_half_a_core(engine, busybox_rootfs):
+    """--cpus 0.5 is a CFS quota of half of each period. Measured with the cgroup's own
+    counters over the container's lifetime, so a busy machine cannot make it fail: the
+    container never used more than half a core's worth of the periods it lived through,
+    and it was throttled (it wanted more), having used its whole quota in those periods."""
     ctr = detached(engine, busybox_rootfs, "while :; do :; done", cpus=0.5)
-    time.sleep(0.5)
-    a = engine.stats(ctr.id)["cpu"]["usage_ns"]
-    time.sleep(2.0)
-    b = engine.stats(ctr.id)["cpu"]["usage_ns"]
-    used = (b - a) / 2.0e9
+    pid = ctr.state().pid
+    cpu, acct = cgroup_dir(pid, "cpu"), cgroup_dir(pid, "cpuacct")
+    quota_ns = int((cpu / "cpu.cfs_quota_us").read_text()) * 1000
+    period_ns = int((cpu / "cpu.cfs_period_us").read_text()) * 1000
+    assert quota_ns * 2 == period_ns, (quota_ns, period_ns)
+
+    def stat() -> dict[str, int]:
+        return {k: int(v) for k, v in (line.split() for line in (cpu / "cpu.stat").read_text().splitlines())}
+
+    poll(lambda: stat()["nr_throttled"] >= 10, timeout=60, what="ten throttled periods")
+    before = stat()
+    used = int((acct / "cpuacct.usage").read_text())
+    after = stat()
     engine.remove(ctr.id, force=True)
-    assert 0.3 < used < 0.7, used  # loosely half a core
+    # never more than the quota of each period it ran in (one period of slack for the reads)
+    assert used <= (after["nr_periods"] + 1) * quota_ns, (used, after)
+    # and the whole quota in every period it was throttled in (a little slack per period)
+    assert used >= before["nr_throttled"] * quota_ns * 0.9, (used, before)
 
 
 def test_stats_and_top(engine, busybox_rootfs):
@@ -198,10 +248,12 @@ def test_cli_survives_sigkill_of_the_command(engine, busybox_rootfs):
     assert rows[0]["State"] == "running"
     # Kill its init behind the engine's back: ps must say exited, not running.
     os.kill(rows[0]["Pid"], signal.SIGKILL)
-    time.sleep(0.3)
-    out = cli(root, "ps", "-a", "--format", "json", parent=parent)
-    rows = [json.loads(line) for line in out.stdout.splitlines()]
-    assert rows[0]["State"] == "exited"
+
+    def state() -> str:
+        out = cli(root, "ps", "-a", "--format", "json", parent=parent)
+        return [json.loads(line) for line in out.stdout.splitlines()][0]["State"]
+
+    poll(lambda: state() == "exited", what="ps to say exited")
     out = cli(root, "rm", "fg", parent=parent)
     assert out.returncode == 0, out.stderr
     assert cli(root, "ps", "-aq", parent=parent).stdout.strip() == ""
