@@ -118,7 +118,7 @@ def test_udp_published_port(engine, busybox_rootfs, hostns):
     libs = [d for d in ("/lib", "/lib64", "/usr/lib") if os.path.isdir(d)]
     vols = [x for v in [f"{prefix}:{prefix}:ro", *[f"{d}:{d}:ro" for d in libs]] for x in ("-v", v)]
     run_in(hostns, engine, "run", "-d", "--name", "udp", "--network", "bridge", "-p", "19090:90/udp", *vols,
-           "--rootfs", str(busybox_rootfs), sys.executable, "-I", "-S", "-c", UDP_ECHO)  # fmt: skip
+           "--rootfs", str(busybox_rootfs), os.path.realpath(getattr(sys, "_base_executable", sys.executable)), "-I", "-S", "-c", UDP_ECHO)  # fmt: skip
     code = (
         "import socket, time\n"
         "for target in [('127.0.0.1', 19090)]:\n"
