@@ -131,8 +131,11 @@ def _progress(a: argparse.Namespace, what: str = "commit") -> Any:
     """A terminal progress bar (rich) for long work; nothing when stderr is not a terminal."""
     if not sys.stderr.isatty() or getattr(a, "quiet", False):
         return None
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+    try:
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+    except ImportError:  # no bar rather than no commit
+        return None
 
     prog = Progress(
         "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),

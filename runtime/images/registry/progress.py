@@ -3,9 +3,12 @@ server extension and notebook panel. Quiet when stderr is not a terminal."""
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass
@@ -22,6 +25,25 @@ class ProgressEvent:
 ProgressCallback = Callable[[ProgressEvent], None]
 
 
+def _terminal_console() -> Any:
+    """rich's stderr Console when stderr may be a terminal, else None.
+
+    Asked before importing rich (~30 ms), so a pull into a pipe or log never loads it;
+    rich's own answer (is_terminal) still decides. Without rich, no bar.
+    """
+    try:
+        maybe = sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        maybe = False
+    if not maybe and not any(os.environ.get(k) is not None for k in ("FORCE_COLOR", "TTY_COMPATIBLE")):
+        return None
+    try:
+        from rich.console import Console
+    except ImportError:
+        return None
+    return Console(stderr=True)
+
+
 class Progress:
     """Thread-safe tracker of every blob in one pull or push."""
 
@@ -32,10 +54,8 @@ class Progress:
         self._state: dict[str, ProgressEvent] = {}
         self._rich = None
         self._tasks: dict[str, int] = {}
-        if callback is None:
-            from rich.console import Console
-
-            console = Console(stderr=True)
+        console = _terminal_console() if callback is None else None
+        if console is not None:
             if console.is_terminal:
                 from rich import progress as rp
 
