@@ -13,6 +13,14 @@ from cellbox.runtime.engine import Engine, RunOptions
 pytestmark = pytest.mark.root
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
 @pytest.fixture
 def zengine(engine):
     return Engine(root=engine.root, cgroup_parent=engine.cgroup_parent, zygote=True)
@@ -31,7 +39,10 @@ def test_exec_status_signals_and_output(zengine, busybox_rootfs):
     ctr = zengine.run(RunOptions(rootfs=str(busybox_rootfs), command=["sleep", "100"]), stdout=subprocess.DEVNULL)
     assert zengine.exec(ctr.id, ["sh", "-c", "exit 7"]).wait(30) == 7
     p = zengine.exec(ctr.id, ["sleep", "100"])
-    time.sleep(0.2)
+    deadline = time.monotonic() + 30
+    while not _cmdline(p.process_pid).startswith(b"sleep\x00100"):  # the process is sleep by now
+        assert time.monotonic() < deadline, "exec never ran sleep"
+        time.sleep(0.02)
     p.send_signal(signal.SIGTERM)
     assert p.wait(30) == 128 + signal.SIGTERM
     with tempfile.TemporaryFile() as out:
