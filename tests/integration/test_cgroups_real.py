@@ -88,7 +88,22 @@ def replies_within(p: subprocess.Popen, seconds: float) -> bool:
     return bool(select.select([p.stdout], [], [], seconds)[0])
 
 
+# An echo whose second thread spins: a process that always has CPU time to show for itself.
+SPIN_ECHO = "import threading\ndef spin():\n    while True: pass\nthreading.Thread(target=spin, daemon=True).start()\n" + ECHO
+
+
+def cpu_ns(pid: int) -> int:
+    """Time on CPU of all of pid's threads, ns (schedstat: exact, not clock ticks)."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+            total += int(f.read().split()[0])
+    return total
+
+
 def check_freeze_blocks_and_thaw_resumes(cg, p: subprocess.Popen) -> None:
+    """Frozen means: no answer and not one nanosecond on a CPU (a process that is merely
+    slow on a loaded machine still runs its spinning thread); thawed, both come back."""
     p.stdin.write(b"one\n")
     p.stdin.flush()
     assert p.stdout.readline() == b"one\n"
@@ -96,10 +111,13 @@ def check_freeze_blocks_and_thaw_resumes(cg, p: subprocess.Popen) -> None:
     assert cg.frozen()
     p.stdin.write(b"two\n")
     p.stdin.flush()
+    ran = cpu_ns(p.pid)
     assert not replies_within(p, 0.3), "a frozen process answered"
+    assert cpu_ns(p.pid) == ran, "a frozen process ran"
     cg.thaw()
     assert not cg.frozen()
     assert replies_within(p, 10) and p.stdout.readline() == b"two\n"
+    assert cpu_ns(p.pid) > ran  # it answered, so it ran
 
 
 # -- unified (v2) hierarchy ---------------------------------------------------------------------
@@ -120,7 +138,7 @@ def test_v2_freeze_thaw(parent: str, spawn) -> None:
     layout = need_v2()
     cg = open_cgroup(f"{parent}/c1", layout)
     cg.create()
-    p = spawn(ECHO)
+    p = spawn(SPIN_ECHO)
     cg.add(p.pid)
     check_freeze_blocks_and_thaw_resumes(cg, p)
     with open(os.path.join(cg.dirs()[0], "cgroup.events")) as f:
@@ -240,7 +258,7 @@ def test_v1_freezer(parent: str, spawn) -> None:
     layout = need_v1("freezer").only("v1")
     cg = open_cgroup(f"{parent}/c1", layout)
     cg.create()
-    p = spawn(ECHO)
+    p = spawn(SPIN_ECHO)
     cg.add(p.pid)
     check_freeze_blocks_and_thaw_resumes(cg, p)
     with open(os.path.join(layout.v1_for("freezer").mountpoint, parent, "c1", "freezer.state")) as f:
