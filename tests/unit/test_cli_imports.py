@@ -4,6 +4,7 @@ only some commands need (issue 10: `requests` alone cost ~200 ms on every comman
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -60,3 +61,18 @@ def test_registry_commands_are_registered_without_the_registry_client() -> None:
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
+
+
+def test_registry_progress_into_a_pipe_does_not_load_rich() -> None:
+    code = (
+        "import sys\n"
+        "from cellbox.runtime.images.registry.progress import Progress\n"
+        "p = Progress('pull', 'x:1', None)\n"
+        "p.add('sha256:' + 'a' * 64, 'layer', 10)\n"
+        "p.close()\n"
+        "assert 'rich' not in sys.modules\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == ""
