@@ -60,7 +60,7 @@ def test_detach_exec_stop_rm(engine, busybox_rootfs):
     code, out = exec_out(engine, "web", ["sh", "-c", "echo $$; hostname; cat /proc/1/comm"])
     assert code == 0
     lines = out.split()
-    assert int(lines[0]) > 1 and lines[2] == "cellbox-init"
+    assert 1 < int(lines[0]) < 100 and lines[1] == ctr.config()["hostname"] and lines[2] == "cellbox-init", out
     assert [c.id for c in engine.list()] == [ctr.id]
     t0 = time.monotonic()
     engine.stop("web", timeout=5)

@@ -152,7 +152,10 @@ def test_user_cannot_regain_root(engine, busybox_rootfs, tmp_path):
     src = tmp_path / "euid.c"
     src.write_text(SHOW_EUID)
     prog = root / "bin" / "show-euid"
-    subprocess.run(["gcc", "-static", "-O1", "-o", str(prog), str(src)], check=True)
+    # not a skip: scripts/setup --test installs gcc and libc6-dev (static libc) for this test
+    assert shutil.which("gcc"), "gcc is missing: run scripts/setup --test (gcc, libc6-dev)"
+    cc = subprocess.run(["gcc", "-static", "-O1", "-o", str(prog), str(src)], capture_output=True, text=True)
+    assert cc.returncode == 0, f"gcc -static failed (libc6-dev installed? scripts/setup --test): {cc.stderr[-1000:]}"
     os.chown(prog, 0, 0)
     os.chmod(prog, 0o4755)
     opts = dict(rootfs=str(root), command=["/bin/show-euid"], user="1000")
