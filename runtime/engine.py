@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import launcher, runconfig, spec, state
+from . import launcher, runconfig, spec, state, userns
 from .engine_images import ImageOps
 from .errors import CellboxError, Conflict, InvalidArgument, NotFound
 from .names import random_name, validate_name
@@ -59,6 +59,13 @@ class Container:
     @property
     def upper(self) -> Path:
         return self.dir / "upper"
+
+    def host_base(self) -> int | None:
+        """The host uid (and gid) that this container's root is; None: the host's own ids."""
+        try:
+            return userns.host_base(self.config())
+        except OSError:
+            return None
 
     @property
     def log_path(self) -> Path:
@@ -201,9 +208,12 @@ class Engine(ImageOps):
             if ost.status != state.RUNNING:
                 raise Conflict(f"cannot join network of container {net.container}: it is not running")
             joined = f"/proc/{ost.pid}/ns/net"
+        base = None
+        if userns.parse_mode(opts.userns) == "auto":
+            base = userns.allocate(b for c in self._all() if (b := c.host_base()) is not None)
         cfg = runconfig.build_config(
             ctr_dir, cid, opts, image_config=img_cfg, lowers=lowers, cgroup_parent=self.cgroup_parent,
-            joined_netns=joined,
+            joined_netns=joined, userns_base=base,
         )  # fmt: skip
         return cfg, image_ref, image_id
 
@@ -243,6 +253,12 @@ class Engine(ImageOps):
                 for sub in ("upper", "work", "merged"):
                     (ctr_dir / sub).mkdir()
                 cfg, image_ref, image_id = self.build_config(ctr_dir, cid, opts)
+                base = userns.host_base(cfg)
+                if base is not None:
+                    # The init, already container root, must reach its rootfs: its
+                    # group may pass through this dir; nobody else on the host.
+                    os.chown(ctr_dir, 0, base)
+                    os.chmod(ctr_dir, 0o710)
                 hostname = cfg["hostname"]
                 (ctr_dir / "hostname").write_text(hostname + "\n")
                 from .network import etc_hosts, resolv_conf

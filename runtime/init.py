@@ -23,7 +23,7 @@ import struct
 import sys
 
 from . import process as process_mod
-from . import rootfs, state
+from . import rootfs, spec, state, userns
 from .linux import syscalls as sc
 from .security import capabilities as caps_mod
 from .security import seccomp as seccomp_mod
@@ -342,6 +342,8 @@ def create(state_dir: str, sync_fd: int, console: dict, done_fd: int = -1) -> No
         r2, w2 = os.pipe()
         keep = (sync_fd, done_fd)
         if user_ns:
+            if (config.get("annotations") or {}).get(spec.ANN_IDMAP) == "true":
+                _mount_idmapped_rootfs(config)
             child = _fork_in_user_namespace(config, user_ns, pid_ns, join_files, (r1, w1, r2, w2), keep, console)
         else:
             child = _fork_init(config, pid_ns, join_files, (r1, w1, r2, w2), keep, console)
@@ -446,6 +448,50 @@ def _fork_init(config: dict, pid_ns: dict | None, join_files: list[str], pipes: 
     return child
 
 
+def _mount_idmapped_rootfs(config: dict) -> None:
+    """Mount the container's idmapped overlay in a mount namespace of the monitor's own
+    (never on the host's) and step into it: the init inherits it as its working dir.
+
+    The idmaps come from a user namespace made for the purpose with the container's
+    mappings (an idmap is its mappings; the container's own namespace does not exist yet).
+    """
+    sc.unshare(sc.CLONE_NEWNS)
+    sc.mount("", "/", None, sc.MS_SLAVE | sc.MS_REC)
+    linux = config.get("linux") or {}
+    go_r, go_w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    holder = os.fork()
+    if holder == 0:
+        try:
+            os.close(go_w)
+            os.close(ready_r)
+            sc.unshare(sc.CLONE_NEWUSER)
+            os.write(ready_w, b"u")
+            os.read(go_r, 1)
+        finally:
+            os._exit(0)
+    os.close(go_r)
+    os.close(ready_w)
+    try:
+        if os.read(ready_r, 1) != b"u":
+            raise RuntimeError("could not create a user namespace for the idmapped layers")
+        _write_id_map(holder, "uid", linux.get("uidMappings") or [])
+        _write_id_map(holder, "gid", linux.get("gidMappings") or [])
+        userns_fd = os.open(f"/proc/{holder}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(go_w)
+        os.close(ready_r)
+        os.waitpid(holder, 0)
+    base = userns.host_base(config) or 0
+    root = os.path.realpath(config["root"]["path"])
+    try:
+        rootfs.mount_idmapped_overlay(root, config.get("annotations") or {}, userns_fd, base)
+    finally:
+        os.close(userns_fd)
+    rootfs.bind_host_paths(root, config, base)
+    os.chdir(root)
+
+
 def _write_id_map(pid: int, kind: str, mappings: list[dict]) -> None:
     lines = "".join(f"{m['containerID']} {m['hostID']} {m['size']}\n" for m in mappings)
     with open(f"/proc/{pid}/{kind}_map", "w") as f:
@@ -478,6 +524,14 @@ def _fork_in_user_namespace(
                 sc.setns(fd, sc.CLONE_NEWUSER)
                 os.close(fd)
             else:
+                owner = userns.host_base(config)
+                if owner:
+                    # The kernel charges per-user quotas (inotify, mqueue, processes)
+                    # made in a namespace to its creator too: let that be the
+                    # container's own host id, not host root.
+                    os.setgroups([])
+                    os.setresgid(owner, owner, owner)
+                    os.setresuid(owner, owner, owner)
                 sc.unshare(sc.CLONE_NEWUSER)
                 os.write(from_mid_w, b"u")
                 if os.read(to_mid_r, 1) != b"m":

@@ -12,7 +12,7 @@ import stat
 from typing import Any
 
 from .linux import syscalls as sc
-from .spec import ANN_LOWER, ANN_UPPER, ANN_WORK, DEFAULT_DEVICES
+from .spec import ANN_IDMAP, ANN_LOWER, ANN_UPPER, ANN_WORK, DEFAULT_DEVICES
 
 _FLAGS: dict[str, tuple[bool, int]] = {
     # option: (clear?, flag)
@@ -124,6 +124,12 @@ def _ensure_target(path: str, is_dir: bool) -> None:
             pass
 
 
+# The rootfs of a container whose monitor mounted it (mount_idmapped_overlay) is the
+# working dir that the init inherits (moved by the kernel into the init's own mount
+# namespace when the init unshares it); the init then names it from its parent.
+STARTED_IN_PARENT = "/proc/self/cwd"
+
+
 def mount_overlay(root: str, annotations: dict[str, str]) -> None:
     """Mount the image layers and the container's upper dir at root.path."""
     lower = annotations.get(ANN_LOWER)
@@ -138,6 +144,53 @@ def mount_overlay(root: str, annotations: dict[str, str]) -> None:
     else:
         data = f"lowerdir={lower}"
     sc.mount("overlay", root, "overlay", 0, data)
+
+
+def mount_idmapped_overlay(root: str, annotations: dict[str, str], userns_fd: int, host_base: int) -> None:
+    """The overlay of a container with a user namespace of its own, mounted by the monitor
+    (host root, in a mount namespace of its own that the init's is copied from).
+
+    Every layer is seen through an idmapped mount of the namespace, so files that the
+    disk keeps as container ids (0 for root) show as the container's host ids, and what
+    the container creates is stored as container ids again: commit, diff and snapshots
+    read the same upper dir with or without a user namespace. The upper and work dirs
+    must share one mount, so their parent is idmapped once at <parent>/idmapped.
+    """
+    lowers = annotations[ANN_LOWER].split(":")
+    upper, work = annotations[ANN_UPPER], annotations[ANN_WORK]
+    parent = os.path.dirname(upper)
+    if os.path.dirname(work) != parent:
+        raise ValueError("an idmapped overlay needs its upper and work dirs side by side")
+    for layer in dict.fromkeys(lowers):
+        fd = sc.idmapped_clone(layer, userns_fd)
+        try:
+            sc.move_mount_fd(fd, layer)  # over itself, in this mount namespace only
+        finally:
+            os.close(fd)
+    view = os.path.join(parent, "idmapped")
+    os.makedirs(view, mode=0o700, exist_ok=True)
+    fd = sc.idmapped_clone(parent, userns_fd)
+    try:
+        sc.move_mount_fd(fd, view)
+    finally:
+        os.close(fd)
+    up, wk = (os.path.join(view, os.path.basename(p)) for p in (upper, work))
+    data = f"lowerdir={':'.join(lowers)},upperdir={up},workdir={wk},redirect_dir=off,metacopy=off"
+    _mkdir_p(root)
+    sc.call_with_fs_ids(host_base, host_base, lambda: sc.mount("overlay", root, "overlay", 0, data))
+
+
+def bind_host_paths(root: str, config: dict[str, Any], host_base: int) -> None:
+    """The bind mounts of a container with a user namespace of its own, made by the
+    monitor: their sources may lie below dirs closed to container root. Mount points the
+    binds need are created as container root (through the idmapped upper dir)."""
+
+    def bind_all() -> None:
+        for m in config.get("mounts") or []:
+            if is_bind(m):
+                mount_one(root, m)
+
+    sc.call_with_fs_ids(host_base, host_base, bind_all)
 
 
 def _mount_cgroup(target: str, flags: int) -> None:
@@ -168,14 +221,17 @@ def _mount_cgroup(target: str, flags: int) -> None:
     sc.mount("", target, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
 
 
+def is_bind(m: dict[str, Any]) -> bool:
+    return m.get("type") == "bind" or bool(parse_options(list(m.get("options") or []))[0] & sc.MS_BIND)
+
+
 def mount_one(root: str, m: dict[str, Any]) -> None:
     dest = secure_join(root, m["destination"])
     mtype = m.get("type") or ""
     source = m.get("source") or mtype or "none"
     options = list(m.get("options") or [])
     flags, prop, data = parse_options(options)
-    is_bind = bool(flags & sc.MS_BIND) or mtype == "bind"
-    if is_bind:
+    if is_bind(m):
         flags |= sc.MS_BIND
         src_is_dir = os.path.isdir(source)
         _ensure_target(dest, src_is_dir)
@@ -300,13 +356,24 @@ def write_sysctls(sysctls: dict[str, str]) -> None:
 
 def setup(config: dict[str, Any]) -> str:
     """Everything up to (not including) pivot_root. Returns the absolute root path."""
-    root = os.path.realpath(config["root"]["path"])
     linux = config.get("linux") or {}
-    mount_overlay(root, config.get("annotations") or {})
+    monitor_mounted = (config.get("annotations") or {}).get(ANN_IDMAP) == "true"
+    if monitor_mounted:
+        # The monitor mounted the rootfs and started us in it (the dirs above its parent
+        # may be closed to container root; its parent, the container's dir, is not).
+        # Through the parent, so that the name crosses the self-bind prepare_root makes
+        # (pivot_root refuses the copied, locked mount itself).
+        os.chdir("..")
+        root = os.path.join(STARTED_IN_PARENT, os.path.basename(config["root"]["path"].rstrip("/")))
+    else:
+        root = os.path.realpath(config["root"]["path"])
+        mount_overlay(root, config.get("annotations") or {})
     if not os.path.isdir(root):
         raise FileNotFoundError(errno.ENOENT, f"rootfs {root} does not exist")
     prepare_root(root, linux.get("rootfsPropagation"))
     for m in config.get("mounts") or []:
+        if monitor_mounted and is_bind(m):
+            continue  # made by the monitor (bind_host_paths)
         mount_one(root, m)
     create_devices(root, linux.get("devices") or [])
     write_sysctls(linux.get("sysctl") or {})

@@ -45,6 +45,7 @@ class RunOptions:
     labels: dict[str, str] = field(default_factory=dict)
     auto_remove: bool = False
     sysctls: dict[str, str] = field(default_factory=dict)
+    userns: str = ""  # "auto": container root is an unprivileged host id (runtime/userns.py)
 
 
 def parse_env(items: list[str]) -> list[str]:
@@ -172,10 +173,13 @@ def build_config(
     lowers: list[str],
     cgroup_parent: str,
     joined_netns: str | None = None,
+    userns_base: int | None = None,
 ) -> dict[str, Any]:
     """The OCI config for these options, with the image's defaults applied as Docker does.
 
     joined_netns: for --network container:NAME, that container's /proc/PID/ns/net.
+    userns_base: the host id of container root in a user namespace of its own; the
+    runtime then shows the image layers and upper dir through idmapped mounts.
     """
     from .security import capabilities
 
@@ -239,11 +243,19 @@ def build_config(
     if net.mode == "none" or net.mode == "bridge":
         namespaces.append({"type": "network"})
         # ping without CAP_NET_RAW, as Docker allows it in a namespace of its own
-        linux["sysctl"].setdefault("net.ipv4.ping_group_range", "0 2147483647")
+        # (in a user namespace, only the gids it maps)
+        last_gid = 2147483647 if userns_base is None else 65535
+        linux["sysctl"].setdefault("net.ipv4.ping_group_range", f"0 {last_gid}")
     elif net.mode == "container":
         if not joined_netns:
             raise InvalidArgument(f"--network {opts.network}: no namespace to join")
         namespaces.append({"type": "network", "path": joined_netns})
+    if userns_base is not None:
+        from . import userns
+
+        namespaces.append({"type": "user"})
+        linux.update(userns.mappings(userns_base))
+        annotations[spec.ANN_IDMAP] = "true"
     linux["namespaces"] = namespaces
     spec.validate(cfg)
     return cfg

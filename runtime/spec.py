@@ -18,6 +18,9 @@ OCI_VERSION = "1.2.0"
 ANN_LOWER = "org.cellbox.overlay.lowerdir"
 ANN_UPPER = "org.cellbox.overlay.upperdir"
 ANN_WORK = "org.cellbox.overlay.workdir"
+# "true": the runtime mounts that overlay itself, before the container's user namespace
+# takes over, with every layer idmapped to the namespace (the disk keeps container ids).
+ANN_IDMAP = "org.cellbox.overlay.idmapped"
 # "name[:group]" resolved against the container's /etc/passwd and /etc/group.
 ANN_USER = "org.cellbox.user"
 

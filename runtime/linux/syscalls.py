@@ -9,6 +9,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def _open_libc() -> ctypes.CDLL:
@@ -82,12 +86,15 @@ UMOUNT_NOFOLLOW = 8
 
 # prctl options (linux/prctl.h)
 PR_SET_PDEATHSIG = 1
+PR_GET_DUMPABLE = 3
 PR_SET_DUMPABLE = 4
 PR_SET_KEEPCAPS = 8
 PR_SET_NAME = 15
 PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
+PR_GET_SECUREBITS = 27
 PR_SET_SECUREBITS = 28
+SECBIT_NO_SETUID_FIXUP = 1 << 2
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 PR_GET_NO_NEW_PRIVS = 39
@@ -99,6 +106,18 @@ SYS_pivot_root = 155  # x86_64
 SYS_setns = 308
 SYS_unshare = 272
 SYS_close_range = 436
+SYS_open_tree = 428
+SYS_move_mount = 429
+SYS_mount_setattr = 442
+
+# the new mount API (linux/mount.h)
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = 0o2000000
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+AT_FDCWD = -100
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOUNT_ATTR_IDMAP = 0x00100000
 
 TIOCSCTTY = 0x540E
 TIOCSWINSZ = 0x5414
@@ -209,11 +228,77 @@ def set_process_title(title: str) -> None:
     if size < 2:
         return
     text = title.encode()[: size - 2] + b"\0"
-    fd = os.open("/proc/self/mem", os.O_RDWR | os.O_CLOEXEC)
+    # A non-dumpable process's /proc/self/mem belongs to host root, which a process in a
+    # user namespace cannot open: dumpable for the moment of the write.
+    dumpable = prctl(PR_GET_DUMPABLE)
+    set_dumpable(True)
     try:
-        os.pwrite(fd, text.ljust(size - 1, b"\0") + b" ", start)
+        fd = os.open("/proc/self/mem", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            os.pwrite(fd, text.ljust(size - 1, b"\0") + b" ", start)
+        finally:
+            os.close(fd)
     finally:
+        set_dumpable(bool(dumpable))
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def idmapped_clone(path: str, userns_fd: int) -> int:
+    """A detached copy of the mount at path whose files show through the id maps of the
+    user namespace userns_fd (an idmapped mount); returns its fd for move_mount_fd.
+
+    Files owned by id N on disk appear as the host id that the namespace maps N to, and
+    what that host id creates through the mount is stored as N.
+    """
+    fd = _check(
+        _libc.syscall(SYS_open_tree, AT_FDCWD, _b(path), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC),
+        f"open_tree {path}",
+    )
+    attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
+    try:
+        _check(
+            _libc.syscall(SYS_mount_setattr, fd, b"", AT_EMPTY_PATH, ctypes.byref(attr), ctypes.sizeof(attr)),
+            f"mount_setattr idmap {path}",
+        )
+    except OSError:
         os.close(fd)
+        raise
+    return fd
+
+
+def move_mount_fd(fd: int, target: str) -> None:
+    """Attach the detached mount fd (from idmapped_clone) at target."""
+    _check(
+        _libc.syscall(SYS_move_mount, fd, b"", AT_FDCWD, _b(target), MOVE_MOUNT_F_EMPTY_PATH),
+        f"move_mount {target}",
+    )
+
+
+def call_with_fs_ids(uid: int, gid: int, fn: Callable[[], T]) -> T:
+    """fn() with filesystem ids uid:gid and every capability kept (setfsuid would drop the
+    file capabilities without SECBIT_NO_SETUID_FIXUP); the old ids come back after.
+
+    An overlay remembers its mounter's credentials and creates its work dir and copies up
+    with them: through an idmapped upper dir they must be ids the idmap knows.
+    """
+    bits = prctl(PR_GET_SECUREBITS)
+    prctl(PR_SET_SECUREBITS, bits | SECBIT_NO_SETUID_FIXUP)
+    old_gid = _libc.setfsgid(gid)
+    old_uid = _libc.setfsuid(uid)
+    try:
+        return fn()
+    finally:
+        _libc.setfsuid(old_uid)
+        _libc.setfsgid(old_gid)
+        prctl(PR_SET_SECUREBITS, bits)
 
 
 def close_range(first: int, last: int = 0xFFFFFFFF, flags: int = 0) -> None:
