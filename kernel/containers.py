@@ -45,8 +45,12 @@ def kernel_run_options(
     labels: dict[str, str] | None = None,
     env: list[str] | None = None,
     user: str | None = None,
+    userns: str = "auto",
 ) -> RunOptions:
-    """RunOptions for a kernel container (the run-dir volumes are added by create)."""
+    """RunOptions for a kernel container (the run-dir volumes are added by create).
+
+    userns "auto" (the default): the notebook's root is an unprivileged host id of its own.
+    """
     from cellbox.runtime.images.default_image import DEFAULT_IMAGE
 
     return RunOptions(
@@ -60,13 +64,14 @@ def kernel_run_options(
         labels=dict(labels or {}),
         env=list(env or []),
         user=user,
+        userns=userns,
     )
 
 
 def _make_run_dir(eng: Engine) -> tuple[str, Path]:
     base = run_base(eng)
     base.mkdir(parents=True, exist_ok=True)
-    os.chmod(base, 0o711)
+    os.chmod(base, 0o700)  # run dirs belong to their containers: no host user may reach one
     token = secrets.token_hex(12)
     d = base / token
     longest = d / f"{CONTROL_SOCKET}-xx"
@@ -74,7 +79,7 @@ def _make_run_dir(eng: Engine) -> tuple[str, Path]:
         raise InvalidArgument(
             f"kernel socket path {d} is too long for a unix socket: set CELLBOX_RUN_DIR to a short directory"
         )
-    d.mkdir(mode=0o755)
+    d.mkdir(mode=0o700)  # given to the container's root (its host id) once that is known
     lib = d / "lib" / "cellbox"
     (lib / "kernel").mkdir(parents=True)
     (lib / "__init__.py").write_text('"""cellbox, container side: only cellbox.kernel is here."""\n')
@@ -93,16 +98,26 @@ def create_kernel_container(eng: Engine, opts: RunOptions, start: bool = True) -
         eng.ensure_default_image()
     token, d = _make_run_dir(eng)
     opts.labels = {**opts.labels, LABEL_RUN: token}
+    # nosuid,nodev: what the container plants in its run dir is no key to the host's root.
     opts.volumes = [
         *opts.volumes,
-        f"{d}:{IN_CONTAINER}",
-        f"{KERNEL_PKG_DIR}:{IN_CONTAINER}/lib/cellbox/kernel:ro",
+        f"{d}:{IN_CONTAINER}:rw,nosuid,nodev",
+        f"{KERNEL_PKG_DIR}:{IN_CONTAINER}/lib/cellbox/kernel:ro,nosuid,nodev",
     ]
     if not opts.command:
         opts.command = list(IDLE_COMMAND)
+    ctr = None
     try:
-        return eng.run(opts) if start else eng.create(opts)
+        ctr = eng.create(opts)
+        base = ctr.host_base()
+        owner = 0 if base is None else base
+        os.chown(d, owner, owner)  # the kernel makes its sockets here as container root
+        if start:
+            eng.start(ctr.id)
+        return ctr
     except BaseException:
+        if ctr is not None:
+            eng.remove(ctr.id, force=True)
         shutil.rmtree(d, ignore_errors=True)
         raise
 
@@ -198,6 +213,8 @@ def write_connection_file(run_dir: Path, info: dict[str, Any]) -> None:
     except FileNotFoundError:
         pass
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    owner = os.stat(run_dir)  # container root, in a user namespace of its own
+    os.fchown(fd, owner.st_uid, owner.st_gid)
     with os.fdopen(fd, "w") as f:
         json.dump(inside, f)
         f.flush()

@@ -70,21 +70,29 @@ def merge_env(base: list[str], extra: list[str]) -> list[str]:
     return [f"{k}={v}" for k, v in merged.items()]
 
 
+VOLUME_OPTIONS = ("ro", "rw", "nosuid", "nodev", "noexec")
+
+
 def parse_volume(v: str) -> dict[str, Any]:
+    """-v SRC:DST[:OPT,...], OPT one of ro, rw, nosuid, nodev, noexec (podman's)."""
     parts = v.split(":")
     if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
         raise InvalidArgument(f"invalid volume specification: {v!r} (want SRC:DST[:ro|rw])")
     src, dst = parts[0], parts[1]
-    mode = parts[2] if len(parts) == 3 else "rw"
-    if mode not in ("ro", "rw"):
-        raise InvalidArgument(f"invalid volume mode {mode!r} in {v!r}: use ro or rw")
+    extra = [o for o in (parts[2].split(",") if len(parts) == 3 else []) if o]
+    for o in extra:
+        if o not in VOLUME_OPTIONS:
+            raise InvalidArgument(f"invalid volume option {o!r} in {v!r}: use {', '.join(VOLUME_OPTIONS)}")
+    if "ro" in extra and "rw" in extra:
+        raise InvalidArgument(f"invalid volume specification: {v!r}: ro and rw together")
+    mode = "ro" if "ro" in extra else "rw"
     if not os.path.isabs(src) or not os.path.isabs(dst):
         raise InvalidArgument(f"invalid volume specification: {v!r}: both paths must be absolute")
     if not os.path.exists(src):
         raise InvalidArgument(f"volume source {src} does not exist")
     if os.path.normpath(dst) == "/":
         raise InvalidArgument("a volume cannot be mounted on /")
-    opts = ["rbind", "rprivate", mode]
+    opts = ["rbind", "rprivate", mode, *(o for o in extra if o not in ("ro", "rw"))]
     return {"destination": os.path.normpath(dst), "type": "bind", "source": os.path.realpath(src), "options": opts}
 
 

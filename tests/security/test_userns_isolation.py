@@ -6,9 +6,11 @@ Each attack runs from inside a real container; the checks look at the host's vie
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from cellbox.runtime import userns
@@ -16,6 +18,9 @@ from cellbox.runtime.engine import RunOptions
 from conftest import run_capture
 
 pytestmark = pytest.mark.root
+# An ordinary host user. Through sh: setpriv itself resolves its command's path while it
+# still holds root's capabilities.
+AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/bin/sh", "-c"]
 
 
 def _exec(eng, ref: str, script: str) -> tuple[int, str]:
@@ -92,11 +97,17 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def test_setuid_root_file_planted_in_a_volume_gives_no_host_root(engine, busybox_rootfs, tmp_path):
+@pytest.fixture
+def shared():
+    """A host dir every host user reaches (pytest's own tmp dirs are root's alone)."""
+    d = tempfile.mkdtemp(prefix="cellbox-shared-", dir="/var/tmp")
+    os.chmod(d, 0o777)
+    yield Path(d)
+    shutil.rmtree(d)
+
+
+def test_setuid_root_file_planted_in_a_volume_gives_no_host_root(engine, busybox_rootfs, shared):
     """The escape of issue 11 (2): container root chowns a file 0:0 and makes it 4755."""
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    os.chmod(shared, 0o777)
     script = "cp /bin/busybox /data/sh && chown 0:0 /data/sh && chmod 4755 /data/sh; ls -ln /data/sh"
     code, out = run_capture(
         engine,
@@ -108,7 +119,7 @@ def test_setuid_root_file_planted_in_a_volume_gives_no_host_root(engine, busybox
     assert st.st_uid >= userns.pool()[0]
     # Run by an ordinary host user, the planted binary gives that user nothing.
     r = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(shared / "sh"), "-c", "id -u"],
+        [*AS_NOBODY, f"exec {shared / 'sh'} -c 'id -u'"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -190,7 +201,7 @@ def test_other_host_users_cannot_reach_the_container_dir(engine, busybox_rootfs)
     assert st.st_gid == ctr.host_base()
     with tempfile.TemporaryDirectory():
         r = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "ls", str(ctr.upper)],
+            [*AS_NOBODY, f"ls {ctr.upper}"],
             capture_output=True,
             text=True,
         )
