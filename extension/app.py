@@ -111,6 +111,14 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     os.environ["CELLBOX_ROOT"] = str(manager.engine.root)
     os.environ["CELLBOX_CGROUP_PARENT"] = manager.engine.cgroup_parent
     os.environ["CELLBOX_SERVER_ID"] = config.server_id
+    if not config.allow_unisolated_kernels:
+        # Before degraded mode's wrapper: that one strips the provisioner this one looks for.
+        from .kernelspecs import cellbox_only, default_kernel
+
+        cellbox_only(serverapp.kernel_spec_manager)
+        new_default = default_kernel(serverapp.kernel_manager, serverapp.kernel_spec_manager)
+        if new_default:
+            log.info("cellbox: unisolated kernels hidden; default kernel %s", new_default)
     if not isolation.isolated:
         from .degraded import unisolated_kernelspecs
 

@@ -51,6 +51,15 @@ class Cellbox(Configurable):
         "(stop: found again and started on the next run; keep: left running).",
     ).tag(config=True)
     on_restart = Enum(["reattach", "remove"], "reattach", help="What a starting server does with the containers a previous run of it left.").tag(config=True)
+    allow_unisolated_kernels = Bool(
+        True,
+        help="Whether the server offers kernels that do not run in a cellbox container "
+        "(the plain 'Python 3 (ipykernel)' and any other non-cellbox kernelspec). False: "
+        "only kernelspecs that select the cellbox provisioner are listed or can be started, "
+        "and the default kernel becomes 'cellbox'. `cellbox lab` sets False; a plain jupyter "
+        "server that merely loads the extension keeps True, so adding the extension to an "
+        "existing server hides none of its users' kernels.",
+    ).tag(config=True)
     isolation = Enum(["auto", "on", "off"], "auto", help="'auto': probe whether namespaces are allowed; 'off': degraded mode (kernels unisolated).").tag(config=True)
     server_id = Unicode(help="This server's identity in container labels (default: from its root_dir).").tag(config=True)
 

@@ -37,6 +37,10 @@ def lab_argv(args: argparse.Namespace) -> list[str]:
         f"--ServerApp.jpserver_extensions={ {'cellbox.extension': True} !r}",
         f"--ServerApp.ip={args.ip}",
         f"--ServerApp.root_dir={os.path.abspath(args.dir or _default_dir())}",
+        # A lab that runs notebooks in containers offers only contained kernels, and opens
+        # new notebooks on cellbox, not on the host's ipykernel (extension/kernelspecs.py).
+        "--Cellbox.allow_unisolated_kernels=False",
+        "--MappingKernelManager.default_kernel_name=cellbox",
     ]  # fmt: skip
     if args.port:
         argv.append(f"--ServerApp.port={args.port}")
