@@ -465,7 +465,11 @@ def _mount_idmapped_rootfs(config: dict) -> None:
         try:
             os.close(go_w)
             os.close(ready_r)
-            sc.unshare(sc.CLONE_NEWUSER)
+            try:
+                sc.unshare(sc.CLONE_NEWUSER)
+            except OSError as e:
+                os.write(ready_w, os.strerror(e.errno).encode())
+                raise
             os.write(ready_w, b"u")
             os.read(go_r, 1)
         finally:
@@ -473,8 +477,14 @@ def _mount_idmapped_rootfs(config: dict) -> None:
     os.close(go_r)
     os.close(ready_w)
     try:
-        if os.read(ready_r, 1) != b"u":
-            raise RuntimeError("could not create a user namespace for the idmapped layers")
+        answer = os.read(ready_r, 200)
+        if answer != b"u":
+            why = answer.decode(errors="replace") or "no answer"
+            raise RuntimeError(
+                f"cannot create a user namespace for the container: {why} (the kernel refuses "
+                "one inside a chroot, or when user.max_user_namespaces is 0: run cellbox "
+                "outside the chroot, or with --userns host)"
+            )
         _write_id_map(holder, "uid", linux.get("uidMappings") or [])
         _write_id_map(holder, "gid", linux.get("gidMappings") or [])
         userns_fd = os.open(f"/proc/{holder}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
@@ -659,11 +669,19 @@ def exec_in(
             for path in cgroups.open_cgroup(cg_path.strip("/")).join_files():
                 with open(path, "w") as f:
                     f.write("0")
+        # The container's root as its init sees it: after setns the mount namespace's own
+        # root is where we would stand, which is the host's when cellbox itself runs in
+        # a chroot (a build root, a schroot); the init's root is always the container's.
+        root_fd = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         if st.pid_start != state.proc_start_time(pid):
             raise RuntimeError(f"container {st.id} is not running")
         for fd, flag in fds:
             sc.setns(fd, flag)
             os.close(fd)
+        os.fchdir(root_fd)
+        os.chroot(".")
+        os.chdir("/")
+        os.close(root_fd)
         seccomp_filter = compiled_filter((config.get("linux") or {}).get("seccomp"))
         master = slave = -1
         if proc.get("terminal"):
