@@ -14,6 +14,8 @@ import os
 import stat
 from pathlib import Path
 
+from cellbox.runtime.images import safewalk
+
 _OPAQUE = ("trusted.overlay.opaque", "user.overlay.opaque")
 
 
@@ -69,7 +71,12 @@ class _Lowers:
 
 
 def changes(upper: Path, lowers: list[Path]) -> list[tuple[str, str]]:
-    """The ("A"|"C"|"D", "/path") list of `docker diff`, in Docker's order."""
+    """The ("A"|"C"|"D", "/path") list of `docker diff`, in Docker's order.
+
+    The container may be running and changing its upper dir meanwhile: each directory is
+    opened beneath the upper dir's fd without crossing a symlink (safewalk), so a
+    directory swapped for a link mid-walk is skipped, never followed onto the host.
+    """
     low = _Lowers(list(lowers))
     found: dict[str, str] = {}
 
@@ -80,16 +87,36 @@ def changes(upper: Path, lowers: list[Path]) -> list[tuple[str, str]]:
             found[parent] = "C"
             parent = parent.rsplit("/", 1)[0] if "/" in parent else ""
 
-    def visit(rel: str, full: str, masked: bool) -> None:
-        with os.scandir(full) as it:
-            entries = sorted(it, key=lambda d: d.name)
-        names = {d.name for d in entries}
+    def listing(rel: str) -> tuple[bool, list[tuple[str, os.stat_result]]] | None:
+        """(opaque, sorted (name, lstat)) of the dir at rel; None if it changed under us."""
+        try:
+            fd = safewalk.open_beneath(root_fd, rel)
+        except OSError as e:
+            if e.errno in safewalk.RACED:
+                return None
+            raise
+        try:
+            out = []
+            with os.scandir(fd) as it:
+                for de in it:
+                    with contextlib.suppress(FileNotFoundError):  # removed meanwhile
+                        out.append((de.name, de.stat(follow_symlinks=False)))
+            return safewalk.is_opaque(fd), sorted(out, key=lambda e: e[0])
+        finally:
+            os.close(fd)
+
+    def visit(rel: str, masked: bool) -> None:
+        got = listing(rel)
+        if got is None:
+            return
+        opaque, entries = got
+        masked = masked or opaque
+        names = {name for name, _ in entries}
         if masked:  # an opaque dir: what the lowers had here and the upper lacks is gone
             for name in sorted(low.children(rel) - names):
                 record(f"{rel}/{name}" if rel else name, "D")
-        for de in entries:
-            r = f"{rel}/{de.name}" if rel else de.name
-            st = de.stat(follow_symlinks=False)
+        for name, st in entries:
+            r = f"{rel}/{name}" if rel else name
             before = low.stat(r)
             if is_whiteout(st):
                 if before is not None:
@@ -102,9 +129,13 @@ def changes(upper: Path, lowers: list[Path]) -> list[tuple[str, str]]:
                 record(r, "C")
             if is_dir:
                 replaced = before is not None and not stat.S_ISDIR(before.st_mode)
-                visit(r, de.path, masked or replaced or is_opaque(de.path))
+                visit(r, masked or replaced)
 
-    visit("", str(upper), is_opaque(str(upper)))
+    root_fd = safewalk.open_root(upper)
+    try:
+        visit("", False)
+    finally:
+        os.close(root_fd)
     return [(found[p], "/" + p) for p in sorted(found, key=lambda p: p.split("/"))]
 
 

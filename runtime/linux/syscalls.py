@@ -308,3 +308,34 @@ def close_range(first: int, last: int = 0xFFFFFFFF, flags: int = 0) -> None:
     )
     if r < 0:
         os.closerange(first, min(last, os.sysconf("SC_OPEN_MAX")))
+
+
+SYS_openat2 = 437  # the same number on every architecture
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dir_fd: int, path: str | bytes, flags: int, resolve: int, mode: int = 0) -> int:
+    """openat2(2): open path relative to dir_fd under the `resolve` rules (RESOLVE_*).
+
+    With RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS the kernel refuses (EXDEV, ELOOP) any path
+    that would leave dir_fd or cross a symlink: a tree someone else can change is then
+    safe to open by name. ENOSYS before Linux 5.6.
+    """
+    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
+    return _check(
+        _libc.syscall(
+            ctypes.c_long(SYS_openat2),
+            ctypes.c_int(dir_fd),
+            _b(path),
+            ctypes.byref(how),
+            ctypes.c_size_t(ctypes.sizeof(how)),
+        ),
+        f"openat2 {os.fsdecode(path)}",
+    )
