@@ -638,6 +638,23 @@ def _monitor_wait(state_dir: str, child: int, cg: object, pipe: _Pipe, done_fd: 
         os.close(done_fd)
     if child:
         os.waitpid(child, 0)
+    if cg is not None:
+        # An exited container keeps no cgroup (as Docker's): its limits are in config.json
+        # and a start makes the group again. After the init is reaped the group is empty;
+        # a restart may already have saved a new record (pid 0) and be making the same
+        # group, so removal stops as soon as the record is no longer this run's, and it
+        # only rmdirs (never kills): a group with members is refused by the kernel.
+        def still_ours() -> bool:
+            try:
+                now = state.load(state_dir, refresh=False)
+            except (OSError, ValueError):
+                return False  # removed (`rm` destroys the group itself)
+            return now.status == state.STOPPED and now.pid == st.pid and now.finished == st.finished
+
+        try:
+            cg.remove_if_empty(still_ours=still_ours)  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - a group left behind is removed by rm or the next start
+            pass
     os._exit(code)
 
 

@@ -6,10 +6,12 @@ hierarchy, which gives reliable process tracking and cgroup.kill.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 
 from cellbox.runtime.errors import CellboxError
 
@@ -262,6 +264,32 @@ class Cgroup:
         for d in self.dirs():
             for sub in fsio.subdirs_bottom_up(d):
                 self._rmdir(sub)
+
+    def remove_if_empty(self, timeout: float = WAIT_TIMEOUT, still_ours: Callable[[], bool] | None = None) -> bool:
+        """Remove the group everywhere (children first) without signalling anyone; True if gone.
+
+        For a monitor whose container has just exited (Docker removes a container's cgroup
+        when it stops, not at `rm`). Unlike destroy() it never kills: rmdir refuses a
+        group that has members (EBUSY), so a group that a restart has already filled again
+        is left as it is. EBUSY is retried until the timeout (an exec helper leaving, a
+        memory group going offline) while still_ours() holds; False when given up.
+        """
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        for d in self.dirs():
+            for sub in fsio.subdirs_bottom_up(d):
+                while True:
+                    if still_ours is not None and not still_ours():
+                        return False
+                    try:
+                        fsio.rmdir(sub)
+                        break
+                    except OSError as e:
+                        if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                            return False  # quietly: a monitor's stderr is the container's log
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+        return True
 
     @staticmethod
     def _rmdir(path: str) -> None:

@@ -1,0 +1,67 @@
+"""An exited container keeps no cgroup (as with Docker); a restart makes it again, limits applied."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from cellbox.runtime.engine import RunOptions
+
+pytestmark = pytest.mark.root
+
+MEMORY = 64 * 1024 * 1024
+
+
+def group_dirs(eng, cid: str) -> list[str]:
+    """The container's directory in every mounted hierarchy that has one."""
+    return [str(top / eng.cgroup_parent / cid) for top in Path("/sys/fs/cgroup").iterdir() if (top / eng.cgroup_parent / cid).is_dir()]
+
+
+def poll(fn, timeout: float = 10, what: str = "condition"):
+    """fn() until it is truthy; a deadline against hangs, not a timing requirement."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = fn()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def memory_limit(eng, cid: str) -> int | None:
+    for top in ("memory", "unified"):
+        for name in ("memory.limit_in_bytes", "memory.max"):
+            p = Path("/sys/fs/cgroup") / top / eng.cgroup_parent / cid / name
+            if p.exists():
+                return int(p.read_text().strip())
+    return None
+
+
+def test_exit_removes_cgroup_restart_recreates_it(engine, busybox_rootfs):
+    ctr = engine.run(RunOptions(rootfs=str(busybox_rootfs), command=["sh", "-c", "sleep 0.3; exit 3"], memory=MEMORY, pids_limit=50))
+    assert group_dirs(engine, ctr.id), "a running container has its cgroup"
+    assert memory_limit(engine, ctr.id) == MEMORY
+    assert engine.wait(ctr.id, timeout=30) == 3
+    poll(lambda: not group_dirs(engine, ctr.id), what=f"the cgroup of the exited container to go: {group_dirs(engine, ctr.id)}")
+    # inspect and stats of the exited container still answer
+    info = engine.inspect(ctr.id)
+    assert info["State"]["ExitCode"] == 3 and info["State"]["Status"] == "exited"
+    assert engine.stats(ctr.id)["id"] == ctr.id
+    # restart: the group is made again, with the container's limits
+    engine.restart(ctr.id)
+    poll(lambda: group_dirs(engine, ctr.id), what="the cgroup of the restarted container")
+    assert memory_limit(engine, ctr.id) == MEMORY
+    assert engine.wait(ctr.id, timeout=30) == 3
+    poll(lambda: not group_dirs(engine, ctr.id), what="the cgroup to go after the second exit")
+    engine.remove(ctr.id)
+
+
+def test_stop_removes_cgroup(engine, busybox_rootfs):
+    ctr = engine.run(RunOptions(rootfs=str(busybox_rootfs), command=["sleep", "60"], memory=MEMORY))
+    assert group_dirs(engine, ctr.id)
+    engine.stop(ctr.id, timeout=1)
+    poll(lambda: not group_dirs(engine, ctr.id), what="the cgroup of the stopped container to go")
+    assert engine.inspect(ctr.id)["State"]["ExitCode"] == 143
+    engine.remove(ctr.id)
