@@ -31,7 +31,16 @@ class Cellbox(Configurable):
     cpu_limit = Float(1.0, help="CPUs of a notebook's container (0 = no limit).").tag(config=True)
     max_cpus = Float(2.0, help="Highest CPUs a notebook's metadata may ask for.").tag(config=True)
     pids_limit = Int(512, help="Most processes in a notebook's container.").tag(config=True)
-    max_pids = Int(2048, help="Highest pids limit a notebook's metadata may ask for.").tag(config=True)
+    max_pids = Int(1024, help="Highest pids limit a notebook's metadata may ask for.").tag(config=True)
+    nofile_limit = Int(
+        help="Open files per process in a notebook's container (RLIMIT_NOFILE; default: "
+        "what max_pids leaves of max_open_files_share of the host's file table, at most 1024)."
+    ).tag(config=True)
+    max_open_files_share = Float(
+        0.125,
+        help="Most of the host's file table (fs.file-max) one notebook may hold: pids limit x "
+        "nofile_limit above it is refused, for max_pids too, when the server starts.",
+    ).tag(config=True)
     network = Enum(["none", "bridge"], "none", help="Network of a notebook's container.").tag(config=True)
     allowed_networks = List(Unicode(), default_value=["none"], help="Networks metadata may ask for.").tag(config=True)
     idle_timeout = Int(3600, help="Seconds without a kernel or kernel activity before a container is culled (0 = never).").tag(config=True)
@@ -44,11 +53,22 @@ class Cellbox(Configurable):
     allow_push = Bool(True, help="Whether users may push and pull images to and from registries.").tag(config=True)
     insecure_registries = List(Unicode(), default_value=[], help="Registries reached over plain HTTP.").tag(config=True)
     remove_on_delete = Bool(True, help="Remove a notebook's container when the notebook is deleted.").tag(config=True)
+    # Why "stop" is the default: a notebook's container is its machine. What a user did in
+    # it (`%pip install`, files written outside the notebook's folder) is expected to be
+    # there after the server is restarted, as it is after a kernel restart; Docker's
+    # `--rm`-like "remove" would throw that away at every Ctrl-C. "keep" would leave
+    # kernels' containers running (memory, CPU) with no server to reach them. A stopped
+    # container costs only its disk, is one per notebook (not per run: the next start finds
+    # it by its labels and starts it again when the notebook's kernel starts), and goes
+    # when its notebook is deleted, or at the next start if the notebook went meanwhile.
+    # It shows in `cellbox ps -a` as "Exited (143)" (stopped by SIGTERM), named nb-<notebook>.
     on_shutdown = Enum(
         ["stop", "keep", "remove"],
         "stop",
-        help="What a server that stops cleanly does with its notebooks' containers "
-        "(stop: found again and started on the next run; keep: left running).",
+        help="What a server that stops cleanly does with its notebooks' containers. "
+        "stop (default): stopped, kept on disk with what was installed in them, and started "
+        "again when the notebook's kernel starts on the next run; keep: left running; "
+        "remove: removed, like Docker's --rm (the next run starts each notebook afresh).",
     ).tag(config=True)
     on_restart = Enum(["reattach", "remove"], "reattach", help="What a starting server does with the containers a previous run of it left.").tag(config=True)
     allow_unisolated_kernels = Bool(
@@ -67,6 +87,19 @@ class Cellbox(Configurable):
     def _server_id(self) -> str:
         root = getattr(self.parent, "root_dir", None) or os.getcwd()
         return hashlib.sha256(os.path.realpath(root).encode()).hexdigest()[:16]
+
+    @default("nofile_limit")
+    def _nofile_limit(self) -> int:
+        from cellbox.runtime.engine import open_files_per_process
+
+        return open_files_per_process(self.max_pids, self.max_open_files_share)
+
+    def check_open_files(self) -> None:
+        """Refuse (InvalidArgument) limits that let one notebook fill the host's file table."""
+        from cellbox.runtime.engine import check_open_files_share
+
+        for name, pids in (("pids_limit", self.pids_limit), ("max_pids", self.max_pids)):
+            check_open_files_share(pids, self.nofile_limit, self.max_open_files_share, what=f"c.Cellbox.{name}")
 
     def image_allowed(self, image: str) -> bool:
         """The default image, or one matching an allowed pattern."""
