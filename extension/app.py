@@ -77,6 +77,13 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     global _active
     config = Cellbox(parent=serverapp)
     log = serverapp.log if hasattr(serverapp, "log") else logging.getLogger("cellbox")
+    try:
+        config.check_open_files()
+    except InvalidArgument as e:
+        # A config that lets one notebook fill the host's file table: the server refuses
+        # to run (an extension that merely failed to load would leave kernels unbounded).
+        log.critical("cellbox: %s", e)
+        raise SystemExit(1) from None
     isolation = probe(config.isolation)
     if not isolation.isolated:
         log.warning("cellbox: DEGRADED MODE, kernels run unisolated: %s", isolation.reason)

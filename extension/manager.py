@@ -286,6 +286,8 @@ class ContainerManager:
             cpus=opts["cpus"],
             network=opts["network"],
             pids_limit=opts["pids_limit"],
+            nofile=self.config.nofile_limit,
+            open_files_share=self.config.max_open_files_share,
             name=f"nb-{_slug(path)}-{secrets.token_hex(3)}",
             labels=labels,
         )

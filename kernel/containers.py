@@ -16,7 +16,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from cellbox.runtime.engine import Container, Engine, RunOptions
+from cellbox.runtime.engine import (
+    DEFAULT_OPEN_FILES_SHARE,
+    Container,
+    Engine,
+    RunOptions,
+    check_open_files_share,
+    open_files_per_process,
+)
 from cellbox.runtime.errors import CellboxError, InvalidArgument
 
 LABEL_RUN = "cellbox.kernel.run"  # the run dir token
@@ -27,6 +34,9 @@ CONNECTION_FILE = "kernel.json"
 KERNEL_PKG_DIR = Path(__file__).resolve().parent
 MAX_SOCKET_PATH = 100  # sun_path is 108 bytes; ZMQ appends "-N"
 IDLE_COMMAND = ["sleep", "2147483647"]
+# A notebook's processes, and open files per process: together within an eighth of the
+# host's file table (runtime/filetable.py says why both are bounded).
+DEFAULT_PIDS = 512
 
 
 def run_base(eng: Engine) -> Path:
@@ -46,11 +56,18 @@ def kernel_run_options(
     env: list[str] | None = None,
     user: str | None = None,
     userns: str = "auto",
+    nofile: int | None = None,
+    open_files_share: float = DEFAULT_OPEN_FILES_SHARE,
 ) -> RunOptions:
     """RunOptions for a kernel container (the run-dir volumes are added by create).
 
     userns "auto" (the default): the notebook's root is an unprivileged host id of its own.
+    pids_limit (default DEFAULT_PIDS) times nofile may not pass open_files_share of the
+    host's file table (InvalidArgument).
     """
+    pids_limit = pids_limit or DEFAULT_PIDS
+    nofile = nofile or open_files_per_process(pids_limit, open_files_share)
+    check_open_files_share(pids_limit, nofile, open_files_share, what="a notebook's container")
     from cellbox.runtime.images.default_image import DEFAULT_IMAGE
 
     return RunOptions(
@@ -65,6 +82,7 @@ def kernel_run_options(
         env=list(env or []),
         user=user,
         userns=userns,
+        ulimits=[f"nofile={nofile}:{nofile}"],
     )
 
 

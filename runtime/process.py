@@ -114,7 +114,8 @@ def _prepare_and_exec(process: dict[str, Any], annotations: dict[str, str], secc
 
     for r in process.get("rlimits") or []:
         res = getattr(resource, r["type"])
-        resource.setrlimit(res, (r["soft"], r["hard"]))
+        soft, hard = (resource.RLIM_INFINITY if v >= 2**63 else v for v in (r["soft"], r["hard"]))
+        resource.setrlimit(res, (soft, hard))
     if "umask" in user:
         os.umask(int(user["umask"]))
 

@@ -46,6 +46,7 @@ class RunOptions:
     auto_remove: bool = False
     sysctls: dict[str, str] = field(default_factory=dict)
     userns: str = ""  # "auto": container root is an unprivileged host id (runtime/userns.py)
+    ulimits: list[str] = field(default_factory=list)  # Docker's --ulimit NAME=SOFT[:HARD]
 
 
 def parse_env(items: list[str]) -> list[str]:
@@ -94,6 +95,33 @@ def parse_volume(v: str) -> dict[str, Any]:
         raise InvalidArgument("a volume cannot be mounted on /")
     opts = ["rbind", "rprivate", mode, *(o for o in extra if o not in ("ro", "rw"))]
     return {"destination": os.path.normpath(dst), "type": "bind", "source": os.path.realpath(src), "options": opts}
+
+
+UNLIMITED = 2**64 - 1  # the OCI spec's RLIM_INFINITY (a uint64)
+
+
+def parse_ulimits(items: list[str]) -> dict[str, tuple[int, int]]:
+    """--ulimit nofile=1024:2048 (Docker's form; -1 is unlimited) -> {"RLIMIT_NOFILE": (soft, hard)}."""
+    import resource
+
+    out: dict[str, tuple[int, int]] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        rname = f"RLIMIT_{name.strip().upper()}"
+        if not sep or not hasattr(resource, rname):
+            raise InvalidArgument(f"invalid ulimit {item!r}: want NAME=SOFT[:HARD], e.g. nofile=1024:2048")
+        soft_s, _, hard_s = value.partition(":")
+        try:
+            soft = int(soft_s)
+            hard = int(hard_s) if hard_s else soft
+        except ValueError:
+            raise InvalidArgument(f"invalid ulimit {item!r}: limits are numbers") from None
+        soft = UNLIMITED if soft == -1 else soft
+        hard = UNLIMITED if hard == -1 else hard
+        if soft < 0 or hard < 0 or soft > hard:
+            raise InvalidArgument(f"invalid ulimit {item!r}: soft limit must be between 0 and the hard limit")
+        out[rname] = (soft, hard)
+    return out
 
 
 def parse_user(user: str) -> tuple[dict[str, Any], str | None]:
@@ -220,8 +248,10 @@ def build_config(
         user=user_spec,
         capabilities=capabilities.oci_capabilities(caps, user_spec["uid"]),
         noNewPrivileges=nnp,
-        rlimits=[{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
+        rlimits=[],
     )
+    limits = {"RLIMIT_NOFILE": (nofile, nofile), **parse_ulimits(opts.ulimits)}
+    proc["rlimits"] = [{"type": k, "soft": s, "hard": h} for k, (s, h) in sorted(limits.items())]
     cfg["root"]["readonly"] = opts.read_only
     cfg["hostname"] = hostname
     annotations = {
