@@ -434,17 +434,33 @@ class Engine(ImageOps):
             time.sleep(0.01)
 
     def pause(self, ref: str) -> None:
+        """Freeze every process; a marker covers the freeze until the state says paused,
+        so a pause killed in between is thawed by recovery, not left frozen as "running"."""
+        from .engine_images import mark_freezer
+
         ctr = self.get(ref)
         st = ctr.state()
         if st.status != state.RUNNING:
             raise Conflict(f"container {ctr.short_id} is not running")
-        self._cgroup(ctr).freeze()
-        st.status = state.PAUSED
-        state.save(ctr.dir, st)
+        if owners := self._freeze_owners(ctr):
+            raise Conflict(f"container {ctr.short_id} is frozen for a copy ({', '.join(owners)}): try again when it ends")
+        marker = mark_freezer(ctr.dir, "pause")
+        try:
+            self._cgroup(ctr).freeze()
+            st.status = state.PAUSED
+            state.save(ctr.dir, st)
+        finally:
+            marker.unlink(missing_ok=True)
 
     def unpause(self, ref: str) -> None:
+        """Thaw a paused container, or one a dead cellbox process left frozen while running."""
         ctr = self.get(ref)
         st = ctr.state()
+        if st.status == state.RUNNING:
+            if self._thaw_orphan(ctr):
+                return
+            if owners := self._freeze_owners(ctr):
+                raise Conflict(f"container {ctr.short_id} is frozen for a copy ({', '.join(owners)}): it thaws when that ends")
         if st.status != state.PAUSED:
             raise Conflict(f"container {ctr.short_id} is not paused")
         self._cgroup(ctr).thaw()
@@ -459,9 +475,14 @@ class Engine(ImageOps):
                 raise Conflict(
                     f"cannot remove container {ctr.short_id}: container is {st.status}: stop the container before removing or force remove"
                 )
-            if st.status == state.PAUSED:
-                self._cgroup(ctr).thaw()
-            self._cgroup(ctr).kill_all()
+            cg = self._cgroup(ctr)
+            # paused, or frozen by a copy (whose owner may be dead): a frozen task never dies
+            try:
+                if st.status == state.PAUSED or (cg.exists() and cg.frozen()):
+                    cg.thaw()
+            except CellboxError:  # no freezer at all: nothing can be frozen
+                pass
+            cg.kill_all()
             try:
                 os.kill(st.pid, signal_mod.SIGKILL)
             except ProcessLookupError:

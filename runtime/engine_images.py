@@ -3,7 +3,9 @@ each acting on one container's overlay (its upper dir over its image's layers)."
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,80 @@ if TYPE_CHECKING:
     from .engine import Container
 
 
+FREEZE_MARK = ".frozen-by-"
+TMP_PREFIX = ".cellbox-tmp-"
+
+
+def _owner_tag() -> str:
+    """This process as "pid-starttime": tells it from a later process given the same pid."""
+    pid = os.getpid()
+    return f"{pid}-{state.proc_start_time(pid)}"
+
+
+def _owner_alive(tag: str) -> bool:
+    try:
+        pid, start = tag.split("-")[:2]
+        return state.proc_start_time(int(pid)) == int(start)
+    except ValueError:
+        return False
+
+
+def mark_freezer(ctr_dir: Path, op: str) -> Path:
+    """Record that this process is about to freeze the container (removed after the thaw)."""
+    path = ctr_dir / f"{FREEZE_MARK}{_owner_tag()}"
+    path.write_text(op)
+    return path
+
+
+def freezer_marks(ctr_dir: Path) -> list[tuple[Path, str, bool]]:
+    """(marker, operation, owner alive) for every freeze recorded in a container dir."""
+    out = []
+    try:
+        names = [n for n in os.listdir(ctr_dir) if n.startswith(FREEZE_MARK)]
+    except OSError:
+        return []
+    for name in names:
+        path = ctr_dir / name
+        try:
+            op = path.read_text().strip()[:40] or "freeze"
+        except OSError:
+            continue
+        out.append((path, op, _owner_alive(name[len(FREEZE_MARK) :])))
+    return out
+
+
+@contextlib.contextmanager
+def owned_tmpdir(parent: Path) -> Iterator[Path]:
+    """A temp dir whose name says which process owns it, so recovery removes it only
+    once that process is gone (never a concurrent operation's work)."""
+    import tempfile  # here: listing containers never needs it
+
+    path = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{_owner_tag()}-", dir=parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def stale_tmpdirs(parent: Path) -> list[Path]:
+    """Temp dirs of owned_tmpdir() whose owner is dead."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return []
+    return [parent / n for n in names if n.startswith(TMP_PREFIX) and not _owner_alive(n[len(TMP_PREFIX) :])]
+
+
+def _du_text(path: Path) -> str:
+    """Disk usage of a tree, for a report line (never follows links)."""
+    total = 0
+    for dirpath, dirnames, files in os.walk(path):
+        for n in files + dirnames:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, n)).st_blocks * 512
+    return f"{total / 1e6:.1f} MB" if total >= 100_000 else f"{total} bytes"
+
+
 class ImageOps:
     """Mixed into Engine: needs get(), images, _cgroup(), stop(), _recreate(), _save(), root."""
 
@@ -24,10 +100,13 @@ class ImageOps:
         lower = (ctr.config().get("annotations") or {}).get(spec.ANN_LOWER, "")
         return [Path(p) for p in reversed(lower.split(":")) if p]
 
-    def _frozen(self, ctr: Container, pause: bool) -> Any:
-        """Freeze a running container while its files are read, so the copy is consistent."""
-        import contextlib
+    def _frozen(self, ctr: Container, pause: bool, op: str = "commit") -> Any:
+        """Freeze a running container while its files are read, so the copy is consistent.
 
+        A marker naming this process (pid + start time) is written before the freeze and
+        removed after the thaw: if this process dies in between, recover()/unpause/rm -f
+        see a freeze whose owner is gone and thaw it, instead of it staying frozen for good.
+        """
         st = ctr.state()
         if not pause or st.status != state.RUNNING:
             return contextlib.nullcontext()
@@ -35,13 +114,81 @@ class ImageOps:
 
         @contextlib.contextmanager
         def frozen() -> Iterator[None]:
-            cg.freeze()
+            marker = mark_freezer(ctr.dir, op)
             try:
+                cg.freeze()
                 yield
             finally:
-                cg.thaw()
+                try:
+                    # thaw unless another live copy still needs it frozen, or a user paused it meanwhile
+                    others = [m for m in freezer_marks(ctr.dir) if m[0] != marker and m[2]]
+                    if not others and ctr.state().status != state.PAUSED:
+                        cg.thaw()
+                finally:
+                    marker.unlink(missing_ok=True)
 
         return frozen()
+
+    def _thaw_orphan(self, ctr: Container) -> str | None:
+        """Thaw a container that a dead cellbox process left frozen; what was done, or None.
+
+        The signature: the state says running but the freezer says frozen, and no live
+        process holds a freeze marker. Markers of dead processes are removed.
+        """
+        marks = freezer_marks(ctr.dir)
+        live = [m for m in marks if m[2]]
+        for path, _op, alive in marks:
+            if not alive:
+                path.unlink(missing_ok=True)
+        if live or ctr.state().status != state.RUNNING:
+            return None
+        try:
+            cg = self._cgroup(ctr)
+            if not cg.exists() or not cg.frozen():
+                return None
+            cg.thaw()
+        except (CellboxError, OSError):
+            return None
+        dead = [f"{op} by pid {p.name.split('-')[2]}" for p, op, _ in marks]
+        why = ", ".join(dead) if dead else "by a process that left no record"
+        return f"container {ctr.short_id}: thawed (frozen {why}, which is gone)"
+
+    def _freeze_owners(self, ctr: Container) -> list[str]:
+        """Live processes that hold this container frozen for a copy ("commit by pid N")."""
+        return [f"{op} by pid {p.name.split('-')[2]}" for p, op, alive in freezer_marks(ctr.dir) if alive]
+
+    def recover(self) -> list[str]:
+        """Undo what killed cellbox processes left: frozen containers, temp files.
+
+        Called by the server extension on start and by `cellbox system check`; anything a
+        live process still owns (a freeze, a snapshot or a blob being written) is left alone.
+        Returns one line per thing found and cleaned.
+        """
+        from .images.snapshots import Snapshots
+
+        done: list[str] = []
+        for ctr in self._all():
+            try:
+                msg = self._thaw_orphan(ctr)
+            except (CellboxError, OSError) as e:
+                msg = f"container {ctr.short_id}: could not check its freezer: {e}"
+            if msg:
+                done.append(msg)
+            for p in stale_tmpdirs(ctr.dir):
+                done.append(f"container {ctr.short_id}: removed {p.name} ({_du_text(p)})")
+                shutil.rmtree(p, ignore_errors=True)
+            if (ctr.dir / "snapshots").is_dir():
+                try:
+                    found = Snapshots(ctr.dir / "snapshots").clean_tmp(ctr.upper)
+                except (CellboxError, OSError) as e:
+                    found = [f"could not clean: {e}"]
+                done.extend(f"container {ctr.short_id}: snapshots: {f}" for f in found or [])
+        for p in stale_tmpdirs(self.root):
+            done.append(f"removed {p.name} ({_du_text(p)})")
+            shutil.rmtree(p, ignore_errors=True)
+        if (self.root / "images").is_dir():
+            done.extend(f"image store: {f}" for f in self.images.recover() or [])
+        return done
 
     def commit(
         self,
@@ -58,8 +205,6 @@ class ImageOps:
         progress: Any = None,
     ) -> Any:
         """The container's changes (or one of its snapshots) as a new image on top of its own."""
-        import tempfile
-
         ctr = self.get(ref)
         base = self.images.resolve(ctr.image_id) if ctr.image_id else None
         cfg = ctr.config()
@@ -77,7 +222,7 @@ class ImageOps:
             self._save(ctr)
         try:
             if snapshot:
-                with tempfile.TemporaryDirectory(dir=ctr.dir) as tmp:
+                with owned_tmpdir(ctr.dir) as tmp:
                     tree = Path(tmp) / "upper"
                     self.snapshots(ctr.id).materialize(self.snapshots(ctr.id).get(snapshot).id, tree)
                     return self.images.commit(tree, base, **common)
@@ -100,7 +245,7 @@ class ImageOps:
 
     def snapshot_create(self, ref: str, message: str = "") -> Any:
         ctr = self.get(ref)
-        with self._frozen(ctr, True):
+        with self._frozen(ctr, True, "snapshot"):
             return self.snapshots(ctr.id).create(ctr.upper, message)
 
     def snapshot_restore(self, ref: str, snap: str) -> Any:
@@ -149,15 +294,13 @@ class ImageOps:
 
     def ensure_default_image(self, progress: Any = None) -> Any:
         """The notebook image, built offline from this host's Python the first time."""
-        import tempfile
-
         from .images.default_image import DEFAULT_IMAGE, build_rootfs
 
         try:
             return self.images.resolve(DEFAULT_IMAGE)
         except NotFound:
             pass
-        with tempfile.TemporaryDirectory(dir=self.root) as tmp:
+        with owned_tmpdir(self.root) as tmp:
             rootfs = Path(tmp) / "rootfs"
             cfg = build_rootfs(rootfs)
             changes = [f"ENV {e}" for e in cfg.get("Env") or []]

@@ -10,7 +10,11 @@ from .common import engine, human_size, print_json_line, table
 
 
 def cmd_check(a: argparse.Namespace) -> int:
-    problems = engine(a).images.check()
+    """Clean what crashed cellbox processes left (say what), then verify the store."""
+    eng = engine(a)
+    for line in eng.recover():
+        print(f"cleaned: {line}")
+    problems = eng.images.check()
     for p in problems:
         print(p)
     if not problems:
@@ -81,7 +85,7 @@ def cmd_version(a: argparse.Namespace) -> int:
 def register(sub: Any) -> None:
     p = sub.add_parser("system", help="Manage cellbox (check, df)", usage="cellbox system COMMAND")
     ssub = p.add_subparsers(dest="subcommand", metavar="COMMAND")
-    sp = ssub.add_parser("check", help="Verify every blob of the image store against its digest", usage="cellbox system check")
+    sp = ssub.add_parser("check", help="Thaw and clean what crashed cellbox processes left; verify every blob of the image store", usage="cellbox system check")
     sp.set_defaults(func=cmd_check)
     sp = ssub.add_parser("df", help="Show disk usage", usage="cellbox system df [OPTIONS]")
     sp.add_argument("--format", help="Format output: json")

@@ -325,6 +325,38 @@ class Snapshots:
         self._collect(index)
         return index
 
+    def clean_tmp(self, upper: Path | None = None) -> list[str] | None:
+        """Remove the work a killed snapshot, restore or merge left (tmp/, half-written
+        index files, `.upper.restore-*` beside the upper dir) and roll a pending restore
+        forward: without this, it stays until the next snapshot operation, maybe never.
+
+        Only when no live process holds the catalog lock (its tmp/ is live work then):
+        None in that case, else one line per thing removed.
+        """
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return None
+            found = [f"removed tmp/{p.name} ({_du(p)} bytes)" for p in sorted((self.root / "tmp").iterdir())]
+            for p in self.root.glob(".index.json.*"):
+                found.append(f"removed {p.name}")
+                p.unlink(missing_ok=True)
+            index = self._read_index()
+            if index.get("pending_restore"):
+                found.append(f"rolled forward the restore of {index['pending_restore'].get('target')}")
+            self._recover(index)
+            if upper is not None:
+                upper = Path(upper)
+                for pat in (f".{upper.name}.restore-*", f".{upper.name}.old-*"):
+                    for p in upper.parent.glob(pat):
+                        found.append(f"removed {p.name} ({_du(p)} bytes)")
+                        _rmtree(p)
+            return found
+        finally:
+            os.close(fd)
+
     def _collect(self, index: dict) -> None:
         layers = {s["layer"] for s in index["snapshots"]}
         manifests = set()
@@ -674,6 +706,18 @@ class Snapshots:
             _copy_dir_meta(src, dst)
         for _src, dst in reversed(dirs):
             _fsync_dir(dst)
+
+
+def _du(path: Path) -> int:
+    """Bytes a leftover tree takes on disk (links are not followed)."""
+    if not path.is_dir() or path.is_symlink():
+        return os.lstat(path).st_blocks * 512
+    total = 0
+    for dirpath, dirnames, files in os.walk(path):
+        for n in files + dirnames:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, n)).st_blocks * 512
+    return total
 
 
 def _write_json(path: Path, data: object) -> None:

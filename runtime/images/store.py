@@ -40,6 +40,33 @@ MANIFEST_TYPES = (
 )
 
 
+def _held(lock_file: Path) -> bool:
+    """Whether another process holds an flock on this file now."""
+    try:
+        fd = os.open(lock_file, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _du(path: Path) -> int:
+    """Bytes a leftover file or tree takes on disk (links are not followed)."""
+    total = 0
+    with contextlib.suppress(OSError):
+        total = os.lstat(path).st_blocks * 512
+    for dirpath, dirnames, files in os.walk(path):
+        for n in files + dirnames:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, n)).st_blocks * 512
+    return total
+
+
 def default_root() -> Path:
     return Path(os.environ.get("CELLBOX_ROOT", DEFAULT_ROOT)) / "images"
 
@@ -107,11 +134,13 @@ class ImageStore:
 
     @contextlib.contextmanager
     def _scratch(self) -> Iterator[Path]:
-        d = Path(tempfile.mkdtemp(prefix="work-", dir=self.root / "tmp"))
-        try:
-            yield d
-        finally:
-            shutil.rmtree(d, ignore_errors=True)
+        """A work dir under tmp/; the shared GC lock keeps gc/recover from removing it."""
+        with self._gc_lock(False):
+            d = Path(tempfile.mkdtemp(prefix="work-", dir=self.root / "tmp"))
+            try:
+                yield d
+            finally:
+                shutil.rmtree(d, ignore_errors=True)
 
     # reading -----------------------------------------------------------------------
     def _image(self, manifest_digest: str, refs: list[str]) -> Image:
@@ -510,20 +539,54 @@ class ImageStore:
                     p.unlink()
             for p in (self.root / "layers").iterdir():
                 if p.name.startswith("."):
-                    if p.is_dir():
-                        shutil.rmtree(p, ignore_errors=True)
-                    continue
+                    continue  # unpacks in progress or left by a crash: _remove_temp
                 if "sha256:" + p.name not in diffs:
                     shutil.rmtree(p, ignore_errors=True)
-            for tmpdir in (self.layout.root / "blobs" / "tmp", self.root / "tmp"):
-                for p in tmpdir.iterdir():
-                    if p.name.startswith("partial-"):
-                        continue  # resumable downloads
-                    if p.is_dir():
-                        shutil.rmtree(p, ignore_errors=True)
-                    else:
-                        p.unlink(missing_ok=True)
+            self._remove_temp()
         return freed
+
+    def _remove_temp(self) -> list[str]:
+        """Remove temp files no live writer owns; the caller holds the GC lock exclusive.
+
+        blobs/tmp and tmp/ belong to writers that hold the GC lock shared, so none is
+        live now; an unpack (layers/.tmp-*) holds its layer's lock instead, tried here.
+        Resumable downloads (partial-*) are kept. One line per thing removed.
+        """
+        done = []
+        for tmpdir in (self.layout.root / "blobs" / "tmp", self.root / "tmp"):
+            for p in tmpdir.iterdir():
+                if p.name.startswith("partial-"):
+                    continue
+                done.append(f"removed {p.relative_to(self.root)} ({_du(p)} bytes)")
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+        layers = self.root / "layers"
+        for p in layers.iterdir():
+            if not p.name.startswith(".tmp-") or not p.is_dir():
+                continue
+            prefix = p.name.split("-")[1]  # .tmp-<first 12 hex of the diff_id>-<random>
+            if any(_held(lk) for lk in layers.glob(f".{prefix}*.lock")):
+                continue  # being unpacked now
+            done.append(f"removed layers/{p.name} ({_du(p)} bytes)")
+            shutil.rmtree(p, ignore_errors=True)
+        return done
+
+    def recover(self) -> list[str] | None:
+        """Remove what killed commits, pulls, loads and unpacks left; run on start.
+
+        None when a writer is live (it holds the GC lock shared): its files stay then.
+        """
+        fd = os.open(self.root / ".gc.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return None
+            return self._remove_temp()
+        finally:
+            os.close(fd)
 
     # checks ------------------------------------------------------------------------
     def check(self) -> list[str]:
