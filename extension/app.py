@@ -104,6 +104,13 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
 
     manager = ContainerManager(config, isolation, read_metadata=read_metadata, log=log)
     try:
+        # First thaw what a killed server/CLI left frozen mid-commit or mid-snapshot (else
+        # reattach's restart and every kernel start in it hang), and drop its temp files.
+        for line in manager.engine.recover():
+            log.warning("cellbox: recovered after a crash: %s", line)
+    except (CellboxError, OSError) as e:
+        log.warning("cellbox: recovering after a crash: %s", e)
+    try:
         found = manager.reattach(notebook_exists)
         if found["reattached"] or found["removed"]:
             log.info("cellbox: reattached %d, removed %d containers of an earlier run", len(found["reattached"]), len(found["removed"]))
