@@ -40,6 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cellbox.runtime.errors import InvalidArgument, NotFound
+from cellbox.runtime.images import safewalk
 
 _SKIP_XATTRS = {"trusted.overlay.origin"}  # a file handle into the old lower fs
 _RACY = -1
@@ -144,8 +145,9 @@ def _copy_entry(src: str, dst: str, fsync: bool = True) -> os.stat_result:
     return st
 
 
-def _copy_dir_meta(src: str, dst: str) -> None:
-    st = os.lstat(src)
+def _copy_dir_meta(src: str | int, dst: str) -> None:
+    """src: a path, or an open directory fd (a container's dir, opened beneath its root)."""
+    st = os.fstat(src) if isinstance(src, int) else os.lstat(src)
     fd = os.open(dst, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         # Remove xattrs the source lacks (a dir that stopped being opaque).
@@ -183,21 +185,43 @@ def _join(root: str, rel: str) -> str:
 
 
 def walk(upper: Path) -> dict[str, list[int]]:
-    """path -> [st_mode, uid, gid, size, mtime_ns, ctime_ns, ino, nlink, rdev]; "" is the root."""
+    """path -> [st_mode, uid, gid, size, mtime_ns, ctime_ns, ino, nlink, rdev]; "" is the root.
+
+    Each directory is opened beneath the upper dir's fd without crossing a symlink, so a
+    container that swaps a dir for a link to the host is refused, never followed.
+    """
     out: dict[str, list[int]] = {}
-    st = os.lstat(upper)
-    out[""] = _entry(st)
-    stack = [("", str(upper))]
-    while stack:
-        rel, full = stack.pop()
-        with os.scandir(full) as it:
-            for de in it:
-                r = f"{rel}/{de.name}" if rel else de.name
-                s = de.stat(follow_symlinks=False)
-                out[r] = _entry(s)
-                if stat.S_ISDIR(s.st_mode):
-                    stack.append((r, de.path))
+    root_fd = safewalk.open_root(upper)
+    try:
+        out[""] = _entry(os.fstat(root_fd))
+        stack = [""]
+        while stack:
+            rel = stack.pop()
+            fd = root_fd if not rel else _open_dir(root_fd, rel)
+            try:
+                with os.scandir(fd) as it:
+                    for de in it:
+                        r = f"{rel}/{de.name}" if rel else de.name
+                        s = de.stat(follow_symlinks=False)
+                        out[r] = _entry(s)
+                        if stat.S_ISDIR(s.st_mode):
+                            stack.append(r)
+            finally:
+                if fd != root_fd:
+                    os.close(fd)
+    finally:
+        os.close(root_fd)
     return out
+
+
+def _open_dir(root_fd: int, rel: str) -> int:
+    """rel beneath root_fd, or InvalidArgument when it is no longer a plain directory."""
+    try:
+        return safewalk.open_beneath(root_fd, rel)
+    except OSError as e:
+        if e.errno in safewalk.RACED:
+            raise InvalidArgument(f"{rel} changed while it was read (is the container frozen?)") from None
+        raise
 
 
 def _entry(st: os.stat_result) -> list[int]:
@@ -543,7 +567,8 @@ class Snapshots:
                 changed.append(path)
         changed.sort(key=_sort_key)
         tree = str(work / "tree")
-        src_root = str(upper)
+        root_fd = safewalk.open_root(upper)
+        src = safewalk.DirFds(root_fd)
         puts: list[list[str]] = []
         dirs: list[str] = []
         made: set[str] = {""}
@@ -570,14 +595,29 @@ class Snapshots:
             if e[7] > 1 and e[6] in links:
                 os.link(_join(tree, links[e[6]]), dst)
             else:
-                seen[path] = _copy_entry(_join(src_root, path), dst)
+                try:
+                    pfd, name = src.parent(path)
+                except OSError as err:
+                    if err.errno in safewalk.RACED:
+                        raise InvalidArgument(f"{parent} changed while it was read") from None
+                    raise
+                # /proc/self/fd/<checked parent>/<name>: only the last part is named
+                seen[path] = _copy_entry(safewalk.at(pfd, name), dst)
                 if stat.S_ISREG(e[0]):
                     size += seen[path].st_size
                 if e[7] > 1:
                     links[e[6]] = path
             puts.append([path, "f"])
-        for path in reversed(dirs):  # after the children: creating them moves mtime
-            _copy_dir_meta(_join(src_root, path), _join(tree, path))
+        src.close()
+        try:
+            for path in reversed(dirs):  # after the children: creating them moves mtime
+                fd = os.dup(root_fd) if not path else _open_dir(root_fd, path)
+                try:
+                    _copy_dir_meta(fd, _join(tree, path))
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(root_fd)
         for path in sorted(made, key=_sort_key, reverse=True):
             _fsync_dir(_join(tree, path))
         return puts, _minimal(deleted), size, seen

@@ -28,19 +28,23 @@ SWAP_C = r"""
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <unistd.h>
 #include <sys/syscall.h>
 #ifndef RENAME_EXCHANGE
 #define RENAME_EXCHANGE 2
 #endif
 int main(int argc, char **argv) {
-    if (argc != 3) return 2;
+    if (argc < 3) return 2;
+    useconds_t pause = argc > 3 ? (useconds_t)atoi(argv[3]) : 0; /* between swaps */
     if (syscall(SYS_renameat2, AT_FDCWD, argv[1], AT_FDCWD, argv[2], RENAME_EXCHANGE)) {
         perror("renameat2");
         return 1;
     }
-    for (;;)
+    for (;;) {
         syscall(SYS_renameat2, AT_FDCWD, argv[1], AT_FDCWD, argv[2], RENAME_EXCHANGE);
+        if (pause) usleep(pause);
+    }
 }
 """
 RACE_SECONDS = 3.0
@@ -69,26 +73,80 @@ def host_secret():
     tag = secrets.token_hex(6)
     d = Path(f"/tmp/cellbox-hostwalk-{tag}")
     (d / "inner").mkdir(parents=True)
-    for i in range(20):
+    for i in range(2):  # few: a walk that follows the link must copy them all to succeed
         (d / f"hostsecret-{tag}-{i}").write_text("host data\n")
     (d / "inner" / f"hostsecret-{tag}-inner").write_text("host data\n")
     yield d, f"hostsecret-{tag}"
     shutil.rmtree(d, ignore_errors=True)
 
 
-def _attacker(engine, rootfs: Path, target: Path, userns: str):
+def _attacker(
+    engine, rootfs: Path, target: Path, userns: str, pause_us: int = 0, files: int = FILES
+):
     """A running container exchanging its own directories with links to target."""
     # /w/d <-> /w/l at the top, and /w/e/sub <-> /w/e/l one level down
     script = (
-        f"for d in /w/d /w/e/sub; do mkdir -p $d && (cd $d && for i in $(seq {FILES}); do : > f$i; done); done && "
+        f"for d in /w/d /w/e/sub; do mkdir -p $d && (cd $d && for i in $(seq {files}); do : > f$i; done); done && "
         f"ln -s {target} /w/l && ln -s {target} /w/e/l && : > /w/ready && "
-        "(/bin/swap /w/e/sub /w/e/l &) ; exec /bin/swap /w/d /w/l"
+        f"(/bin/swap /w/e/sub /w/e/l {pause_us} &) ; exec /bin/swap /w/d /w/l {pause_us}"
     )
     ctr = engine.run(RunOptions(rootfs=str(rootfs), userns=userns, command=["sh", "-c", script]))
     deadline = time.monotonic() + 20
     while not (ctr.upper / "w" / "ready").exists():
         assert time.monotonic() < deadline, "the attacker never got ready"
         assert ctr.state().alive(), "the attacker exited"
+        time.sleep(0.05)
+    return ctr
+
+
+def _swap_when_listed(engine, monkeypatch, ctr, target: Path) -> list[str]:
+    """Make the race window wide: right after the host lists the container's /w (the
+    entries' lstat taken), the container itself (an exec) swaps its dir /w/d for a link
+    to target. Returns a list that gets "swapped" once that happened."""
+    real = os.scandir
+    done: list[str] = []
+
+    def listed_then_swapped(path=".", *a, **kw):  # noqa: ANN001, ANN202
+        where = os.readlink(f"/proc/self/fd/{path}") if isinstance(path, int) else os.fspath(path)
+        it = real(path, *a, **kw)
+        if done or not where.rstrip("/").endswith(str(ctr.upper / "w")):
+            return it
+        with it:
+            entries = list(it)
+        for de in entries:
+            de.stat(follow_symlinks=False)
+            de.is_dir(follow_symlinks=False)
+        p = engine.exec(ctr.id, ["sh", "-c", f"mv /w/d /w/d2 && ln -s {target} /w/d"])
+        assert p.wait() == 0
+        done.append("swapped")
+        return _Listing(entries)
+
+    monkeypatch.setattr(os, "scandir", listed_then_swapped)
+    return done
+
+
+class _Listing(list):
+    """What os.scandir returned, already read: an iterator and a context manager."""
+
+    def __enter__(self):  # noqa: ANN204
+        return iter(self)
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _victim(engine, rootfs: Path):
+    """A running container with a directory /w/d (one file) to swap."""
+    ctr = engine.run(
+        RunOptions(
+            rootfs=str(rootfs),
+            userns="auto",
+            command=["sh", "-c", "mkdir -p /w/d && : > /w/d/f1 && exec sleep 600"],
+        )
+    )
+    deadline = time.monotonic() + 20
+    while not (ctr.upper / "w" / "d" / "f1").exists():
+        assert time.monotonic() < deadline, "the container never got ready"
         time.sleep(0.05)
     return ctr
 
@@ -122,51 +180,50 @@ def test_diff_never_lists_host_files(engine, swap_rootfs, host_secret, userns):
     assert ctr.state().alive(), "the attacker stopped: the race did not run"
 
 
-def test_snapshot_walk_never_copies_host_files(engine, swap_rootfs, host_secret, tmp_path):
-    """Snapshots.create is called while the container runs (no freeze): the walk alone
-    must hold. Engine.snapshot_create also freezes; this checks the walk itself."""
+def test_snapshot_walk_never_copies_host_files(
+    engine, swap_rootfs, host_secret, tmp_path, monkeypatch
+):
+    """Snapshots.create while the container runs (Engine.snapshot_create freezes it
+    too; this checks that the walk alone holds): /w/d becomes a link mid-walk."""
     from cellbox.runtime.images.snapshots import Snapshots
 
     target, marker = host_secret
-    ctr = _attacker(engine, swap_rootfs, target, "auto")
+    ctr = _victim(engine, swap_rootfs)
     snaps = Snapshots(tmp_path / "snaps")
-    errors: list[str] = []
-
-    def once() -> None:
-        try:
-            snaps.create(ctr.upper)
-        except Exception as e:  # noqa: BLE001 - a refused walk is fine; a leak is not
-            errors.append(f"{type(e).__name__}: {e}")
-
-    _race(once)
+    swapped = _swap_when_listed(engine, monkeypatch, ctr, target)
+    try:
+        snaps.create(ctr.upper)
+    except Exception as e:  # noqa: BLE001 - refusing the changed dir is fine; a leak is not
+        print(f"refused: {e}")
+    monkeypatch.undo()
+    assert swapped, "the walk never listed /w"
     leaked = [str(p) for p in (tmp_path / "snaps").rglob("*") if marker in p.name]
     for m in (tmp_path / "snaps" / "manifests").glob("*.json"):
         if marker in m.read_text():
             leaked.append(f"manifest {m.name}")
-    assert not leaked, f"snapshots copied host files: {leaked[:5]}"
-    assert len(errors) < 1000  # the walk ran; refusals are allowed while the dir is swapped
+    assert not leaked, f"the snapshot copied host files: {leaked[:5]}"
 
 
-def test_commit_without_pause_never_packs_host_files(engine, swap_rootfs, host_secret):
+def test_commit_without_pause_never_packs_host_files(engine, swap_rootfs, host_secret, monkeypatch):
     """`commit --pause=false`: the container keeps running while its upper dir is read."""
     target, marker = host_secret
-    ctr = _attacker(engine, swap_rootfs, target, "auto")
-    images = []
-
-    def once() -> None:
-        try:
-            images.append(engine.commit(ctr.id, None, pause=False, compression="none"))
-        except Exception:  # noqa: BLE001 - a refused read is fine; a leak is not
-            pass
-
-    _race(once)
-    assert images, "no commit completed"
-    leaked: list[str] = []
-    for img in images:
-        top = img.manifest["layers"][-1]["digest"]
-        with tarfile.open(engine.images.layout.blob_path(top)) as tf:
-            leaked += [m.name for m in tf.getmembers() if marker in m.name]
-    assert not leaked, f"commit packed host files: {leaked[:5]}"
+    ctr = _victim(engine, swap_rootfs)
+    swapped = _swap_when_listed(engine, monkeypatch, ctr, target)
+    try:
+        img = engine.commit(ctr.id, None, pause=False, compression="none")
+    except Exception as e:  # noqa: BLE001 - refusing the changed dir is fine; a leak is not
+        print(f"refused: {e}")
+        img = None
+    monkeypatch.undo()
+    assert swapped, "the walk never listed /w"
+    if img is not None:
+        with tarfile.open(
+            engine.images.layout.blob_path(img.manifest["layers"][-1]["digest"])
+        ) as tf:
+            names = tf.getnames()
+        leaked = [n for n in names if marker in n]
+        assert not leaked, f"commit packed host files: {leaked[:5]}"
+        assert "w/d" in names or "./w/d" in names
 
 
 def test_export_of_a_running_container_never_packs_host_files(engine, swap_rootfs, host_secret):
