@@ -32,6 +32,9 @@ class Cellbox(Configurable):
     max_cpus = Float(2.0, help="Highest CPUs a notebook's metadata may ask for.").tag(config=True)
     pids_limit = Int(512, help="Most processes in a notebook's container.").tag(config=True)
     max_pids = Int(1024, help="Highest pids limit a notebook's metadata may ask for.").tag(config=True)
+    disk_limit = Unicode(
+        "10g", help="Size of a notebook's writable layer, a filesystem of its own ('' = the host's disk, unlimited)."
+    ).tag(config=True)
     nofile_limit = Int(
         help="Open files per process in a notebook's container (RLIMIT_NOFILE; default: "
         "what max_pids leaves of max_open_files_share of the host's file table, at most 1024)."
@@ -52,6 +55,9 @@ class Cellbox(Configurable):
     allow_commit = Bool(True, help="Whether users may commit containers into images.").tag(config=True)
     allow_push = Bool(True, help="Whether users may push and pull images to and from registries.").tag(config=True)
     insecure_registries = List(Unicode(), default_value=[], help="Registries reached over plain HTTP.").tag(config=True)
+    max_request_body = Int(
+        1 << 20, help="Largest REST request body in bytes; a larger one gets 413 before it is read or parsed."
+    ).tag(config=True)
     remove_on_delete = Bool(True, help="Remove a notebook's container when the notebook is deleted.").tag(config=True)
     # Why "stop" is the default: a notebook's container is its machine. What a user did in
     # it (`%pip install`, files written outside the notebook's folder) is expected to be
@@ -82,6 +88,31 @@ class Cellbox(Configurable):
     ).tag(config=True)
     isolation = Enum(["auto", "on", "off"], "auto", help="'auto': probe whether namespaces are allowed; 'off': degraded mode (kernels unisolated).").tag(config=True)
     server_id = Unicode(help="This server's identity in container labels (default: from its root_dir).").tag(config=True)
+    # What one kernel's output may cost the server (extension/limits.py says why).
+    max_message_bytes = Int(
+        8 << 20,
+        help="Largest frame the server accepts from a kernel (ZMQ_MAXMSGSIZE; larger ones cut the "
+        "connection, which reconnects; the cellbox kernel sends output in smaller pieces). 0 = no limit.",
+    ).tag(config=True)
+    kernel_queue_messages = Int(
+        4,
+        help="Messages the server queues per kernel socket before the kernel's side holds them (ZMQ_RCVHWM): "
+        "with max_message_bytes, bounds what a kernel that outruns the server costs it. 0 = zmq's default.",
+    ).tag(config=True)
+    limit_rate = Bool(True, help="Default of ZMQChannelsWebsocketConnection.limit_rate (if not configured there).").tag(config=True)
+    iopub_msg_rate_limit = Float(
+        1000.0, help="Default of ZMQChannelsWebsocketConnection.iopub_msg_rate_limit (msgs/s)."
+    ).tag(config=True)
+    iopub_data_rate_limit = Float(
+        1_000_000.0, help="Default of ZMQChannelsWebsocketConnection.iopub_data_rate_limit (bytes/s)."
+    ).tag(config=True)
+    rate_limit_window = Float(3.0, help="Default of ZMQChannelsWebsocketConnection.rate_limit_window (s).").tag(config=True)
+    offline_buffer_bytes = Int(
+        8 << 20, help="Most bytes of a kernel's messages kept for a browser that is away (oldest dropped first)."
+    ).tag(config=True)
+    offline_buffer_messages = Int(
+        10_000, help="Most messages kept for a browser that is away (oldest dropped first)."
+    ).tag(config=True)
 
     @default("server_id")
     def _server_id(self) -> str:

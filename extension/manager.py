@@ -288,6 +288,7 @@ class ContainerManager:
             pids_limit=opts["pids_limit"],
             nofile=self.config.nofile_limit,
             open_files_share=self.config.max_open_files_share,
+            disk=self.config.disk_limit or None,
             name=f"nb-{_slug(path)}-{secrets.token_hex(3)}",
             labels=labels,
         )

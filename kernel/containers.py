@@ -37,6 +37,7 @@ IDLE_COMMAND = ["sleep", "2147483647"]
 # A notebook's processes, and open files per process: together within an eighth of the
 # host's file table (runtime/filetable.py says why both are bounded).
 DEFAULT_PIDS = 512
+DEFAULT_DISK = "10g"  # the notebook's writable layer, a filesystem of its own (runtime/storage.py)
 
 
 def run_base(eng: Engine) -> Path:
@@ -58,12 +59,14 @@ def kernel_run_options(
     userns: str = "auto",
     nofile: int | None = None,
     open_files_share: float = DEFAULT_OPEN_FILES_SHARE,
+    disk: str | None = DEFAULT_DISK,
 ) -> RunOptions:
     """RunOptions for a kernel container (the run-dir volumes are added by create).
 
     userns "auto" (the default): the notebook's root is an unprivileged host id of its own.
     pids_limit (default DEFAULT_PIDS) times nofile may not pass open_files_share of the
-    host's file table (InvalidArgument).
+    host's file table (InvalidArgument). disk: the size of its writable layer (None or
+    "" for none: it then writes to the host's disk without limit).
     """
     pids_limit = pids_limit or DEFAULT_PIDS
     nofile = nofile or open_files_per_process(pids_limit, open_files_share)
@@ -83,6 +86,7 @@ def kernel_run_options(
         user=user,
         userns=userns,
         ulimits=[f"nofile={nofile}:{nofile}"],
+        storage_opts=[f"size={disk}"] if disk else [],
     )
 
 

@@ -19,9 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import launcher, runconfig, spec, state, userns
+from . import launcher, runconfig, spec, state, storage, userns
 from .engine_images import ImageOps
 from .errors import CellboxError, Conflict, InvalidArgument, NotFound
+from .filetable import DEFAULT_SHARE as DEFAULT_OPEN_FILES_SHARE  # noqa: F401 - for kernel/, extension/
+from .filetable import check_share as check_open_files_share  # noqa: F401
+from .filetable import per_process as open_files_per_process  # noqa: F401
 from .names import random_name, validate_name
 from .runconfig import RunOptions, merge_env, parse_env, parse_user
 
@@ -58,7 +61,9 @@ class Container:
 
     @property
     def upper(self) -> Path:
-        return self.dir / "upper"
+        """The overlay's upper dir: in the container's dir, or on its own filesystem."""
+        upper = (self.config().get("annotations") or {}).get(spec.ANN_UPPER)
+        return Path(upper) if upper else self.dir / "upper"
 
     def host_base(self) -> int | None:
         """The host uid (and gid) that this container's root is; None: the host's own ids."""
@@ -160,7 +165,14 @@ class Engine(ImageOps):
         return out
 
     def get(self, ref: str) -> Container:
-        """A container by full id, name, or unique id prefix."""
+        """A container by full id, name, or unique id prefix; its files mounted if they
+        live on a filesystem of their own (--storage-opt size=) that is not (a reboot)."""
+        ctr = self._find(ref)
+        if storage.has_own_filesystem(ctr.dir):
+            storage.mount(ctr.dir)
+        return ctr
+
+    def _find(self, ref: str) -> Container:
         if not ref:
             raise InvalidArgument("a container name or id is required")
         if (self.containers_dir / ref / "container.json").exists():
@@ -195,7 +207,9 @@ class Engine(ImageOps):
         cfg = (self.images.config(img) or {}).get("config") or {}
         return cfg, lowers, opts.image, img.id
 
-    def build_config(self, ctr_dir: Path, cid: str, opts: RunOptions) -> tuple[dict[str, Any], str, str]:
+    def build_config(
+        self, ctr_dir: Path, cid: str, opts: RunOptions, writable: Path | None = None
+    ) -> tuple[dict[str, Any], str, str]:
         """(OCI config, image ref, image id) for these options."""
         from .network import parse_network
 
@@ -213,7 +227,7 @@ class Engine(ImageOps):
             base = userns.allocate(b for c in self._all() if (b := c.host_base()) is not None)
         cfg = runconfig.build_config(
             ctr_dir, cid, opts, image_config=img_cfg, lowers=lowers, cgroup_parent=self.cgroup_parent,
-            joined_netns=joined, userns_base=base,
+            joined_netns=joined, userns_base=base, writable=writable,
         )  # fmt: skip
         return cfg, image_ref, image_id
 
@@ -250,9 +264,11 @@ class Engine(ImageOps):
                 )
             ctr_dir.mkdir(mode=0o700)
             try:
+                size = storage.parse_storage_opts(opts.storage_opts)
+                writable = storage.create(ctr_dir, size) if size else ctr_dir
                 for sub in ("upper", "work", "merged"):
-                    (ctr_dir / sub).mkdir()
-                cfg, image_ref, image_id = self.build_config(ctr_dir, cid, opts)
+                    (writable if sub != "merged" else ctr_dir).joinpath(sub).mkdir(exist_ok=True)
+                cfg, image_ref, image_id = self.build_config(ctr_dir, cid, opts, writable)
                 base = userns.host_base(cfg)
                 if base is not None:
                     # The init, already container root, must reach its rootfs: its
@@ -280,6 +296,7 @@ class Engine(ImageOps):
                 if image_id:
                     self.images.retain(image_id, cid)
             except BaseException:
+                storage.unmount(ctr_dir)
                 shutil.rmtree(ctr_dir, ignore_errors=True)
                 raise
         try:
@@ -508,6 +525,10 @@ class Engine(ImageOps):
                 self.images.release(ctr.id)
             except Exception as e:  # noqa: BLE001
                 errors.append(f"image: {e}")
+        try:
+            storage.unmount(ctr.dir)
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"storage: {e}")
         with self._lock():
             shutil.rmtree(ctr.dir, ignore_errors=True)
         if errors:

@@ -47,6 +47,7 @@ class RunOptions:
     sysctls: dict[str, str] = field(default_factory=dict)
     userns: str = ""  # "auto": container root is an unprivileged host id (runtime/userns.py)
     ulimits: list[str] = field(default_factory=list)  # Docker's --ulimit NAME=SOFT[:HARD]
+    storage_opts: list[str] = field(default_factory=list)  # --storage-opt size=10G (runtime/storage.py)
 
 
 def parse_env(items: list[str]) -> list[str]:
@@ -210,12 +211,15 @@ def build_config(
     cgroup_parent: str,
     joined_netns: str | None = None,
     userns_base: int | None = None,
+    writable: Path | None = None,
 ) -> dict[str, Any]:
     """The OCI config for these options, with the image's defaults applied as Docker does.
 
     joined_netns: for --network container:NAME, that container's /proc/PID/ns/net.
     userns_base: the host id of container root in a user namespace of its own; the
     runtime then shows the image layers and upper dir through idmapped mounts.
+    writable: the dir that holds the overlay's upper/ and work/ (default ctr_dir; a
+    size-capped filesystem of its own with --storage-opt size=).
     """
     from .security import capabilities
 
@@ -256,8 +260,8 @@ def build_config(
     cfg["hostname"] = hostname
     annotations = {
         spec.ANN_LOWER: ":".join(lowers),
-        spec.ANN_UPPER: str(ctr_dir / "upper"),
-        spec.ANN_WORK: str(ctr_dir / "work"),
+        spec.ANN_UPPER: str((writable or ctr_dir) / "upper"),
+        spec.ANN_WORK: str((writable or ctr_dir) / "work"),
     }
     if user_name:
         annotations[spec.ANN_USER] = user_name

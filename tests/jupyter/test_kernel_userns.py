@@ -81,3 +81,15 @@ def test_a_cell_cannot_plant_a_host_root_shell(kc):
         timeout=30,
     )
     assert r.returncode != 0 and "Permission denied" in r.stderr  # cannot even reach it
+
+
+def test_a_notebook_sees_and_fills_only_its_own_disk(kc):
+    """Issue 11 (4): a notebook wrote 2.5 GB to the host's disk and saw its free space."""
+    from cellbox.kernel.containers import DEFAULT_DISK
+    from cellbox.runtime.cgroups import parse_memory
+
+    text = cell(kc, "import os; s = os.statvfs('/'); print(s.f_blocks * s.f_frsize)")
+    total = int(text.split()[-1])
+    host = os.statvfs("/var/tmp")
+    assert total <= parse_memory(DEFAULT_DISK) < host.f_blocks * host.f_frsize
+    assert total > parse_memory(DEFAULT_DISK) * 0.9

@@ -1,0 +1,92 @@
+"""A size-capped writable layer: `--storage-opt size=` (Docker's and podman's option).
+
+The host disk is one disk for everyone: a notebook once wrote 2.5 GB to it and saw the
+host's free space. This host's ext4 root has no project quotas, so a container with a
+size gets a filesystem of its own for its overlay's upper and work dirs: a sparse file,
+formatted ext4, loop-mounted (discard, so deleted data gives the host its space back)
+at <container dir>/rw while the container exists. Writes past the size fail with ENOSPC
+inside the container only, and `df /` inside shows the size (overlayfs reports its upper
+filesystem). The mount lives in the host's mount namespace so that commit, diff and
+snapshots read the upper dir as they always do; it is made again after a reboot on the
+container's next use, and undone when the container is removed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from .errors import CellboxError, InvalidArgument
+
+IMAGE = "rw.img"
+MOUNTPOINT = "rw"
+MIN_SIZE = 16 * 1024 * 1024  # ext4 with a journal needs a few MB of its own
+
+
+def parse_storage_opts(items: list[str]) -> int | None:
+    """--storage-opt size=10G -> bytes (None without a size)."""
+    from .cgroups import parse_memory
+
+    size = None
+    for item in items:
+        key, sep, value = item.partition("=")
+        if key.strip() != "size" or not sep:
+            raise InvalidArgument(f"invalid storage option {item!r}: only size=SIZE (e.g. size=10G) is supported")
+        size = parse_memory(value.strip())
+        if size < MIN_SIZE:
+            raise InvalidArgument(f"--storage-opt size={value}: at least 16m")
+    return size
+
+
+def writable_dir(ctr_dir: Path) -> Path:
+    return ctr_dir / MOUNTPOINT
+
+
+def _run(cmd: list[str], what: str) -> None:
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:
+        pkg = "e2fsprogs" if cmd[0].startswith("mkfs") else "mount"
+        raise CellboxError(f"{cmd[0]}: command not found (apt-get install {pkg})") from None
+    if r.returncode != 0:
+        raise CellboxError(f"{what}: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
+
+
+def create(ctr_dir: Path, size: int) -> Path:
+    """Make and mount the capped filesystem; returns the dir that holds upper/ and work/."""
+    img = ctr_dir / IMAGE
+    with open(img, "xb") as f:
+        f.truncate(size)  # sparse: the host pays only for what is written
+    _run(
+        ["mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", str(img)],
+        "cannot make the container's filesystem",
+    )
+    mnt = writable_dir(ctr_dir)
+    mnt.mkdir(exist_ok=True)
+    mount(ctr_dir)
+    for sub in ("upper", "work"):
+        (mnt / sub).mkdir(exist_ok=True)
+    return mnt
+
+
+def has_own_filesystem(ctr_dir: Path) -> bool:
+    return (ctr_dir / IMAGE).is_file()
+
+
+def mount(ctr_dir: Path) -> None:
+    """Mount the container's filesystem if it is not (after a reboot, say)."""
+    mnt = writable_dir(ctr_dir)
+    if os.path.ismount(mnt):
+        return
+    _run(
+        ["mount", "-t", "ext4", "-o", "loop,discard,nosuid,nodev", str(ctr_dir / IMAGE), str(mnt)],
+        "cannot mount the container's filesystem",
+    )
+
+
+def unmount(ctr_dir: Path) -> None:
+    """Before the container's dir is removed (the loop device goes with it)."""
+    mnt = writable_dir(ctr_dir)
+    if os.path.ismount(mnt):
+        _run(["umount", str(mnt)], "cannot unmount the container's filesystem")

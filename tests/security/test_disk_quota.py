@@ -1,0 +1,54 @@
+"""A container's writes stop at its own size (issue 11, 4): --storage-opt size=."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+from cellbox.runtime.engine import RunOptions
+from cellbox.runtime.errors import InvalidArgument
+from conftest import run_capture
+
+pytestmark = pytest.mark.root
+
+FILL = (
+    "df -k / | tail -1; "
+    "dd if=/dev/zero of=/root/big bs=1M count=100 2>&1; echo dd=$?; rm /root/big; "
+    "truncate -s 2G /root/sparse; echo truncate=$?; ls -s /root/sparse"
+)
+
+
+@pytest.mark.parametrize("userns", ["", "auto"])
+def test_writes_stop_at_the_containers_size(engine, busybox_rootfs, userns):
+    host_free = shutil.disk_usage(engine.root).free
+    ctr = engine.run(
+        RunOptions(rootfs=str(busybox_rootfs), storage_opts=["size=64m"], userns=userns, command=["sleep", "60"])
+    )
+    import subprocess
+
+    p = engine.exec(ctr.id, ["sh", "-c", FILL], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = p.communicate(timeout=60)[0].decode()
+    df, *rest = out.splitlines()
+    size_kb = int(df.split()[1])
+    assert 40_000 < size_kb <= 65_536, out  # df inside shows the container's size, not the host's
+    assert any("No space left on device" in line for line in rest), out
+    assert "dd=0" not in rest, out
+    # The host lost at most the container's size, whatever it tried.
+    assert host_free - shutil.disk_usage(engine.root).free < 80 * 1024 * 1024
+    # A sparse file stays sparse (a few blocks, not 2 GiB).
+    blocks = int(rest[-1].split()[0])
+    assert blocks < 1024, out
+    # What it wrote is an upper dir like any other: diff and commit see it.
+    assert ("A", "/root/sparse") in list(engine.diff(ctr.id))
+    mnt = ctr.dir / "rw"
+    assert os.path.ismount(mnt)
+    engine.remove(ctr.id, force=True)
+    assert not os.path.ismount(mnt) and not ctr.dir.exists()
+
+
+def test_bad_storage_options_are_one_line_errors(engine, busybox_rootfs):
+    for bad, words in ((["size=1k"], "at least"), (["quota=1g"], "only size")):
+        with pytest.raises(InvalidArgument, match=words):
+            run_capture(engine, RunOptions(rootfs=str(busybox_rootfs), storage_opts=bad, command=["true"]))
+    assert engine.list(all=True) == []
