@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cellbox.runtime.errors import CellboxError, InvalidArgument
+from cellbox.runtime.images import safewalk
 from cellbox.runtime.images import whiteouts as wh
 from cellbox.runtime.images.layout import Layout
 
@@ -52,33 +53,45 @@ class _Scan:
 
 
 def scan_tree(root: Path, convert_whiteouts: bool = True) -> _Scan:
-    """Every path under root in sorted order, with overlay whiteouts pulled out."""
+    """Every path under root in sorted order, with overlay whiteouts pulled out.
+
+    root may be a running container's upper dir: each directory is opened beneath root's
+    fd without crossing a symlink (safewalk), so a dir swapped for a link to the host is
+    refused, never listed.
+    """
     paths: list[str] = []
     wos: list[tuple[str, int]] = []
     opq: list[tuple[str, int, int, int]] = []
 
-    def walk(rel: str, full: str) -> None:
-        with os.scandir(full) as it:
-            entries = sorted(it, key=lambda e: e.name)
-        for e in entries:
-            r = f"{rel}/{e.name}" if rel else e.name
-            if (
-                convert_whiteouts
-                and not e.is_file(follow_symlinks=False)
-                and not e.is_dir(follow_symlinks=False)
-            ):
-                st = e.stat(follow_symlinks=False)
-                if wh.is_overlay_whiteout(st):
-                    wos.append((wh.whiteout_name(r), int(st.st_mtime)))
-                    continue
+    def walk(rel: str) -> None:
+        try:
+            fd = safewalk.open_beneath(root_fd, rel)
+        except OSError as e:
+            if e.errno in safewalk.RACED:
+                raise InvalidArgument(f"{rel} changed while it was read (is the container frozen?)") from None
+            raise
+        try:
+            if rel and convert_whiteouts and safewalk.is_opaque(fd):
+                st = os.fstat(fd)
+                opq.append((rel, st.st_mode & 0o777, st.st_uid, st.st_gid))
+            with os.scandir(fd) as it:
+                entries = sorted(((e.name, e.stat(follow_symlinks=False)) for e in it), key=lambda e: e[0])
+        finally:
+            os.close(fd)
+        for name, st in entries:
+            r = f"{rel}/{name}" if rel else name
+            if convert_whiteouts and wh.is_overlay_whiteout(st):
+                wos.append((wh.whiteout_name(r), int(st.st_mtime)))
+                continue
             paths.append(r)
-            if e.is_dir(follow_symlinks=False):
-                if convert_whiteouts and wh.is_opaque_dir(e.path):
-                    st = e.stat(follow_symlinks=False)
-                    opq.append((r, st.st_mode & 0o777, st.st_uid, st.st_gid))
-                walk(r, e.path)
+            if stat.S_ISDIR(st.st_mode):
+                walk(r)
 
-    walk("", str(root))
+    root_fd = safewalk.open_root(root)
+    try:
+        walk("")
+    finally:
+        os.close(root_fd)
     return _Scan(paths, wos, opq)
 
 
@@ -240,6 +253,20 @@ def tar_command(root: Path, reproducible: bool, epoch: int | None) -> list[str]:
     return cmd
 
 
+def beneath_command(root: Path, cmd: list[str]) -> list[str]:
+    """cmd run where no symlink under root is followed: in a mount namespace of its own,
+    root bind-mounted over itself read-only and `nosymfollow` (Linux 5.10).
+
+    GNU tar opens each listed path by name; a running container can swap a directory on
+    that path for a link to the host between the scan and tar's open. On this mount the
+    kernel refuses to follow it (ELOOP) and tar fails instead of packing the host.
+    """
+    if os.geteuid() != 0:
+        return cmd  # no container runs without root (yet): nothing here can change the tree
+    script = 'mount --bind -o ro,nosymfollow "$1" "$1" && shift && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh", str(root), *cmd]
+
+
 def create_layer(
     src: Path,
     layout: Layout,
@@ -264,7 +291,7 @@ def create_layer(
     with layout.blob_writer() as w:
         sink = {"gzip": _GzipParallel, "zstd": _ZstdPipe, "none": _Plain}[compression](w.write)
         proc = subprocess.Popen(
-            tar_command(src, reproducible, epoch),
+            beneath_command(src, tar_command(src, reproducible, epoch)),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -241,3 +241,35 @@ def test_export_of_a_running_container_never_packs_host_files(engine, swap_rootf
     _race(once)
     assert not leaked, f"export packed host files: {leaked[:5]}"
     assert os.path.isdir(target)
+
+
+def test_commit_tar_never_follows_a_dir_swapped_after_the_scan(
+    engine, swap_rootfs, host_secret, monkeypatch
+):
+    """The swap lands between the scan (which saw /w/d a directory) and GNU tar opening
+    /w/d/f1 by name: tar must not resolve through the new link."""
+    from cellbox.runtime.images import layers
+
+    target, marker = host_secret
+    ctr = _victim(engine, swap_rootfs)
+    (Path(target) / "f1").write_text("host file under the container's name\n")
+    real = layers.scan_tree
+
+    def scan_then_swap(root, convert_whiteouts=True):  # noqa: ANN001, ANN202
+        scan = real(root, convert_whiteouts)
+        if Path(root) != ctr.upper:
+            return scan  # the --rootfs base imported first
+        p = engine.exec(ctr.id, ["sh", "-c", f"mv /w/d /w/d2 && ln -s {target} /w/d"])
+        assert p.wait() == 0
+        return scan
+
+    monkeypatch.setattr(layers, "scan_tree", scan_then_swap)
+    try:
+        img = engine.commit(ctr.id, None, pause=False, compression="none")
+    except Exception as e:  # noqa: BLE001 - refusing is fine; packing the host is not
+        print(f"refused: {e}")
+        return
+    with tarfile.open(engine.images.layout.blob_path(img.manifest["layers"][-1]["digest"])) as tf:
+        f1 = tf.extractfile("w/d/f1")
+        data = f1.read() if f1 else b""
+    assert b"host file" not in data, "commit packed a host file under the container's name"
