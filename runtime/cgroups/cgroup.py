@@ -227,7 +227,12 @@ class Cgroup:
             in_v2: set[int] = set()
             for sub in fsio.subdirs_bottom_up(self._v2):
                 in_v2.update(int(x) for x in (fsio.read(os.path.join(sub, "cgroup.procs")) or "").split())
-            v2.kill(self._v2)
+            try:
+                v2.kill(self._v2)
+            except CellboxError:
+                if os.path.isdir(self._v2):
+                    raise
+                # gone meanwhile: its monitor removed the group of an exited container
             pids = [p for p in pids if p not in in_v2]  # members of v1 groups only
             if not pids:
                 return
@@ -239,11 +244,16 @@ class Cgroup:
         except CellboxError:
             kind = ""
         was_frozen = bool(kind) and self.frozen()
+        froze = False
         if kind and not was_frozen:
             try:
                 self.freeze()
+                froze = True
             except CellboxError as e:
-                log.warning("%s: signalling without freezing: %s", self.path, e)
+                if self.exists():  # else the last member left and the monitor removed the group
+                    log.warning("%s: signalling without freezing: %s", self.path, e)
+        if not froze and not self.exists():
+            return  # the group is gone, so are its members: the pids may be someone else's now
         try:
             for pid in self.procs() or pids:
                 try:
@@ -251,16 +261,26 @@ class Cgroup:
                 except ProcessLookupError:
                     pass
         finally:
-            if kind and not was_frozen:
-                self.thaw()
+            if froze:
+                try:
+                    self.thaw()
+                except CellboxError:
+                    if self.exists():
+                        raise
 
     def destroy(self) -> None:
         """Kill every member and remove the group (children first) everywhere; idempotent."""
         if not self.exists():
             return
-        self.kill_all(signal.SIGKILL)
-        if "freezer" in self._v1 and self.frozen():
-            self.thaw()
+        try:
+            self.kill_all(signal.SIGKILL)
+            if "freezer" in self._v1 and self.frozen():
+                self.thaw()
+        except CellboxError:
+            # The monitor of a container that just exited removes its group meanwhile
+            # (remove_if_empty): a group going away is no failure; one that stays is.
+            if any(_has_members(d) for d in self.dirs()):
+                raise
         for d in self.dirs():
             for sub in fsio.subdirs_bottom_up(d):
                 self._rmdir(sub)
@@ -309,3 +329,11 @@ class Cgroup:
 def open_cgroup(path: str, layout: Layout | None = None, self_cgroup: str | None = None) -> Cgroup:
     """The group at path (e.g. "cellbox/abc123") in every hierarchy; nothing is created yet."""
     return Cgroup(path, layout or detect_layout(), self_cgroup)
+
+
+def _has_members(d: str) -> bool:
+    try:
+        with open(os.path.join(d, "cgroup.procs")) as f:
+            return bool(f.read().strip())
+    except OSError:
+        return False
