@@ -272,6 +272,7 @@ class Cgroup:
         """Kill every member and remove the group (children first) everywhere; idempotent."""
         if not self.exists():
             return
+        self._refuse_if_contains_self("kill")
         try:
             self.kill_all(signal.SIGKILL)
             if "freezer" in self._v1 and self.frozen():
