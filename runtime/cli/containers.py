@@ -52,6 +52,15 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--entrypoint", help="Overwrite the default ENTRYPOINT of the image")
     p.add_argument("-l", "--label", action="append", default=[], help="Set meta data on a container")
     p.add_argument("--rootfs", help="Use this directory as the root filesystem instead of an image (never written)")
+    p.add_argument(
+        "--pull", choices=PULL_POLICIES, default="missing",
+        help='Pull image before running: "missing" (default: only when not here), "always" or "never"',
+    )  # fmt: skip
+    p.add_argument(
+        "--userns", choices=("auto", "host"),
+        help='User namespace: "auto" gives container root an unprivileged host id range of its own '
+        '(/etc/subuid "cellbox"); "host" (default) shares the host\'s ids, as Docker does',
+    )  # fmt: skip
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="IMAGE [COMMAND] [ARG...]")
 
 
@@ -93,7 +102,43 @@ def _options(a: argparse.Namespace) -> RunOptions:
         labels=_kv(a.label),
         auto_remove=a.rm,
         sysctls=_kv(a.sysctl),
+        userns=a.userns or "",
     )
+
+
+PULL_POLICIES = ("missing", "always", "never")
+
+
+def _pull_image(eng: Engine, image: str | None, policy: str) -> None:
+    """Docker's `run --pull`: fetch the image from its registry when asked or absent.
+
+    Without it an absent image ended `run` with only "no such image", where Docker pulls.
+    The default image is never pulled: it is built here, offline, from this Python (no
+    registry has it). Pull progress goes to stderr, so `create` and `run -d` still print
+    only the container id on stdout.
+    """
+    if image is None:
+        return
+    from ..errors import NotFound
+
+    if policy != "always":
+        try:
+            eng.images.resolve(image)
+            return
+        except NotFound:
+            if policy == "never":
+                raise NotFound(f"no such image: {image} (not pulled: --pull never)") from None
+    from ..images.default_image import DEFAULT_IMAGE
+
+    if image == DEFAULT_IMAGE:
+        eng.ensure_default_image()
+        return
+    if policy != "always":
+        sys.stderr.write(f"Unable to find image '{image}' locally\n")
+    from ..images.registry import pull
+
+    img = pull(eng.images, image)
+    sys.stderr.write(f"Digest: {img.manifest_digest}\nStatus: Downloaded newer image for {image}\n")
 
 
 def _forward_signals(eng: Engine, cid: str) -> None:
@@ -115,6 +160,7 @@ def cmd_run(a: argparse.Namespace, create_only: bool = False) -> int:
 
     eng = engine(a)
     opts = _options(a)
+    _pull_image(eng, opts.image, a.pull)
     if create_only or a.detach:
         ctr = eng.create(opts)
         if not create_only:
@@ -289,7 +335,11 @@ def cmd_inspect(a: argparse.Namespace) -> int:
     failed = 0
     for ref in a.names:
         try:
-            results.append(eng.inspect(ref))
+            info = eng.inspect(ref)
+            # Docker's (and podman's) field for --userns: "" is the host's ids.
+            options = eng.get(ref).options or {}
+            info.setdefault("HostConfig", {}).setdefault("UsernsMode", options.get("userns") or "")
+            results.append(info)
         except CellboxError:
             try:
                 from .images import image_inspect
