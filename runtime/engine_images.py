@@ -208,7 +208,16 @@ class ImageOps:
         ctr = self.get(ref)
         base = self.images.resolve(ctr.image_id) if ctr.image_id else None
         cfg = ctr.config()
-        created_by = " ".join(cfg["process"]["args"])
+        # Docker's history says what made a layer: the container's command. A notebook's
+        # container runs only an idle `sleep` (the kernel is exec'd into it), so that would
+        # say nothing; its entry names the notebook instead (labels set by cellbox.kernel
+        # and the extension; the path is the one the container was made for).
+        labels = (ctr.options or {}).get("labels") or {}
+        if "cellbox.kernel.run" in labels:
+            notebook = labels.get("cellbox.notebook") or labels.get("cellbox.kernel.session") or ""
+            created_by = f"cellbox commit from notebook {notebook}" if notebook else "cellbox commit from a notebook kernel"
+        else:
+            created_by = " ".join(cfg["process"]["args"])
         common = dict(
             ref=repo_tag, message=message, author=author, changes=list(changes), created_by=created_by,
             compression=compression, reproducible=reproducible, progress=progress,
