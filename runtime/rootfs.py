@@ -156,6 +156,19 @@ def mount_idmapped_overlay(root: str, annotations: dict[str, str], userns_fd: in
     read the same upper dir with or without a user namespace. The upper and work dirs
     must share one mount, so their parent is idmapped once at <parent>/idmapped.
     """
+    try:
+        _mount_idmapped_overlay(root, annotations, userns_fd, host_base)
+    except OSError as e:
+        if e.errno in (errno.ENOSYS, errno.EINVAL):
+            raise OSError(
+                e.errno,
+                f"{e.strerror} (a user namespace of the container's own needs idmapped mounts "
+                "and overlayfs over them: Linux 5.19 or newer, on ext4, xfs or btrfs; or --userns host)",
+            ) from None
+        raise
+
+
+def _mount_idmapped_overlay(root: str, annotations: dict[str, str], userns_fd: int, host_base: int) -> None:
     lowers = annotations[ANN_LOWER].split(":")
     upper, work = annotations[ANN_UPPER], annotations[ANN_WORK]
     parent = os.path.dirname(upper)
