@@ -63,6 +63,9 @@ class Container:
     def upper(self) -> Path:
         """The overlay's upper dir: in the container's dir, or on its own filesystem."""
         upper = (self.config().get("annotations") or {}).get(spec.ANN_UPPER)
+        if upper and storage.has_own_filesystem(self.dir) and not os.path.ismount(storage.writable_dir(self.dir)):
+            # an empty mount point would read as "no changes": never commit that
+            raise CellboxError(f"container {self.short_id}: its filesystem ({storage.IMAGE}) is not mounted")
         return Path(upper) if upper else self.dir / "upper"
 
     def host_base(self) -> int | None:
@@ -169,7 +172,12 @@ class Engine(ImageOps):
         live on a filesystem of their own (--storage-opt size=) that is not (a reboot)."""
         ctr = self._find(ref)
         if storage.has_own_filesystem(ctr.dir):
-            storage.mount(ctr.dir)
+            try:
+                storage.mount(ctr.dir)
+            except CellboxError as e:  # rm must still work; reading the upper dir will say so
+                import logging
+
+                logging.getLogger(__name__).warning("cellbox: container %s: %s", ctr.short_id, e)
         return ctr
 
     def _find(self, ref: str) -> Container:

@@ -52,3 +52,22 @@ def test_bad_storage_options_are_one_line_errors(engine, busybox_rootfs):
         with pytest.raises(InvalidArgument, match=words):
             run_capture(engine, RunOptions(rootfs=str(busybox_rootfs), storage_opts=bad, command=["true"]))
     assert engine.list(all=True) == []
+
+
+def test_the_containers_filesystem_comes_back_after_a_reboot(engine, busybox_rootfs):
+    """After a reboot the loop mount is gone: the next use mounts it again, and until then
+    nothing reads the empty mount point as 'no changes'."""
+    code_ctr = engine.run(
+        RunOptions(rootfs=str(busybox_rootfs), storage_opts=["size=32m"], command=["sh", "-c", "echo kept > /root/kept"])
+    )
+    assert engine.wait(code_ctr.id, timeout=30) == 0
+    import subprocess
+
+    mnt = code_ctr.dir / "rw"
+    subprocess.run(["umount", str(mnt)], check=True)  # what a reboot does
+    from cellbox.runtime.errors import CellboxError
+
+    with pytest.raises(CellboxError, match="not mounted"):
+        _ = code_ctr.upper  # a stale record never reads the empty mount point
+    assert ("A", "/root/kept") in list(engine.diff(code_ctr.id))  # get() mounted it again
+    assert os.path.ismount(mnt)
