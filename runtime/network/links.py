@@ -10,6 +10,7 @@ proxy child that does the setns.
 from __future__ import annotations
 
 import errno
+import hashlib
 import ipaddress
 import os
 import socket
@@ -87,8 +88,59 @@ def _check_overlap(ipr: IPRoute, bridge: str, subnet: ipaddress.IPv4Network) -> 
             raise Conflict(f"subnet {subnet} overlaps the host route {net} on {names or '?'}")
 
 
-def ensure_bridge(name: str, gateway: str, subnet: ipaddress.IPv4Network, mtu: int | None) -> int:
-    """Create the bridge with the gateway address if absent, bring it up; return its MTU."""
+ALIAS_PREFIX = "cellbox "
+
+
+def _owner_alias(owner: str) -> str:
+    """The bridge's ifalias naming the cellbox root that owns it (IFALIASZ is 256)."""
+    if len(ALIAS_PREFIX + owner) < 256:
+        return ALIAS_PREFIX + owner
+    return ALIAS_PREFIX + "sha256:" + hashlib.sha256(owner.encode()).hexdigest()
+
+
+def _claim(ipr: IPRoute, idx: int, name: str, gateway: str, owner: str) -> None:
+    """Mark the bridge as the root `owner`'s, or refuse one that belongs to someone else.
+
+    Why: two cellbox roots on one bridge would hand out the same addresses from their
+    own state files and rebuild each other's firewall chains; and a bridge of the host's
+    own (a LAN bridge named by mistake) must never get our address, veths and drop rules.
+    A bridge without our alias is adopted only if it looks like one cellbox made before
+    aliases existed: no port but cbx* veths and no IPv4 address but the gateway.
+    """
+    mine = _owner_alias(owner)
+    link = ipr.get_links(idx)[0]
+    alias = link.get_attr("IFLA_IFALIAS") or ""
+    if alias == mine:
+        return
+    if alias.startswith(ALIAS_PREFIX):
+        other = alias[len(ALIAS_PREFIX) :]
+        if other.startswith("sha256:") or os.path.isdir(other):
+            raise Conflict(
+                f"bridge {name} belongs to the cellbox root whose network state is {other}:"
+                " give this root a bridge and subnet of its own (CELLBOX_BRIDGE, CELLBOX_SUBNET)"
+            )
+    else:
+        ports = [
+            lk.get_attr("IFLA_IFNAME")
+            for lk in ipr.get_links()
+            if lk.get_attr("IFLA_MASTER") == idx
+        ]
+        addrs = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=socket.AF_INET)}
+        if any(not p.startswith("cbx") for p in ports) or addrs - {gateway}:
+            raise Conflict(
+                f"bridge {name} exists and is not cellbox's (ports {ports}, addresses"
+                f" {sorted(addrs)}): choose another name with CELLBOX_BRIDGE"
+            )
+    ipr.link("set", index=idx, ifalias=mine)
+
+
+def ensure_bridge(
+    name: str, gateway: str, subnet: ipaddress.IPv4Network, mtu: int | None, owner: str = ""
+) -> int:
+    """Create the bridge with the gateway address if absent, bring it up; return its MTU.
+
+    owner: the state dir of the cellbox root using it (see _claim); "" skips the check.
+    """
     with _ipr() as ipr:
         idx = _index(ipr, name)
         if idx is None:
@@ -106,6 +158,8 @@ def ensure_bridge(name: str, gateway: str, subnet: ipaddress.IPv4Network, mtu: i
             or link.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_KIND") != "bridge"
         ):
             raise Conflict(f"{name} exists and is not a bridge")
+        if owner:
+            _claim(ipr, idx, name, gateway, owner)
         have = {a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=idx, family=socket.AF_INET)}
         if gateway not in have:
             try:
@@ -121,8 +175,16 @@ def delete_bridge(name: str) -> None:
     delete_link(name)
 
 
-def create_veth(host_name: str, bridge: str, netns_path: str, mtu: int) -> None:
-    """A veth pair: `host_name` on the bridge, its peer `eth0` born inside the namespace."""
+def create_veth(
+    host_name: str, bridge: str, netns_path: str, mtu: int, isolated: bool = False
+) -> None:
+    """A veth pair: `host_name` on the bridge, its peer `eth0` born inside the namespace.
+
+    isolated: the bridge port's `isolated` flag (no frames to or from other isolated
+    ports): containers cannot talk to each other at layer 2 even where the bridge
+    bypasses netfilter (no br_netfilter) or the firewall is missing. It is set before
+    the port comes up, so no frame ever passes unisolated.
+    """
     fd = os.open(netns_path, os.O_RDONLY)
     try:
         with _ipr() as ipr:
@@ -141,7 +203,11 @@ def create_veth(host_name: str, bridge: str, netns_path: str, mtu: int) -> None:
                     ) from None
                 raise CellboxError(f"cannot create veth {host_name}: {e}") from None
             idx = _index(ipr, host_name)
-            ipr.link("set", index=idx, master=_index(ipr, bridge), state="up")
+            ipr.link("set", index=idx, master=_index(ipr, bridge))
+            # hairpin: with br_netfilter a DNAT'ed frame to the container's own published
+            # port is bridged straight back out of the port it came in on
+            ipr.brport("set", index=idx, mode=1, isolated=int(isolated))  # mode: hairpin
+            ipr.link("set", index=idx, state="up")
     finally:
         os.close(fd)
 
@@ -158,6 +224,30 @@ def configure_inside(
             ns.addr("add", index=eth0, address=ip, prefixlen=prefixlen)
             ns.link("set", index=eth0, state="up")
             ns.route("add", dst="0.0.0.0/0", gateway=gateway, oif=eth0)
+
+
+def set_isolated(name: str, isolated: bool) -> bool:
+    """Set a bridge port's `isolated` flag (see create_veth); False if the link is gone."""
+    with _ipr() as ipr:
+        idx = _index(ipr, name)
+        if idx is None:
+            return False
+        ipr.brport("set", index=idx, isolated=int(isolated))
+        return True
+
+
+def is_isolated(name: str) -> bool | None:
+    """The bridge port's `isolated` flag, None when the link or the flag is missing."""
+    with _ipr() as ipr:
+        idx = _index(ipr, name)
+        if idx is None:
+            return None
+        info = ipr.brport("show", index=idx)
+        for msg in info:
+            prot = msg.get_attr("IFLA_PROTINFO")
+            if prot is not None and prot.get_attr("IFLA_BRPORT_ISOLATED") is not None:
+                return bool(prot.get_attr("IFLA_BRPORT_ISOLATED"))
+        return None
 
 
 def delete_link(name: str) -> bool:

@@ -5,6 +5,21 @@ code that `teardown` runs: (1) under the state lock, check the ports against oth
 containers and record the container with a fresh address; (2) check the host ports are
 free; (3) bridge, veth, in-namespace config; (4) NAT rules (nft table rebuilt from the
 state) or the user-space forwarder. Any exception after (1) runs teardown and re-raises.
+
+Which bridge and subnet a root uses is its own choice (two roots on one host must not
+share a bridge: each would hand out addresses from its own state file). It is resolved
+once per manager: an explicit argument, else the environment (CELLBOX_BRIDGE,
+CELLBOX_SUBNET, CELLBOX_ICC), else what this root stored at its last bridge setup, else
+the defaults; a bridge setup stores it in the root's network state, so later calls
+without the variables (a `cellbox rm`, the server after a restart) keep using it.
+
+Isolation (see nft.py for the rules) needs nftables. Without the nft command a bridged
+container would reach every host service through its gateway, so bridge setup is then
+refused unless CELLBOX_BRIDGE_NO_FIREWALL=1 says the caller accepts that; even then the
+bridge ports are isolated (no container-to-container unless icc) and the bridge does not
+forward (there is no NAT without nft either, so nothing legitimate is lost). With
+nft, layer 2 is kept apart by table `bridge cellbox` instead (see nft.l2_rules: the
+ports' flag would also cut a container off from its own published port).
 """
 
 from __future__ import annotations
@@ -17,19 +32,40 @@ import socket
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from cellbox.runtime.errors import Conflict, InvalidArgument
+from cellbox.runtime.errors import CellboxError, Conflict, InvalidArgument
 from cellbox.runtime.network import forwarder, links, nft
 from cellbox.runtime.network.etcfiles import PUBLIC_DNS, etc_hosts, resolv_conf, validate_hostname
 from cellbox.runtime.network.spec import NetworkInfo, NetworkSpec, PortMapping
 from cellbox.runtime.network.state import NetworkState, allocate
 
 DEFAULT_BRIDGE = "cellbox0"
-DEFAULT_SUBNET = "10.88.0.0/16"  # podman's default; Docker's 172.17/16 is often taken
+# Not podman's 10.88/16, Docker's 172.17-31/16 pools or 192.168/16, libvirt's
+# 192.168.122/24, Kubernetes' usual 10.96/12, 10.244/16, 10.42-43/16; not RFC 6598's
+# 100.64/10 (Tailscale and carrier NAT use it, and Tailscale drops it on other links);
+# an odd second octet, so not the start of a GCP auto-mode regional /20 in 10.128/9.
+# A host that routes it anyway is detected (links._check_overlap): set CELLBOX_SUBNET.
+DEFAULT_SUBNET = "10.209.0.0/16"
+ENV_BRIDGE = "CELLBOX_BRIDGE"
+ENV_SUBNET = "CELLBOX_SUBNET"
+ENV_ICC = "CELLBOX_ICC"
+ENV_NO_FIREWALL = "CELLBOX_BRIDGE_NO_FIREWALL"
 VETH_PREFIX = "cbx"
 PORT_BACKENDS = ("auto", "nft", "userspace")
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,15}$")
+
+
+def env_bool(name: str) -> bool | None:
+    """A yes/no environment variable; None when unset or empty."""
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return None
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise InvalidArgument(f"invalid {name}={value!r}: use 1/0, true/false, yes/no or on/off")
 
 
 def parse_subnet(subnet: str) -> ipaddress.IPv4Network:
@@ -48,21 +84,38 @@ def parse_subnet(subnet: str) -> ipaddress.IPv4Network:
 class NetworkManager:
     """Sets up and removes container networks on the host side.
 
+    bridge, subnet, icc: None = from the environment, else as stored, else the default
+    (see the module docstring). icc: containers on the bridge may reach each other.
     port_backend: "nft" (DNAT + masquerade in table ip cellbox), "userspace" (a forwarder
     process per container, no egress NAT), or "auto" (nft when the nft command works).
-    dns: resolvers for containers when the host only has loopback ones (see resolv_conf).
+    dns: resolvers for containers when the host only has loopback ones (see resolv_conf);
+    when it names the gateway, DNS to the gateway is let through the input chain.
+    allow_no_firewall: None = CELLBOX_BRIDGE_NO_FIREWALL; see the module docstring.
     """
 
     def __init__(
         self,
         state_dir: Path,
-        bridge: str = DEFAULT_BRIDGE,
-        subnet: str = DEFAULT_SUBNET,
+        bridge: str | None = None,
+        subnet: str | None = None,
         mtu: int | None = None,
         port_backend: str = "auto",
         dns: Sequence[str] = PUBLIC_DNS,
         host_resolv: str = "/etc/resolv.conf",
+        icc: bool | None = None,
+        allow_no_firewall: bool | None = None,
     ) -> None:
+        self.state = NetworkState(Path(state_dir))
+        stored = self.state.snapshot() if self.state.path.exists() else {}
+        bridge = bridge or os.environ.get(ENV_BRIDGE) or stored.get("bridge") or DEFAULT_BRIDGE
+        conf = stored.get("networks", {}).get(bridge, {})
+        subnet = subnet or os.environ.get(ENV_SUBNET) or conf.get("subnet") or DEFAULT_SUBNET
+        if icc is None:
+            icc = env_bool(ENV_ICC)
+        self.icc = bool(conf.get("icc", False)) if icc is None else icc
+        if allow_no_firewall is None:
+            allow_no_firewall = bool(env_bool(ENV_NO_FIREWALL))
+        self.allow_no_firewall = allow_no_firewall
         if not _IFNAME_RE.match(bridge):
             raise InvalidArgument(f"invalid bridge name {bridge!r}: 1-15 of [A-Za-z0-9_-]")
         if port_backend not in PORT_BACKENDS:
@@ -71,7 +124,6 @@ class NetworkManager:
             )
         if mtu is not None and not 68 <= mtu <= 65535:
             raise InvalidArgument(f"invalid MTU {mtu}: 68-65535")
-        self.state = NetworkState(Path(state_dir))
         self._owner = str(Path(state_dir).resolve())  # marks our forwarder processes
         self.bridge = bridge
         self.subnet = parse_subnet(subnet)
@@ -80,13 +132,21 @@ class NetworkManager:
         self._port_backend = port_backend
         self.dns = tuple(dns)
         self.host_resolv = host_resolv
+        self._firewall: bool | None = None
 
     # ------------------------------------------------------------------ helpers
 
     @property
+    def firewall(self) -> bool:
+        """Whether the isolation rules can be made (the nft command works)."""
+        if self._firewall is None:
+            self._firewall = nft.available()
+        return self._firewall
+
+    @property
     def port_backend(self) -> str:
         if self._port_backend == "auto":
-            self._port_backend = "nft" if nft.available() else "userspace"
+            self._port_backend = "nft" if self.firewall else "userspace"
         return self._port_backend
 
     @staticmethod
@@ -94,19 +154,62 @@ class NetworkManager:
         return VETH_PREFIX + re.sub(r"[^A-Za-z0-9_-]", "_", container_id[:8])
 
     def _sync_nft(self, data: dict) -> None:
-        """Rebuild table ip cellbox from the records (call with the state lock held)."""
-        if self.port_backend != "nft":
+        """Rebuild this root's chains in table ip cellbox from the records (call with the
+        state lock held): one chain set per bridge that has containers; the chains of a
+        bridge whose last container left are deleted."""
+        if not self.firewall:
             return
-        networks = {(self.bridge, str(self.subnet))}
-        published = []
+        by_bridge: dict[str, list[tuple[str, dict]]] = {}
         for cid, rec in data["containers"].items():
-            if rec.get("mode") != "bridge":
-                continue
-            networks.add((rec["bridge"], rec["subnet"]))
-            if rec.get("port_backend") == "nft":
+            if rec.get("mode") == "bridge" and rec.get("bridge"):
+                by_bridge.setdefault(rec["bridge"], []).append((cid, rec))
+        rules = []
+        for bridge, recs in sorted(by_bridge.items()):
+            conf = data.get("networks", {}).get(bridge, {})
+            subnet = conf.get("subnet") or recs[0][1]["subnet"]
+            gateway = str(next(ipaddress.ip_network(subnet).hosts()))
+            published, proxied = [], []
+            for cid, rec in recs:
                 for p in rec.get("ports", []):
-                    published.append((cid, rec["ip"], PortMapping.from_json(p)))
-        nft.apply(nft.render(networks, published))
+                    m = PortMapping.from_json(p)
+                    if rec.get("port_backend") == "nft":
+                        published.append((cid, rec["ip"], m))
+                    elif rec.get("port_backend") == "userspace":
+                        proxied.append(m)
+            rules.append(
+                nft.BridgeRules(
+                    bridge=bridge,
+                    subnet=subnet,
+                    gateway=gateway,
+                    icc=bool(conf.get("icc", False)),
+                    dns_at_gateway=gateway in conf.get("dns", ()),
+                    published=tuple(published),
+                    proxied=tuple(proxied),
+                    veths=tuple(r["veth"] for _, r in recs if r.get("veth")),
+                )
+            )
+        installed = set(data.get("nft_bridges", []))
+        nft.apply(rules, remove=installed - set(by_bridge))
+        data["nft_bridges"] = sorted(by_bridge)
+
+    def _store_config(self, data: dict) -> bool:
+        """Record this manager's bridge, subnet and icc as the root's (state lock held);
+        True when icc changed for a bridge that already has containers."""
+        nets = data.setdefault("networks", {})
+        old = nets.get(self.bridge)
+        in_use = [c for c, r in data["containers"].items() if r.get("bridge") == self.bridge]
+        if old and old.get("subnet") != str(self.subnet) and in_use:
+            raise Conflict(
+                f"bridge {self.bridge} has subnet {old.get('subnet')} and {len(in_use)}"
+                f" container(s) on it: stop them before changing it to {self.subnet}"
+            )
+        data["bridge"] = self.bridge
+        nets[self.bridge] = {
+            "subnet": str(self.subnet),
+            "icc": self.icc,
+            "dns": sorted(set(self.dns)),
+        }
+        return bool(in_use) and bool(old) and bool(old.get("icc", False)) != self.icc
 
     @staticmethod
     def _check_host_port_free(m: PortMapping) -> None:
@@ -166,8 +269,15 @@ class NetworkManager:
         self, cid: str, netns_path: str, ports: tuple[PortMapping, ...], hostname: str
     ) -> NetworkInfo:
         veth = self.veth_name(cid)
+        if not self.firewall and not self.allow_no_firewall:
+            raise CellboxError(
+                "bridge networking needs nftables (the nft command) to keep containers away"
+                " from host services, other containers and metadata addresses; install"
+                f" nftables, or set {ENV_NO_FIREWALL}=1 to run without that isolation"
+            )
         backend = self.port_backend if ports else None
         with self.state.locked() as data:
+            icc_changed = self._store_config(data)
             recs = data["containers"]
             if cid in recs:
                 raise Conflict(f"network of container {cid} is already set up")
@@ -196,11 +306,24 @@ class NetworkManager:
             if backend == "nft":
                 for m in ports:
                     self._check_host_port_free(m)
-            mtu = links.ensure_bridge(self.bridge, self.gateway, self.subnet, self.mtu)
+            mtu = links.ensure_bridge(
+                self.bridge, self.gateway, self.subnet, self.mtu, owner=self._owner
+            )
             links.write_sysctl("net.ipv4.ip_forward", "1")
+            # after ip_forward, which resets every interface's own switch: without the
+            # firewall nothing may be routed out of (or into) the bridge
+            links.write_sysctl(
+                f"net.ipv4.conf.{self.bridge}.forwarding", "1" if self.firewall else "0"
+            )
+            if icc_changed and not self.firewall:
+                for rec in self.state.snapshot()["containers"].values():
+                    if rec.get("bridge") == self.bridge and rec.get("veth"):
+                        links.set_isolated(rec["veth"], not self.icc)
             if backend == "nft":  # DNAT of 127.0.0.1 to the bridge; guarded in the nft table
                 links.write_sysctl(f"net.ipv4.conf.{self.bridge}.route_localnet", "1")
-            links.create_veth(veth, self.bridge, netns_path, mtu)
+            links.create_veth(
+                veth, self.bridge, netns_path, mtu, isolated=not (self.icc or self.firewall)
+            )
             links.configure_inside(netns_path, ip, self.subnet.prefixlen, self.gateway)
             if backend == "userspace":
                 fwd_pid = forwarder.start(cid, self._owner, ip, ports)
@@ -275,8 +398,7 @@ class NetworkManager:
             if any(r.get("bridge") == self.bridge for r in data["containers"].values()):
                 raise Conflict(f"bridge {self.bridge} is still used by containers")
             links.delete_link(self.bridge)
-            if self.port_backend == "nft" and not data["containers"]:
-                nft.delete_table()
+            self._sync_nft(data)  # drops the bridge's chains, and the table once empty
 
 
 def _read(path: str) -> str:
