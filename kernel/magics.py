@@ -113,3 +113,29 @@ class CellboxMagics(Magics):
             run(line)
         except client.ControlError as e:
             print(f"cellbox: {e}", file=sys.stderr)
+
+    @line_magic
+    def pip(self, line: str) -> None:
+        """%pip as IPython's (`sys.executable -m pip LINE`), aware of a notebook without network.
+
+        Without a network, pip fails at once instead of retrying for ~9 s (kernel/pipnet.py)
+        and, when it fails, one plain line says the notebook has no network and how to
+        give it one, instead of pip's misleading "No matching distribution found".
+        """
+        from . import pipnet
+
+        try:
+            words = shlex.split(line)
+        except ValueError:
+            words = line.split()
+        offline = pipnet.needs_index(words) and not pipnet.has_network()
+        command = " ".join([shlex.quote(sys.executable), "-m", "pip", line])
+        if offline:
+            with pipnet.fail_fast():
+                self.shell.system(command)
+            if self.shell.user_ns.get("_exit_code"):
+                print(pipnet.NO_NETWORK, file=sys.stderr)
+                return
+        else:
+            self.shell.system(command)
+        print("Note: you may need to restart the kernel to use updated packages.")
