@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cellbox.runtime.errors import CellboxError, Conflict, InvalidArgument, NotFound
+from cellbox.runtime.images.reference import parse_reference
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from tornado import web
@@ -46,12 +47,55 @@ class CellboxAPIError(web.HTTPError):
         self.kind, self.message = kind, message
 
 
+MAX_BODY = 1 << 20  # c.Cellbox.max_request_body overrides it
+MAX_DEPTH = 32  # no request of this API nests deeper than 3
+
+
+def _depth(value: Any) -> int:
+    """How deeply a parsed JSON value nests, found without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict | list):
+            deepest = max(deepest, d)
+            if d <= MAX_DEPTH:
+                stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+@web.stream_request_body
 class BaseAPI(APIHandler):
+    """The body is streamed in, not buffered by tornado: one larger than the cap is
+    refused (413) from its Content-Length before a byte of it is read."""
+
     auth_resource = RESOURCE
 
     @property
     def cb(self) -> ContainerManager:
         return self.settings["cellbox_manager"]
+
+    @property
+    def max_body(self) -> int:
+        return int(getattr(self.cb.config, "max_request_body", MAX_BODY) or MAX_BODY)
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        await super().prepare()
+        self._chunks: list[bytes] = []
+        self._received = 0
+        limit = self.max_body
+        length = self.request.headers.get("Content-Length")
+        if length is not None:
+            if not length.isdigit():
+                raise CellboxAPIError(400, "InvalidArgument", "bad Content-Length")
+            if int(length) > limit:
+                raise CellboxAPIError(413, "RequestTooLarge", f"the request body is larger than {limit} bytes")
+        else:  # chunked: tornado stops reading past the cap
+            self.request.connection.set_max_body_size(limit)
+
+    def data_received(self, chunk: bytes) -> None:
+        self._received += len(chunk)
+        if self._received <= self.max_body:
+            self._chunks.append(chunk)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.set_header("Content-Type", "application/json")
@@ -74,13 +118,17 @@ class BaseAPI(APIHandler):
 
     def body(self, required: tuple[str, ...] = ()) -> dict[str, Any]:
         """The request's JSON object; 400 for anything else."""
-        raw = self.request.body or b"{}"
+        if self._received > self.max_body:
+            raise CellboxAPIError(413, "RequestTooLarge", f"the request body is larger than {self.max_body} bytes")
+        raw = b"".join(self._chunks) or b"{}"
         try:
             data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise CellboxAPIError(400, "InvalidArgument", "the request body is not valid JSON") from None
         if not isinstance(data, dict):
             raise CellboxAPIError(400, "InvalidArgument", "the request body must be a JSON object")
+        if _depth(data) > MAX_DEPTH:
+            raise CellboxAPIError(400, "InvalidArgument", f"the request body nests deeper than {MAX_DEPTH}")
         for k in required:
             if not isinstance(data.get(k), str) or not data[k]:
                 raise CellboxAPIError(400, "InvalidArgument", f"'{k}' (a string) is required")
@@ -224,12 +272,20 @@ class RestoreHandler(BaseAPI):
         self.reply(_snap(await self.call(self.cb.engine.snapshot_restore, m.id, snap)))
 
 
-_REF = re.compile(r"^[a-z0-9][a-z0-9._/:@-]{0,254}$", re.I)
+_IMAGE_ID = re.compile(r"^(?:sha256:)?[0-9a-f]{3,64}$")
 
 
-def _check_ref(ref: Any, what: str = "image reference") -> str:
-    if not isinstance(ref, str) or not _REF.match(ref) or ".." in ref:
-        raise CellboxAPIError(400, "InvalidArgument", f"invalid {what}: {ref!r}")
+def _check_ref(ref: Any, what: str = "image reference", id_ok: bool = False) -> str:
+    """A reference as the store, the CLI and the control socket read it (one parser);
+    where an existing image is looked up (id_ok), its id or an id prefix too."""
+    if not isinstance(ref, str) or len(ref) > 512:
+        raise CellboxAPIError(400, "InvalidArgument", f"invalid {what}: a string is required")
+    if id_ok and _IMAGE_ID.match(ref):
+        return ref
+    try:
+        parse_reference(ref)
+    except InvalidArgument as e:
+        raise CellboxAPIError(400, "InvalidArgument", f"invalid {what}: {e}") from None
     return ref
 
 
@@ -265,7 +321,7 @@ class ImageHandler(BaseAPI):
     @web.authenticated
     @authorized("read", resource=RESOURCE)
     async def get(self, ref: str) -> None:
-        img = await self.call(self.cb.engine.images.resolve, _check_ref(ref))
+        img = await self.call(self.cb.engine.images.resolve, _check_ref(ref, id_ok=True))
         out = _image(img)
         out["history"] = await self.call(self.cb.engine.images.history, img)
         self.reply(out)
@@ -274,7 +330,7 @@ class ImageHandler(BaseAPI):
     @authorized("write", resource=RESOURCE)
     async def delete(self, ref: str) -> None:
         force = self.get_argument("force", "0") in ("1", "true")
-        removed = await self.call(self.cb.engine.images.rmi, _check_ref(ref), force)
+        removed = await self.call(self.cb.engine.images.rmi, _check_ref(ref, id_ok=True), force)
         self.reply({"removed": removed})
 
 
@@ -283,7 +339,7 @@ class TagHandler(BaseAPI):
     @authorized("write", resource=RESOURCE)
     async def post(self) -> None:
         data = self.body(("source", "target"))
-        src, dst = _check_ref(data["source"]), _check_ref(data["target"], "target")
+        src, dst = _check_ref(data["source"], "source", id_ok=True), _check_ref(data["target"], "target")
         await self.call(self.cb.engine.images.tag, src, dst)
         img = await self.call(self.cb.engine.images.resolve, dst)
         self.reply(_image(img), 201)

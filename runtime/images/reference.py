@@ -33,6 +33,8 @@ _DOMAIN_RE = re.compile(rf"^{_HOST}(?::[0-9]+)?$")
 _TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
 _DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}$")
 _SHA256_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_HEX64_RE = re.compile(r"^[a-f0-9]{64}$")
+_ALGORITHMS = {"sha256", "sha384", "sha512"}
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,19 @@ def parse_reference(s: str, default_tag: str | None = "latest") -> Reference:
             f"invalid reference format: bad repository name {path!r} in {s!r} "
             "(lowercase letters, digits and separators . _ __ - between them)"
         )
+    if domain == DEFAULT_DOMAIN and path.startswith(OFFICIAL_PREFIX):
+        short = path[len(OFFICIAL_PREFIX) :]
+        # "sha256:<hex>" would read as an image id, a 64-hex name as one too (Docker
+        # refuses both: "cannot specify 64-byte hexadecimal strings", "ambiguous tag")
+        if short in _ALGORITHMS:
+            raise InvalidArgument(
+                f"invalid reference format: repository name {short!r} is a digest algorithm: "
+                f"{s!r} would be read as an image id"
+            )
+        if _HEX64_RE.match(short):
+            raise InvalidArgument(
+                f"invalid repository name {short!r}: cannot specify 64-byte hexadecimal strings"
+            )
     if tag is None and digest is None:
         tag = default_tag
     return Reference(domain, path, tag, digest)

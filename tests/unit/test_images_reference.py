@@ -64,3 +64,15 @@ def test_fields():
 def test_invalid(bad, why):
     with pytest.raises(InvalidArgument, match=why):
         parse_reference(bad)
+
+
+@pytest.mark.parametrize(
+    "ambiguous", ["sha256:" + "0" * 64, "sha256:abc", "sha256", "0" * 64, "f" * 64 + ":v1", "docker.io/library/sha256:1"]
+)
+def test_names_that_read_as_image_ids_are_refused(ambiguous):
+    """`sha256:<hex>` and a 64-hex name would be taken for an image id (Docker refuses both)."""
+    with pytest.raises(InvalidArgument, match="digest algorithm|64-byte hexadecimal"):
+        parse_reference(ambiguous)
+    # a repository merely named so inside a namespace or on a registry is not ambiguous
+    assert parse_reference("user/sha256:1").canonical == "docker.io/user/sha256:1"
+    assert parse_reference("localhost:5000/" + "0" * 64).repository == "0" * 64
