@@ -155,6 +155,26 @@ def run_dir(eng: Engine, ctr: Container) -> Path:
     return run_base(eng) / token
 
 
+PORT_KEYS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+
+
+def host_ipc_dir(eng: Engine, run: Path) -> Path:
+    """Where the host's ZMQ clients connect for the kernel of run dir `run`: beside it in
+    the root-only run base, never mounted in a container (see ipcpins)."""
+    return run.parent / f"{run.name}.h"
+
+
+def ipc_pins(eng: Engine, ctr: Container) -> Any:
+    """The host's pinned ends of the kernel sockets in ctr's run dir."""
+    from cellbox.runtime import userns
+
+    from .ipcpins import IpcPins
+
+    run = run_dir(eng, ctr)
+    base = ctr.host_base()
+    return IpcPins(run, host_ipc_dir(eng, run), None if base is None else (base, base + userns.SIZE))
+
+
 def ensure_running(eng: Engine, ctr: Container) -> None:
     """Start a stopped kernel container again (its files are kept)."""
     from cellbox.runtime import state
@@ -203,6 +223,7 @@ def remove_kernel_container(eng: Engine, ref: str) -> None:
     eng.remove(ctr.id, force=True)
     if d is not None:
         shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(host_ipc_dir(eng, d), ignore_errors=True)
 
 
 def container_info(eng: Engine, ctr: Container) -> dict[str, Any]:

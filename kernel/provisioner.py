@@ -75,6 +75,7 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
     _restoring = False
     _engine: Any = None
     _warm: Any = None
+    _pins: Any = None  # ipcpins.IpcPins: the host's ends of the kernel's sockets
 
     # ---------------------------------------------------------------- engine / container
 
@@ -142,13 +143,17 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
         env = kwargs.get("env") or {}
         ctr = await asyncio.to_thread(self._get_container, env)
         self.run_dir = containers.run_dir(self.engine, ctr)
+        if self._pins is None:
+            self._pins = containers.ipc_pins(self.engine, ctr)
         if km is not None:
             km.transport = "ipc"
-            km.ip = str(self.run_dir / "kernel")
+            km.ip = self._pins.ip  # the host connects only through sockets it checked
             km.cache_ports = False
             if self._warm is not None:  # a pre-started kernel: the client adopts its sockets and key
-                km.load_connection_info(self._warm.info)
+                km.load_connection_info({**self._warm.info, "ip": self._pins.ip})
         kwargs = await super().pre_launch(**kwargs)
+        info = self.connection_info
+        self._pins.prepare([int(info[k]) for k in containers.PORT_KEYS if info.get(k)])
         self._write_container_connection_file()
         if self.serve_control and self._control is None:
             from .control import ControlServer
@@ -217,6 +222,8 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
             self._helper, self._warm = self._warm.helper, None
         else:
             self._helper = await asyncio.to_thread(self._exec_kernel)
+        if self._pins is not None:
+            self._pins.expect_new()
         self.process = self._helper
         self.pid = self._helper.pid
         self.pgid = None
@@ -300,6 +307,9 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
         if self._control is not None:
             self._control.close()
             self._control = None
+        if self._pins is not None:
+            self._pins.close()
+            self._pins = None
         if self.owns_container:
             cid, self.container_id = self.container_id, None
             if self.shutdown == "remove":
@@ -330,6 +340,8 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
                     old.kill()
                     old.wait()
             self._helper = self._exec_kernel()
+            if self._pins is not None:
+                self._pins.expect_new()
             self.process = self._helper
             self.pid = self._helper.pid
         finally:
