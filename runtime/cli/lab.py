@@ -18,16 +18,18 @@ def _default_dir() -> str:
     return str(here) if here.is_dir() else os.getcwd()
 
 
-def _install_kernelspec() -> None:
+def _install_kernelspec() -> bool:
+    """Install the `cellbox` kernelspec if missing; False when the kernel package is absent."""
     try:
         from cellbox.kernel.kernelspec import install_kernelspec
     except ImportError:
         sys.stderr.write("cellbox: the cellbox kernel is not available; notebooks will use other kernels\n")
-        return
+        return False
     from jupyter_client.kernelspec import KernelSpecManager
 
     if "cellbox" not in KernelSpecManager().find_kernel_specs():
         install_kernelspec()
+    return True
 
 
 def lab_argv(args: argparse.Namespace) -> list[str]:
@@ -37,11 +39,11 @@ def lab_argv(args: argparse.Namespace) -> list[str]:
         f"--ServerApp.jpserver_extensions={ {'cellbox.extension': True} !r}",
         f"--ServerApp.ip={args.ip}",
         f"--ServerApp.root_dir={os.path.abspath(args.dir or _default_dir())}",
+    ]  # fmt: skip
+    if getattr(args, "cellbox_kernel", True):
         # A lab that runs notebooks in containers offers only contained kernels, and opens
         # new notebooks on cellbox, not on the host's ipykernel (extension/kernelspecs.py).
-        "--Cellbox.allow_unisolated_kernels=False",
-        "--MappingKernelManager.default_kernel_name=cellbox",
-    ]  # fmt: skip
+        argv += ["--Cellbox.allow_unisolated_kernels=False", "--MappingKernelManager.default_kernel_name=cellbox"]
     if args.port:
         argv.append(f"--ServerApp.port={args.port}")
     if args.no_browser:
@@ -63,7 +65,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
         sys.stderr.write("cellbox: preparing the default image (the first time takes a few seconds)...\n")
         engine(args).ensure_default_image()
-    _install_kernelspec()
+    args.cellbox_kernel = _install_kernelspec()  # without it, hiding the others leaves no kernel
     argv = lab_argv(args)
     sys.stdout.flush()
     os.execv(argv[0], argv)
