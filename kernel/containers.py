@@ -191,18 +191,25 @@ def ensure_running(eng: Engine, ctr: Container) -> None:
 
 
 def kill_strays(eng: Engine, ctr: Container) -> int:
-    """SIGKILL every process in the container but its init and idle command.
+    """SIGKILL every process in the container but its init and its main (idle) process.
 
-    What a dead kernel left behind (its children), so a restart leaves no orphans.
+    What a dead kernel left behind (its children), so a restart leaves no orphans. The
+    main process is told by pid, never by its command line (a cell can start its own
+    `sleep 2147483647`): it is the init's child started first; anything else the init is
+    parent of was reparented to it later (an orphan of a kernel or an exec).
     """
     import signal
 
+    from cellbox.runtime.state import proc_start_time
+
     init = ctr.state().pid
-    idle = " ".join(IDLE_COMMAND)
+    rows = eng.top(ctr.id)
+    started = {r["PID"]: proc_start_time(r["PID"]) for r in rows if r["PPID"] == init}
+    main = min((s, pid) for pid, s in started.items() if s is not None)[1] if any(started.values()) else None
     n = 0
-    for row in eng.top(ctr.id):
+    for row in rows:
         pid = row["PID"]
-        if pid == init or (row["PPID"] == init and row["CMD"] == idle):
+        if pid in (init, main):
             continue
         try:
             os.kill(pid, signal.SIGKILL)
