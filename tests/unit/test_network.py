@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 
@@ -172,17 +173,79 @@ def test_parallel_processes_never_share_an_address(tmp_path):
     assert sorted(r["ip"] for r in saved.values()) == sorted(ips)
 
 
+def _chain(text: str, family: str, chain: str) -> list[str]:
+    """The rules `render` adds to one chain, in order."""
+    prefix = f"add rule {family} cellbox {chain} "
+    return [line[len(prefix) :] for line in text.splitlines() if line.startswith(prefix)]
+
+
 def test_nft_render():
-    text = nft.render(
-        [("cellbox0", "10.88.0.0/16")],
-        [
-            ("c1", "10.88.0.2", parse_publish("8080:80")),
-            ("c2", "10.88.0.3", parse_publish("127.0.0.1:53:53/udp")),
-        ],
+    rules = nft.BridgeRules(
+        bridge="cellbox0",
+        subnet="10.209.0.0/16",
+        gateway="10.209.0.1",
+        published=(
+            ("c1", "10.209.0.2", parse_publish("8080:80")),
+            ("c2", "10.209.0.3", parse_publish("127.0.0.1:53:53/udp")),
+        ),
+        veths=("cbxc1", "cbxc2"),
     )
-    assert text.startswith("table ip cellbox\ndelete table ip cellbox\n")  # atomic replace
-    assert 'ip saddr 10.88.0.0/16 oifname != "cellbox0" masquerade' in text
-    assert 'fib daddr type local tcp dport 8080 dnat to 10.88.0.2:80 comment "cbx:c1"' in text
-    assert "ip daddr 127.0.0.1 udp dport 53 dnat to 10.88.0.3:53" in text
-    assert 'iifname "cellbox0" ip daddr 127.0.0.0/8 drop' in text
-    assert text.count("jump published") == 2  # prerouting and output
+    text = nft.render([rules])
+    lines = text.splitlines()
+    assert lines[0] == "add table ip cellbox"  # one transaction, only this bridge's chains
+    assert "delete table" not in text and "delete chain" not in text
+    for kind in ("guard", "prerouting", "output", "postrouting", "input", "forward", "published"):
+        assert f"add chain ip cellbox {kind}-cellbox0" in text
+        assert f"flush chain ip cellbox {kind}-cellbox0" in lines  # refilled, not appended
+    assert "add chain ip cellbox input-cellbox0 { type filter hook input priority filter;" in text
+    # NAT: masquerade out, DNAT of published ports with the container's id as comment
+    post = _chain(text, "ip", "postrouting-cellbox0")
+    assert 'ip saddr 10.209.0.0/16 oifname != "cellbox0" masquerade' in post
+    assert 'oifname "cellbox0" ip saddr 10.209.0.0/16 ct status dnat masquerade' in post  # hairpin
+    pub = _chain(text, "ip", "published-cellbox0")
+    assert 'fib daddr type local tcp dport 8080 dnat to 10.209.0.2:80 comment "cbx:c1"' in pub
+    assert 'ip daddr 127.0.0.1 udp dport 53 dnat to 10.209.0.3:53 comment "cbx:c2"' in pub
+    assert _chain(text, "ip", "prerouting-cellbox0") == ["jump published-cellbox0"]
+    assert _chain(text, "ip", "output-cellbox0") == ["jump published-cellbox0"]
+    # the host's loopback is never reachable through route_localnet, nor a spoofed source
+    guard = _chain(text, "ip", "guard-cellbox0")
+    assert 'iifname "cellbox0" ip daddr 127.0.0.0/8 drop' in guard
+    assert 'iifname "cellbox0" ip saddr != 10.209.0.0/16 drop' in guard
+    # input: only replies and ping of the gateway, then everything else from the bridge drops
+    inp = _chain(text, "ip", "input-cellbox0")
+    assert inp[0] == 'iifname "cellbox0" ct state established,related accept'
+    assert 'iifname "cellbox0" ip daddr 10.209.0.1 icmp type echo-request accept' in inp
+    assert inp[-1] == 'iifname "cellbox0" drop'
+    assert not any("dport 53" in r for r in inp)  # no DNS at the gateway unless asked
+    # forward, icc off: metadata dropped, into the bridge only replies and published ports
+    fwd = _chain(text, "ip", "forward-cellbox0")
+    assert fwd[0] == 'iifname "cellbox0" ip daddr 169.254.0.0/16 drop'
+    assert 'oifname "cellbox0" ct status dnat accept' in fwd
+    assert fwd[-1] == 'oifname "cellbox0" drop'
+    assert not any("accept" in r and "iifname" in r for r in fwd)  # no bridge-to-bridge
+    l2 = _chain(text, "bridge", "forward-cellbox0")
+    assert l2 == [
+        'iifname "cbxc1" oifname != "cbxc1" drop',
+        'iifname "cbxc2" oifname != "cbxc2" drop',
+    ]
+    # icc on: bridge-to-bridge accepted before the drop, no layer-2 drops
+    on = nft.render([dataclasses.replace(rules, icc=True)])
+    fwd_on = _chain(on, "ip", "forward-cellbox0")
+    icc = 'iifname "cellbox0" oifname "cellbox0" accept'
+    assert icc in fwd_on and fwd_on.index(icc) < fwd_on.index('oifname "cellbox0" drop')
+    assert _chain(on, "bridge", "forward-cellbox0") == []
+    assert "flush chain bridge cellbox forward-cellbox0" in on  # the old drops are gone
+    assert _chain(on, "ip", "input-cellbox0")[-1] == 'iifname "cellbox0" drop'  # host still closed
+
+
+def test_nft_render_removes_a_bridge_and_keeps_others():
+    keep = nft.BridgeRules(bridge="br1", subnet="10.1.0.0/24", gateway="10.1.0.1")
+    text = nft.render([keep], remove=["br2", "br1"])
+    assert "delete chain ip cellbox input-br2" in text
+    assert "delete chain bridge cellbox forward-br2" in text
+    assert "delete chain ip cellbox input-br1" not in text  # kept wins over remove
+    assert 'add rule ip cellbox input-br1 iifname "br1" drop' in text
+    lines = text.splitlines()  # flushed before deleted: no jump left to a deleted chain
+    assert lines.index("flush chain ip cellbox prerouting-br2") < lines.index(
+        "delete chain ip cellbox published-br2"
+    )
