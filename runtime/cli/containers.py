@@ -192,11 +192,24 @@ def cmd_run(a: argparse.Namespace, create_only: bool = False) -> int:
 
 
 def cmd_start(a: argparse.Namespace) -> int:
+    """Docker's `start`: a created container starts; an exited one starts again (same
+    filesystem, name and limits; its cgroup, removed when it stopped, is made again)."""
     eng = engine(a)
     for ref in a.containers:
-        ctr = eng.start(ref)
+        if eng.get(ref).state().status == "stopped":
+            ctr = eng.restart(ref)
+        else:
+            ctr = eng.start(ref)
         if a.attach:
             return eng.wait(ctr.id)
+        print(ref)
+    return 0
+
+
+def cmd_restart(a: argparse.Namespace) -> int:
+    eng = engine(a)
+    for ref in a.containers:
+        eng.restart(ref, timeout=a.time)
         print(ref)
     return 0
 
@@ -445,6 +458,11 @@ def register(sub: Any) -> None:
     p.add_argument("-a", "--attach", action="store_true", help="Wait for the container and return its exit code")
     p.add_argument("containers", nargs="+")
     p.set_defaults(func=cmd_start)
+
+    p = sub.add_parser("restart", help="Restart one or more containers", usage="cellbox restart [OPTIONS] CONTAINER [CONTAINER...]")
+    p.add_argument("-t", "--time", type=float, default=10, help="Seconds to wait before killing a running container (default 10)")
+    p.add_argument("containers", nargs="+")
+    p.set_defaults(func=cmd_restart)
 
     p = sub.add_parser("ps", help="List containers", usage="cellbox ps [OPTIONS]")
     p.add_argument("-a", "--all", action="store_true", help="Show all containers (default shows just running)")

@@ -39,10 +39,19 @@ def memory_limit(eng, cid: str) -> int | None:
     return None
 
 
+# Runs until the test creates /go in its writable layer, then exits 3 (and removes /go).
+UNTIL_GO = ["sh", "-c", "while [ ! -e /go ]; do sleep 0.02; done; rm /go; exit 3"]
+
+
+def release(ctr) -> None:
+    (ctr.upper / "go").write_text("")
+
+
 def test_exit_removes_cgroup_restart_recreates_it(engine, busybox_rootfs):
-    ctr = engine.run(RunOptions(rootfs=str(busybox_rootfs), command=["sh", "-c", "sleep 0.3; exit 3"], memory=MEMORY, pids_limit=50))
+    ctr = engine.run(RunOptions(rootfs=str(busybox_rootfs), command=UNTIL_GO, memory=MEMORY, pids_limit=50))
     assert group_dirs(engine, ctr.id), "a running container has its cgroup"
     assert memory_limit(engine, ctr.id) == MEMORY
+    release(ctr)
     assert engine.wait(ctr.id, timeout=30) == 3
     poll(lambda: not group_dirs(engine, ctr.id), what=f"the cgroup of the exited container to go: {group_dirs(engine, ctr.id)}")
     # inspect and stats of the exited container still answer
@@ -51,8 +60,10 @@ def test_exit_removes_cgroup_restart_recreates_it(engine, busybox_rootfs):
     assert engine.stats(ctr.id)["id"] == ctr.id
     # restart: the group is made again, with the container's limits
     engine.restart(ctr.id)
-    poll(lambda: group_dirs(engine, ctr.id), what="the cgroup of the restarted container")
+    assert engine.get(ctr.id).state().status == "running"
+    assert group_dirs(engine, ctr.id), "the restarted container has its cgroup again"
     assert memory_limit(engine, ctr.id) == MEMORY
+    release(ctr)
     assert engine.wait(ctr.id, timeout=30) == 3
     poll(lambda: not group_dirs(engine, ctr.id), what="the cgroup to go after the second exit")
     engine.remove(ctr.id)
@@ -65,3 +76,28 @@ def test_stop_removes_cgroup(engine, busybox_rootfs):
     poll(lambda: not group_dirs(engine, ctr.id), what="the cgroup of the stopped container to go")
     assert engine.inspect(ctr.id)["State"]["ExitCode"] == 143
     engine.remove(ctr.id)
+
+
+def test_cli_start_and_restart_of_an_exited_container(engine, busybox_rootfs):
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "cellbox.runtime.cli", "--root", str(engine.root), "--cgroup-parent", engine.cgroup_parent]
+        return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+    r = cli("create", "-m", "64m", "--rootfs", str(busybox_rootfs), "sh", "-c", "echo ran >> /count; exit 4")
+    assert r.returncode == 0, r.stderr
+    cid = r.stdout.strip()
+    assert cli("start", "-a", cid).returncode == 4
+    poll(lambda: not group_dirs(engine, cid), what="the cgroup after the first run")
+    # Docker's `start` of an exited container runs it again, in a new cgroup with its limits
+    r = cli("start", "-a", cid)
+    assert r.returncode == 4, r.stderr
+    r = cli("restart", cid)
+    assert r.returncode == 0, r.stderr
+    assert engine.wait(cid, timeout=30) == 4
+    assert (engine.get(cid).upper / "count").read_text() == "ran\nran\nran\n"
+    poll(lambda: not group_dirs(engine, cid), what="the cgroup after the last run")
+    engine.remove(cid)
+
