@@ -73,6 +73,21 @@ def _install_provisioner_hook(serverapp: Any) -> None:
         trait.default_value = "cellbox.extension.app:provisioner_resolver"
 
 
+def _install_output_limits(serverapp: Any, config: Cellbox, log: Any) -> None:
+    """Bound what kernels' output costs the server (memory, the offline buffer): limits.py."""
+    from . import limits
+
+    km = getattr(serverapp, "kernel_manager", None)
+    try:
+        if km is not None:
+            limits.apply_socket_limits(km, config.max_message_bytes, config.kernel_queue_messages)
+            if hasattr(km, "start_buffering") and hasattr(km, "_kernel_buffers"):
+                limits.bound_offline_buffer(km, config.offline_buffer_bytes, config.offline_buffer_messages)
+        limits.apply_rate_limits(serverapp.config, config)
+    except Exception as e:  # noqa: BLE001 - an unexpected jupyter_server: say so, keep serving
+        log.warning("cellbox: cannot bound kernel output in this jupyter_server: %s", e)
+
+
 def _load_jupyter_server_extension(serverapp: Any) -> None:
     global _active
     config = Cellbox(parent=serverapp)
@@ -121,6 +136,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     # A clean stop (Ctrl-C, SIGTERM) runs this; after SIGKILL the next start reattaches.
     atexit.register(manager.shutdown, config.on_shutdown)
     _install_provisioner_hook(serverapp)
+    _install_output_limits(serverapp, config, log)
     # The provisioner's Engine() reads these: the same root and cgroup parent as ours.
     os.environ["CELLBOX_ROOT"] = str(manager.engine.root)
     os.environ["CELLBOX_CGROUP_PARENT"] = manager.engine.cgroup_parent

@@ -181,6 +181,9 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
             out[0] = "python3"
         if not any(a.startswith("--IPKernelApp.extra_extensions") for a in out):
             out.append("--IPKernelApp.extra_extensions=cellbox.kernel.extension")
+        if not any(a.startswith("--IPKernelApp.outstream_class") for a in out):
+            # sys.stdout/err in pieces the server accepts (its frame cap), capped per cell
+            out.append("--IPKernelApp.outstream_class=cellbox.kernel.outstream.CappedOutStream")
         return out
 
     def _container_env(self, env: dict[str, str]) -> list[str]:
@@ -201,19 +204,29 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
         from cellbox.runtime.errors import CellboxError
 
         cmd, kw = self._launch
+        stdout, stderr, w = kw.get("stdout"), kw.get("stderr"), None
+        if stdout is None and stderr is None:
+            # fd 1/2 are the tenant's: into a capped file of the container's, never the server's log
+            from .kernel_log import KernelLog
+
+            self.kernel_log = KernelLog(self.engine.get(self.container_id).dir)
+            stdout = stderr = w = self.kernel_log.pipe()
         try:
             p = self.engine.exec(
                 self.container_id,
                 self._container_cmd(cmd),
                 env=self._container_env(kw.get("env") or {}),
-                stdout=kw.get("stdout"),
-                stderr=kw.get("stderr"),
+                stdout=stdout,
+                stderr=stderr,
             )
         except CellboxError as e:
             raise CellboxError(
                 f"cannot start the kernel in container {self.container_id[:12]}: {e} "
                 "(the image needs Python with ipykernel)"
             ) from None
+        finally:
+            if w is not None:
+                os.close(w)  # the kernel holds it now; EOF when it and its children are gone
         return p
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> dict[str, Any]:
