@@ -28,11 +28,15 @@ def hostns(engine):
     subprocess.run(["ip", "netns", "del", name], check=False)
 
 
-def run_in(ns: str, engine, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-    """The cellbox CLI with only its network namespace switched (cgroups stay visible)."""
+def run_in(
+    ns: str, engine, *args: str, check: bool = True, timeout: float = 60, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """The cellbox CLI with only its network namespace switched (cgroups stay visible);
+    env: variables added to this environment for the CLI (and so the engine) only."""
     cmd = ["nsenter", f"--net=/run/netns/{ns}", sys.executable, "-m", "cellbox.runtime.cli",
            "--root", str(engine.root), "--cgroup-parent", engine.cgroup_parent, *args]  # fmt: skip
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    full = {**os.environ, **(env or {})}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full)
     if check:
         assert r.returncode == 0, r.stderr
     return r
@@ -75,13 +79,23 @@ def test_bridge_publish_and_cleanup(engine, busybox_rootfs, hostns):
            "-p", "18080:80", "--rootfs", str(busybox_rootfs), "sh", "-c", SERVER)  # fmt: skip
     info = json.loads(run_in(hostns, engine, "inspect", "web").stdout)[0]
     ip = info["NetworkSettings"]["ip"]
-    assert ip.startswith("10.88.")
+    assert ip.startswith("10.209.")  # the default subnet
     assert connect(hostns, "127.0.0.1", 18080) == "hello-web1"  # published on the host's loopback
     assert connect(hostns, ip, 80) == "hello-web1"  # (connect retries while nc listens again)  # host -> container over the bridge
-    # a second container reaches the first one over the bridge, and sees its own eth0
+    # a second container sees its own eth0; by default it cannot reach the first one over
+    # the bridge (no icc), with CELLBOX_ICC=1 (reaching the engine) it can
+    probe = f"ip -o -4 addr show eth0 | wc -l; nc -w 3 {ip} 80 </dev/null"
     r = run_in(hostns, engine, "run", "--rm", "--network", "bridge", "--rootfs", str(busybox_rootfs),
-               "sh", "-c", f"ip -o -4 addr show eth0 | wc -l; nc -w 3 {ip} 80 </dev/null")  # fmt: skip
+               "sh", "-c", probe, check=False)  # fmt: skip
+    assert r.stdout.split() == ["1"], r.stdout + r.stderr  # refused: eth0, no answer
+    assert r.returncode == 1 and "timed out" in r.stderr, r.stderr  # dropped on the way
+    state = json.loads((engine.root / "network" / "network.json").read_text())
+    assert state["networks"]["cellbox0"]["icc"] is False
+    r = run_in(hostns, engine, "run", "--rm", "--network", "bridge", "--rootfs", str(busybox_rootfs),
+               "sh", "-c", probe, env={"CELLBOX_ICC": "1"})  # fmt: skip
     assert r.stdout.split() == ["1", "hello-web1"], r.stdout + r.stderr
+    state = json.loads((engine.root / "network" / "network.json").read_text())
+    assert state["networks"]["cellbox0"]["icc"] is True  # the variable reached the engine
     # container:NAME shares web's namespace: same address
     r = run_in(hostns, engine, "run", "--rm", "--network", "container:web", "--rootfs", str(busybox_rootfs),
                "sh", "-c", "ip -o -4 addr show eth0")  # fmt: skip
@@ -89,7 +103,8 @@ def test_bridge_publish_and_cleanup(engine, busybox_rootfs, hostns):
     run_in(hostns, engine, "rm", "-f", "web")
     links = in_ns(hostns, "ip", "-o", "link").stdout
     assert "cbx" not in links  # no veth left
-    assert "dnat" not in in_ns(hostns, "nft", "list", "ruleset").stdout
+    ruleset = in_ns(hostns, "nft", "list", "ruleset").stdout
+    assert "dnat" not in ruleset and "cellbox" not in ruleset  # the last one took the table
 
 
 def test_none_and_unknown_modes(engine, busybox_rootfs, hostns):
