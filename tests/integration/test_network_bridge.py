@@ -129,8 +129,8 @@ def test_bridge_connectivity_publish_and_teardown(hostns, tmp_path):
 def test_container_cannot_reach_host_loopback(hostns, tmp_path):
     """route_localnet is on for the bridge (published ports on 127.0.0.1 need it): a
     container that routes 127.0.0.1 to its gateway must still not reach a service that
-    listens only on the host's loopback. The control: with the guard rule flushed, the
-    same attempt does connect, so the attempt itself is a real one."""
+    listens only on the host's loopback. The control: with the bridge's guard and input
+    chains flushed, the same attempt does connect, so the attempt itself is a real one."""
     r = in_host(hostns, "loopback", tmp_path)
     assert r["route_localnet"] == "1" and r["routed_via_gateway"] is True, r
     assert r["guarded"].startswith("refused: "), r
@@ -426,8 +426,11 @@ def scenario_loopback(args: dict) -> dict:
         out["route"] = route.strip()
         out["guarded"] = c.cmd(sys.executable, "-S", "-c", LOOPBACK_ATTACK, str(port)).stdout.strip()
         out["hits_guarded"] = len(hits)
-        # the control: the guard chain flushed, nothing else changed
-        subprocess.run(["nft", "flush", "chain", nft.FAMILY, nft.TABLE, "guard"], check=True)
+        # the control: the bridge's filter chains that stand between it and the host's
+        # loopback flushed (the 127.0.0.0/8 guard, and the input chain that drops new
+        # connections from the bridge), nothing else changed
+        for kind in ("guard", "input"):
+            subprocess.run(["nft", "flush", "chain", nft.FAMILY, nft.TABLE, nft.chain_name(kind, mgr.bridge)], check=True)
         out["unguarded"] = c.cmd(sys.executable, "-S", "-c", LOOPBACK_ATTACK, str(port)).stdout.strip()
         out["hits_unguarded"] = len(hits)
         mgr.teardown("loop1")
