@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -41,6 +42,8 @@ UDP_ECHO = (
     "while True:\n"
     "  d,a=s.recvfrom(100);s.sendto(d+b' udp',a)\n"
 )
+# what ECHO_CLIENT prints when the connection fails (dropped: timeout, or no ARP answer)
+REFUSED = re.compile(r"^(TimeoutError|OSError|ConnectionRefusedError): ")
 ECHO_CLIENT = (
     "import socket,sys\n"
     "c=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=5)\n"
@@ -113,10 +116,18 @@ def test_bridge_connectivity_publish_and_teardown(hostns, tmp_path):
     assert a["ip"] != b["ip"] and a["gateway"] == b["gateway"]
     assert a["eth0_addr"] == f"{a['ip']}/16" and a["eth0_mtu"] == a["bridge_mtu"]
     assert a["default_via"] == a["gateway"]
-    assert r["container_to_host"] == f"hi from {a['ip']}"
+    # isolation by default: a host service on the gateway answers the host (control) but
+    # not a container; another container is not reached either (no icc), not even by ping
+    assert r["host_to_host_service"] == f"hi from {a['gateway']}"
+    assert REFUSED.match(r["container_to_host"]), r["container_to_host"]
     assert r["host_to_container"] == f"hi from {a['gateway']}"
-    assert r["container_to_container"] == f"hi from {b['ip']}"
-    assert r["ping_b_to_a"] == 0 and r["ping_a_to_gateway"] == 0
+    assert REFUSED.match(r["container_to_container"]), r["container_to_container"]
+    assert r["ping_b_to_a"] != 0 and r["ping_a_to_gateway"] == 0
+    # icc on for the bridge (stored by the next setup): the same attempts now get through,
+    # to a container set up before the switch as well
+    assert r["container_to_container_icc"] == f"hi from {b['ip']}"
+    assert r["ping_b_to_a_icc"] == 0
+    assert 'iifname "cellbox0" oifname "cellbox0" accept' in r["nft_icc"]
     # 127.0.0.1:18080 -> A:80; A sees the bridge gateway (loopback masquerade)
     assert r["published_loopback"] == f"hi from {a['gateway']}"
     assert "dnat to" in r["nft_before"] and r["ip_forward"] == "1"
@@ -135,6 +146,9 @@ def test_container_cannot_reach_host_loopback(hostns, tmp_path):
     assert r["route_localnet"] == "1" and r["routed_via_gateway"] is True, r
     assert r["guarded"].startswith("refused: "), r
     assert r["hits_guarded"] == 0
+    # two layers: with only the guard chain flushed the input chain still drops it
+    assert r["input_only"].startswith("refused: "), r
+    assert r["hits_input_only"] == 0
     assert r["unguarded"] == "hi from host loopback", r  # the same attack without the guard
     assert r["hits_unguarded"] == 1
 
@@ -145,7 +159,14 @@ def test_published_port_userspace_forwarder(hostns, tmp_path):
     assert (
         r["published_loopback"] == f"hi from {a['gateway']}"
     )  # the forwarder connects from the host
-    assert r["nft_before"] == ""
+    # no DNAT (the forwarder serves the port), but the isolation chains are there, and
+    # containers may connect to the forwarded host port (it is public): nothing else
+    assert "dnat to" not in r["nft_before"]
+    assert "chain input-cellbox0" in r["nft_before"], r["nft_before"]
+    assert 'iifname "cellbox0" tcp dport 18080 accept' in r["nft_before"]
+    assert REFUSED.match(r["container_to_host"]), r["container_to_host"]
+    assert REFUSED.match(r["container_to_container"]), r["container_to_container"]
+    assert r["nft_after"] == ""  # the last container's teardown took the table
     assert r["forwarder_alive_before"] is True and r["forwarder_alive_after"] is False
     assert r["veths_after"] == [] and r["state_after"] == {}
     assert r["port_free_after"] is True
@@ -295,16 +316,16 @@ def scenario_connectivity(args: dict) -> dict:
     pids: list[int] = []
     out: dict = {"pids": pids}
     mgr = NetworkManager(Path(args["state_dir"]), port_backend=args["backend"])
-    a, b = Container(pids), Container(pids)
+    a, b, c = Container(pids), Container(pids), Container(pids)
     try:
         ia = mgr.setup(
             "aaaa1111", a.netns, parse_network("bridge"), [parse_publish("18080:80")], "a"
         )
         ib = mgr.setup("bbbb2222", b.netns, parse_network("bridge"), [], "b")
-        for name, c, info in (("a", a, ia), ("b", b, ib)):
-            addr = c.cmd("ip", "-o", "-4", "addr", "show", "eth0").stdout.split()
-            route = c.cmd("ip", "route", "show", "default").stdout.split()
-            link = c.cmd("ip", "-o", "link", "show", "eth0").stdout.split()
+        for name, ctr, info in (("a", a, ia), ("b", b, ib)):
+            addr = ctr.cmd("ip", "-o", "-4", "addr", "show", "eth0").stdout.split()
+            route = ctr.cmd("ip", "route", "show", "default").stdout.split()
+            link = ctr.cmd("ip", "-o", "link", "show", "eth0").stdout.split()
             mtu = link[link.index("mtu") + 1] if "mtu" in link else ""
             out[name] = {
                 "ip": info.ip,
@@ -315,6 +336,7 @@ def scenario_connectivity(args: dict) -> dict:
                 "default_via": route[2] if len(route) > 2 else None,
             }
         srv = host_server(ia.gateway, 18000)
+        out["host_to_host_service"] = host_client(ia.gateway, 18000)
         out["container_to_host"] = a.client(ia.gateway, 18000)
         srv.close()
         a.serve(80, pids)
@@ -322,6 +344,16 @@ def scenario_connectivity(args: dict) -> dict:
         out["container_to_container"] = b.client(ia.ip, 80)
         out["ping_b_to_a"] = b.cmd("busybox", "ping", "-c1", "-W2", ia.ip).returncode
         out["ping_a_to_gateway"] = a.cmd("busybox", "ping", "-c1", "-W2", ia.gateway).returncode
+        # icc on: stored (and applied to the whole bridge) by the next setup
+        icc = NetworkManager(Path(args["state_dir"]), port_backend=args["backend"], icc=True)
+        icc.setup("cccc3333", c.netns, parse_network("bridge"), [], "c")
+        # B's neighbour entry for A is still being resolved (or failed) from the refused
+        # ping, whose ARP the bridge dropped: start afresh, as a later connection would
+        b.cmd("ip", "neigh", "flush", "dev", "eth0", check=True)
+        out["container_to_container_icc"] = b.client(ia.ip, 80)
+        out["ping_b_to_a_icc"] = b.cmd("busybox", "ping", "-c1", "-W2", ia.ip).returncode
+        out["nft_icc"] = nft.list_table()
+        mgr.teardown("cccc3333")
         out["published_loopback"] = host_client("127.0.0.1", 18080)
         out["nft_before"] = nft.list_table()
         out["ip_forward"] = open("/proc/sys/net/ipv4/ip_forward").read().strip()
@@ -343,8 +375,10 @@ def scenario_connectivity(args: dict) -> dict:
     finally:
         mgr.teardown("aaaa1111")  # stops a forwarder even when the scenario failed
         mgr.teardown("bbbb2222")
+        mgr.teardown("cccc3333")
         a.kill()
         b.kill()
+        c.kill()
     return out
 
 
@@ -426,6 +460,11 @@ def scenario_loopback(args: dict) -> dict:
         out["route"] = route.strip()
         out["guarded"] = c.cmd(sys.executable, "-S", "-c", LOOPBACK_ATTACK, str(port)).stdout.strip()
         out["hits_guarded"] = len(hits)
+        # only the guard chain flushed: the input chain still drops the attempt
+        guard = nft.chain_name("guard", mgr.bridge)
+        subprocess.run(["nft", "flush", "chain", nft.FAMILY, nft.TABLE, guard], check=True)
+        out["input_only"] = c.cmd(sys.executable, "-S", "-c", LOOPBACK_ATTACK, str(port)).stdout.strip()
+        out["hits_input_only"] = len(hits)
         # the control: the bridge's filter chains that stand between it and the host's
         # loopback flushed (the 127.0.0.0/8 guard, and the input chain that drops new
         # connections from the bridge), nothing else changed
