@@ -424,6 +424,8 @@ class Engine(ImageOps):
         cg = self._cgroup(ctr)
         if st.status == state.PAUSED:
             cg.thaw()
+        else:
+            self._thaw_orphan(ctr)  # frozen by a dead copy: a signal would never arrive
         if st.status == state.CREATED:
             timeout = 0
         try:
@@ -563,6 +565,7 @@ class Engine(ImageOps):
         if not command:
             raise InvalidArgument("no command specified")
         ctr = self.get(ref)
+        self._thaw_orphan(ctr)  # a commit killed mid-freeze must not hang every exec after it
         cfg = ctr.config()
         proc = dict(cfg["process"])
         proc["args"] = list(command)

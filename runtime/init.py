@@ -341,8 +341,10 @@ def create(state_dir: str, sync_fd: int, console: dict, done_fd: int = -1) -> No
         r1, w1 = os.pipe()
         r2, w2 = os.pipe()
         keep = (sync_fd, done_fd)
+        host_mnt = -1
         if user_ns:
             if (config.get("annotations") or {}).get(spec.ANN_IDMAP) == "true":
+                host_mnt = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
                 _mount_idmapped_rootfs(config)
             child = _fork_in_user_namespace(config, user_ns, pid_ns, join_files, (r1, w1, r2, w2), keep, console)
         else:
@@ -356,6 +358,12 @@ def create(state_dir: str, sync_fd: int, console: dict, done_fd: int = -1) -> No
         msg = pipe.recv()
         if "error" in msg:
             raise RuntimeError(msg["error"])
+        if host_mnt >= 0:
+            # The init has its own copy now. Back to the host's mount namespace, so that
+            # the private one ends: it held a copy of every host mount of the moment
+            # (other containers' loop-mounted disks among them) for this container's life.
+            sc.setns(host_mnt, sc.CLONE_NEWNS)
+            os.close(host_mnt)
         run_hooks(config, "prestart", st)
         run_hooks(config, "createRuntime", st)
         run_hooks(config, "createContainer", st, in_pid=child)

@@ -177,3 +177,19 @@ def test_rm_force_removes_a_container_left_frozen_by_a_killed_commit(engine, bus
     assert not busy.dir.exists()
     assert not cg.exists()
     assert all(not c.id == busy.id for c in engine.list(all=True))
+
+
+def test_exec_and_stop_thaw_a_container_left_frozen_by_a_killed_commit(engine, busy, tmp_path):
+    """A CLI commit killed mid-freeze while a server keeps running: the next exec (a kernel
+    start) must not hang on it, nor a stop."""
+    kill_inside_frozen(engine, busy, "commit", tmp_path)
+    assert frozen(engine, busy)
+    started = time.monotonic()
+    assert ex(engine, busy.id, "echo alive").strip() == "alive"
+    assert time.monotonic() - started < 10 and not frozen(engine, busy)
+    (tmp_path / "ready-commit").unlink()
+    kill_inside_frozen(engine, busy, "commit", tmp_path)
+    started = time.monotonic()
+    engine.stop(busy.id, timeout=5)
+    assert time.monotonic() - started < 10
+    assert busy.state().status == "stopped"
