@@ -70,3 +70,20 @@ def test_the_containers_filesystem_comes_back_after_a_reboot(engine, busybox_roo
         _ = code_ctr.upper  # a stale record never reads the empty mount point
     assert ("A", "/root/kept") in list(engine.diff(code_ctr.id))  # get() mounted it again
     assert os.path.ismount(mnt)
+
+
+def test_a_removed_disk_is_released_while_other_containers_run(engine, busybox_rootfs):
+    """No other container's mount namespace keeps a removed container's disk (and its
+    loop device, and the space of its deleted image) alive."""
+    import subprocess
+
+    sized = engine.run(RunOptions(rootfs=str(busybox_rootfs), storage_opts=["size=32m"], command=["sleep", "60"]))
+    others = [
+        engine.run(RunOptions(rootfs=str(busybox_rootfs), userns=mode, command=["sleep", "60"])) for mode in ("auto", "")
+    ]
+    image = str(sized.dir / "rw.img")
+    engine.remove(sized.id, force=True)
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    assert image not in loops, loops
+    for c in others:
+        engine.remove(c.id, force=True)
