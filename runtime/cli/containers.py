@@ -45,6 +45,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cap-drop", action="append", default=[], help="Drop Linux capabilities")
     p.add_argument("--security-opt", action="append", default=[], help="Security options (seccomp=unconfined|FILE, no-new-privileges)")
     p.add_argument("--sysctl", action="append", default=[], metavar="K=V", help="Sysctl options")
+    p.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]", help="Ulimit options (e.g. nofile=1024:2048)")
+    p.add_argument(
+        "--storage-opt", action="append", default=[], metavar="size=SIZE",
+        help="Storage driver options: size=SIZE caps the container's writable layer (a filesystem of its own)",
+    )  # fmt: skip
     p.add_argument("-i", "--interactive", action="store_true", help="Keep STDIN open even if not attached")
     p.add_argument("-t", "--tty", action="store_true", help="Allocate a pseudo-TTY")
     p.add_argument("--network", "--net", default="none", help="Connect a container to a network (none, bridge, host, container:NAME)")
@@ -103,6 +108,8 @@ def _options(a: argparse.Namespace) -> RunOptions:
         auto_remove=a.rm,
         sysctls=_kv(a.sysctl),
         userns=a.userns or "",
+        ulimits=a.ulimit,
+        storage_opts=a.storage_opt,
     )
 
 
