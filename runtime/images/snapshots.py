@@ -26,6 +26,7 @@ the previous state; restore records its intent first and is rolled forward.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import fcntl
 import json
@@ -39,7 +40,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cellbox.runtime.errors import InvalidArgument, NotFound
+from cellbox.runtime.errors import Conflict, InvalidArgument, NotFound
 from cellbox.runtime.images import safewalk
 
 _SKIP_XATTRS = {"trusted.overlay.origin"}  # a file handle into the old lower fs
@@ -54,7 +55,8 @@ class SnapshotInfo:
     parent: str | None
     created: str
     message: str
-    size: int
+    size: int  # bytes of file content that changed (a sparse file counts its length)
+    stored: int = 0  # bytes this snapshot keeps on disk (holes cost nothing)
 
 
 # ---------------------------------------------------------------- file copying
@@ -100,25 +102,107 @@ def _set_meta_path(path: str, st: os.stat_result, attrs: list[tuple[str, bytes]]
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
-def _copy_data(fd_in: int, fd_out: int, size: int) -> None:
+class QuotaExceeded(Conflict):
+    """A snapshot that would pass the container's snapshot quota (count or bytes)."""
+
+
+ENTRY_COST = 512  # bytes charged per copied entry: an inode and its name cost disk too
+# The budget of the snapshot being copied in this thread (a context variable: snapshots of
+# several containers run at once in the server's threads).
+_BUDGET: contextvars.ContextVar[Budget | None] = contextvars.ContextVar("snapshot_budget", default=None)
+
+
+class Budget:
+    """Bytes a snapshot may still store; charged before each write, so a snapshot over
+    the quota stops before it fills the disk instead of after."""
+
+    def __init__(self, left: int | None, quota: int | None = None, used: int = 0) -> None:
+        self.left, self.quota, self.used = left, quota, used
+        self.spent = 0
+
+    def charge(self, n: int) -> None:
+        if self.left is not None and self.spent + n > self.left:
+            raise QuotaExceeded(
+                f"snapshot refused: it would take this container's snapshots past their quota of "
+                f"{_mib(self.quota or 0)} ({_mib(self.used)} used); remove a snapshot first"
+            )
+        self.spent += n
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def _copy_range(fd_in: int, fd_out: int, start: int, count: int) -> None:
+    """count bytes from start in fd_in to the same offset in fd_out."""
+    off_in, off_out, end = start, start, start + count
     try:
-        while os.copy_file_range(fd_in, fd_out, 1 << 30):
-            pass
+        while off_in < end:
+            n = os.copy_file_range(fd_in, fd_out, min(end - off_in, 1 << 30), off_in, off_out)
+            if n == 0:
+                return  # the file shrank meanwhile: the caller sees the changed stat
+            off_in += n
+            off_out += n
         return
     except OSError as e:
         if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
             raise
-    offset = os.lseek(fd_out, 0, os.SEEK_CUR)
-    while True:
-        n = os.sendfile(fd_out, fd_in, offset, 1 << 30)
+    os.lseek(fd_out, off_out, os.SEEK_SET)
+    while off_in < end:
+        n = os.sendfile(fd_out, fd_in, off_in, min(end - off_in, 1 << 30))
         if n == 0:
-            break
-        offset += n
+            return
+        off_in += n
+
+
+def _data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of each data run of the file; holes are skipped (SEEK_DATA/SEEK_HOLE).
+
+    Where the filesystem cannot tell, the whole file is one run.
+    """
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                return  # only a hole is left
+            if e.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                yield pos, size
+                return
+            raise
+        if start >= size:
+            return
+        try:
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        except OSError:
+            end = size
+        yield start, end
+        pos = end
+
+
+def _copy_data(fd_in: int, fd_out: int, size: int, budget: Budget | None = None) -> None:
+    """Copy only the data runs, then set the size: holes stay holes.
+
+    A sparse 2 GiB file (`truncate -s 2G`) costs nothing; copy_file_range or sendfile of
+    the whole file would write its 2 GiB of zeros as data.
+    """
+    for start, end in _data_extents(fd_in, size):
+        if budget is not None:
+            budget.charge(end - start)
+        _copy_range(fd_in, fd_out, start, end - start)
+    os.ftruncate(fd_out, size)
 
 
 def _copy_entry(src: str, dst: str, fsync: bool = True) -> os.stat_result:
-    """Copy one non-directory entry with its metadata; return the source stat seen."""
+    """Copy one non-directory entry with its metadata; return the source stat seen.
+
+    Charged to the snapshot's budget (_BUDGET, set around one snapshot's copy) if any.
+    """
+    budget = _BUDGET.get()
     st = os.lstat(src)
+    if budget is not None:
+        budget.charge(ENTRY_COST)
     mode = st.st_mode
     if stat.S_ISREG(mode):
         fd_in = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -126,7 +210,7 @@ def _copy_entry(src: str, dst: str, fsync: bool = True) -> os.stat_result:
             st = os.fstat(fd_in)
             fd_out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
-                _copy_data(fd_in, fd_out, st.st_size)
+                _copy_data(fd_in, fd_out, st.st_size, budget)
                 _set_meta_fd(fd_out, st, _xattrs(fd_in))
                 if fsync:
                     os.fsync(fd_out)
@@ -403,7 +487,62 @@ class Snapshots:
         parent = snap["parent"]
         while parent and by_id[parent].get("hidden"):
             parent = by_id[parent]["parent"]
-        return SnapshotInfo(snap["id"], parent, snap["created"], snap["message"], snap["size"])
+        return SnapshotInfo(
+            snap["id"], parent, snap["created"], snap["message"], snap["size"], self._stored(snap)
+        )
+
+    def _stored(self, snap: dict) -> int:
+        """Bytes a snapshot's layer keeps (measured once for layers made before it was recorded)."""
+        if "stored" not in snap:
+            snap["stored"] = _du(self.root / "layers" / snap["layer"])
+        return int(snap["stored"])
+
+    def usage(self) -> tuple[int, int]:
+        """(snapshots kept, bytes they keep on disk): what the quota counts."""
+        index = self._read_index()
+        return len(self._visible(index)), sum(self._stored(s) for s in index["snapshots"])
+
+    # ------------------------------------------------------------ quota
+
+    def limits(self) -> tuple[int | None, int | None]:
+        """(most snapshots, most bytes) this container may keep; None = no limit.
+
+        Kept in limits.json in the snapshots dir, on the host: the container cannot reach it.
+        """
+        try:
+            data = json.loads((self.root / "limits.json").read_text())
+        except FileNotFoundError:
+            return None, None
+        return data.get("max_snapshots"), data.get("max_bytes")
+
+    def set_limits(self, max_snapshots: int | None = None, max_bytes: int | None = None) -> None:
+        """Set the quota (0 or None = no limit); snapshots over it are kept, new ones refused."""
+        for v in (max_snapshots, max_bytes):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise InvalidArgument(f"snapshot limits must be whole numbers >= 0, not {v!r}")
+        data = {"max_snapshots": max_snapshots or None, "max_bytes": max_bytes or None}
+        tmp = self.root / f".limits.json.{secrets.token_hex(4)}"
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self.root / "limits.json")
+
+    def _budget(self, index: dict) -> Budget:
+        """What a new snapshot may still take; QuotaExceeded when nothing (count or bytes)."""
+        max_snaps, max_bytes = self.limits()
+        kept = len(self._visible(index))
+        if max_snaps is not None and kept >= max_snaps:
+            raise QuotaExceeded(
+                f"snapshot refused: this container keeps {kept} snapshots, the most it may; "
+                "remove one first (%cellbox snapshot rm ID)"
+            )
+        used = sum(self._stored(s) for s in index["snapshots"])
+        if index.get("head"):
+            with contextlib.suppress(OSError):
+                used += os.stat(self.root / index["head"]["manifest"]).st_size
+        if max_bytes is None:
+            return Budget(None, None, used)
+        budget = Budget(max(0, max_bytes - used), max_bytes, used)
+        budget.charge(ENTRY_COST)  # refused at once when the quota is already used up
+        return budget
 
     def _find(self, index: dict, prefix: str) -> dict:
         if not prefix or not all(c in "0123456789abcdef" for c in prefix):
@@ -447,10 +586,15 @@ class Snapshots:
             if head:
                 data = json.loads((self.root / head["manifest"]).read_text())
                 prev, prev_dev = data["entries"], data["dev"]
+            budget = self._budget(index)
             cur = walk(upper)
             dev = os.lstat(upper).st_dev
             work = Path(self._mkwork("layer"))
-            puts, deleted, size, seen = self._copy_changes(upper, cur, prev, prev_dev == dev, work)
+            try:
+                puts, deleted, size, seen = self._copy_changes(upper, cur, prev, prev_dev == dev, work, budget)
+            except QuotaExceeded:
+                _rmtree(work)  # nothing of a refused snapshot stays on disk
+                raise
             for path, st in seen.items():  # content changed under us: copy it again next time
                 e = cur[path]
                 if st.st_ctime_ns != e[5] or st.st_size != e[3] or st.st_ino != e[6]:
@@ -473,6 +617,7 @@ class Snapshots:
                 "message": message,
                 "layer": lid,
                 "size": size,
+                "stored": budget.spent,
             }
             index["snapshots"].append(snap)
             index["head"] = {"id": snap_id, "manifest": mpath}
@@ -513,15 +658,49 @@ class Snapshots:
             self._write_index(index)
             self._recover(index)
 
-    def remove(self, snap_id: str) -> None:
-        """Remove a snapshot; its changes move into its children so they still restore."""
+    def remove(self, snap_id: str) -> SnapshotInfo:
+        """Remove a snapshot; its changes move into its children so they still restore.
+
+        The head (the snapshot the upper dir was last compared with) used to stay, hidden,
+        as the base of the next incremental snapshot, so removing the newest snapshot
+        freed nothing. Now the head moves to the parent: the next snapshot copies again
+        whatever the removed one held, and the removed layer is dropped at once.
+        """
         with self._locked() as index:
             index = self._recover(index)
             snap = self._find(index, snap_id)
+            info = self._info(index, snap)
             snap["hidden"] = True
+            if index.get("head") and index["head"]["id"] == snap["id"]:
+                index["head"] = self._head_at_parent(index, snap)
             index = self._compact(index)
             self._write_index(index)
             self._collect(index)
+            return info
+
+    def _head_at_parent(self, index: dict, snap: dict) -> dict | None:
+        """A head for snap's parent: snap's head manifest with what snap's layer changed
+        marked unknown (copied again next time) and what it deleted put back as unknown
+        entries (deleted again next time, if still gone). Without a parent: no head, and
+        the next snapshot is a full one."""
+        parent = snap["parent"]
+        by_id = {s["id"]: s for s in index["snapshots"]}
+        while parent and by_id[parent].get("hidden"):
+            parent = by_id[parent]["parent"]
+        if parent is None:
+            return None
+        data = json.loads((self.root / index["head"]["manifest"]).read_text())
+        entries = data["entries"]
+        delta = json.loads((self.root / "layers" / snap["layer"] / "delta.json").read_text())
+        for path, _kind in delta["puts"]:
+            if path in entries:
+                entries[path][5] = _RACY
+        for path in delta["deleted"]:
+            entries.setdefault(path, [0, -1, -1, -1, -1, _RACY, -1, 0, 0])
+        mpath = f"manifests/{parent}-{secrets.token_hex(4)}.json"
+        _write_json(self.root / mpath, data)
+        _fsync_dir(self.root / "manifests")
+        return {"id": parent, "manifest": mpath}
 
     def materialize(self, snap_id: str, dest: Path) -> None:
         """Write the upper-dir state at snap_id into dest (an overlay upper tree)."""
@@ -552,6 +731,7 @@ class Snapshots:
         prev: dict[str, list[int]],
         same_dev: bool,
         work: Path,
+        budget: Budget | None = None,
     ) -> tuple[list[list[str]], list[str], int, dict[str, os.stat_result]]:
         """Copy what changed since prev into work/tree; return puts, deleted, bytes, stats."""
         deleted: set[str] = {p for p in prev if p not in cur}
@@ -575,39 +755,50 @@ class Snapshots:
         links: dict[int, str] = {}
         seen: dict[str, os.stat_result] = {}
         size = 0
-        for path in changed:
-            parent = path.rsplit("/", 1)[0] if "/" in path else ""
-            if parent not in made:  # scaffolding for an unchanged parent
-                os.makedirs(_join(tree, parent), 0o700, exist_ok=True)
-                acc = ""
-                for part in parent.split("/"):
-                    acc = f"{acc}/{part}" if acc else part
-                    made.add(acc)
-            e = cur[path]
-            dst = _join(tree, path)
-            if _is_dir(e):
-                if path:
-                    os.makedirs(dst, 0o700, exist_ok=True)
-                made.add(path)
-                dirs.append(path)
-                puts.append([path, "d"])
-                continue
-            if e[7] > 1 and e[6] in links:
-                os.link(_join(tree, links[e[6]]), dst)
-            else:
-                try:
-                    pfd, name = src.parent(path)
-                except OSError as err:
-                    if err.errno in safewalk.RACED:
-                        raise InvalidArgument(f"{parent} changed while it was read") from None
-                    raise
-                # /proc/self/fd/<checked parent>/<name>: only the last part is named
-                seen[path] = _copy_entry(safewalk.at(pfd, name), dst)
-                if stat.S_ISREG(e[0]):
-                    size += seen[path].st_size
-                if e[7] > 1:
-                    links[e[6]] = path
-            puts.append([path, "f"])
+        try:
+            for path in changed:
+                parent = path.rsplit("/", 1)[0] if "/" in path else ""
+                if parent not in made:  # scaffolding for an unchanged parent
+                    os.makedirs(_join(tree, parent), 0o700, exist_ok=True)
+                    acc = ""
+                    for part in parent.split("/"):
+                        acc = f"{acc}/{part}" if acc else part
+                        made.add(acc)
+                e = cur[path]
+                dst = _join(tree, path)
+                if _is_dir(e):
+                    if budget is not None:
+                        budget.charge(ENTRY_COST)
+                    if path:
+                        os.makedirs(dst, 0o700, exist_ok=True)
+                    made.add(path)
+                    dirs.append(path)
+                    puts.append([path, "d"])
+                    continue
+                if e[7] > 1 and e[6] in links:
+                    os.link(_join(tree, links[e[6]]), dst)
+                else:
+                    try:
+                        pfd, name = src.parent(path)
+                    except OSError as err:
+                        if err.errno in safewalk.RACED:
+                            raise InvalidArgument(f"{parent} changed while it was read") from None
+                        raise
+                    # /proc/self/fd/<checked parent>/<name>: only the last part is named
+                    token = _BUDGET.set(budget)
+                    try:
+                        seen[path] = _copy_entry(safewalk.at(pfd, name), dst)
+                    finally:
+                        _BUDGET.reset(token)
+                    if stat.S_ISREG(e[0]):
+                        size += seen[path].st_size
+                    if e[7] > 1:
+                        links[e[6]] = path
+                puts.append([path, "f"])
+        except BaseException:
+            src.close()
+            os.close(root_fd)
+            raise
         src.close()
         try:
             for path in reversed(dirs):  # after the children: creating them moves mtime
@@ -631,14 +822,15 @@ class Snapshots:
                     continue
                 children = [s for s in index["snapshots"] if s["parent"] == snap["id"]]
                 for child in children:
-                    lid, size = self._merge(snap["layer"], child["layer"])
+                    lid, size, stored = self._merge(snap["layer"], child["layer"])
                     child["layer"], child["size"], child["parent"] = lid, size, snap["parent"]
+                    child["stored"] = stored
                 index["snapshots"] = [s for s in index["snapshots"] if s is not snap]
                 break
             else:
                 return index
 
-    def _merge(self, first: str, second: str) -> tuple[str, int]:
+    def _merge(self, first: str, second: str) -> tuple[str, int, int]:
         """A new layer equal to applying `first` then `second`; files are hardlinked."""
         a_dir, b_dir = self.root / "layers" / first, self.root / "layers" / second
         a = json.loads((a_dir / "delta.json").read_text())
@@ -654,6 +846,7 @@ class Snapshots:
         work = Path(self._mkwork("merge"))
         tree = str(work / "tree")
         size = 0
+        stored = 0
         dirs = []
         linked: set[tuple[int, int]] = set()
         for path in sorted(merged, key=_sort_key):
@@ -665,12 +858,15 @@ class Snapshots:
             if kind == "d":
                 os.makedirs(dst, 0o700, exist_ok=True)
                 dirs.append((src, dst))
+                stored += ENTRY_COST
             else:
                 os.link(src, dst, follow_symlinks=False)
                 st = os.lstat(src)
+                stored += ENTRY_COST
                 if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in linked:
                     linked.add((st.st_dev, st.st_ino))
                     size += st.st_size
+                    stored += st.st_blocks * 512
         for src, dst in reversed(dirs):
             _copy_dir_meta(src, dst)
         delta = {
@@ -683,7 +879,7 @@ class Snapshots:
         lid = secrets.token_hex(8)
         os.rename(work, self.root / "layers" / lid)
         _fsync_dir(self.root / "layers")
-        return lid, size
+        return lid, size, stored
 
     def _materialize(self, index: dict, snap_id: str, dest: Path) -> None:
         """Resolve the chain to one source per path, then copy each file once."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -316,3 +317,106 @@ def test_remove_restored_head_with_children(env: tuple[Snapshots, Path]) -> None
     snaps.restore(s3.id, upper)
     assert sorted(os.listdir(upper)) == ["a", "b", "c"]
     assert len(os.listdir(snaps.root / "layers")) == 2
+
+
+def _disk(path: Path) -> int:
+    """Bytes really allocated under path (each inode once)."""
+    seen, total = set(), 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        for n in dirnames + filenames:
+            st = os.lstat(os.path.join(dirpath, n))
+            if st.st_ino not in seen:
+                seen.add(st.st_ino)
+                total += st.st_blocks * 512
+    return total
+
+
+def test_sparse_file_keeps_its_holes_in_snapshot_and_restore(env: tuple[Snapshots, Path]) -> None:
+    """`truncate -s 2G` became 2 GB of real data in a snapshot (issue 11 item 4)."""
+    snaps, upper = env
+    with open(upper / "big", "wb") as f:
+        f.truncate(2 << 30)
+        f.seek(1 << 30)
+        f.write(b"middle")
+        f.seek((2 << 30) - 5)
+        f.write(b"tail!")
+    s1 = snaps.create(upper, "sparse")
+    assert s1.size == 2 << 30  # its length still counts as its size
+    assert s1.stored < 1 << 20 and _disk(snaps.root) < 1 << 20
+    (upper / "big").unlink()
+    snaps.restore(s1.id, upper)
+    st = (upper / "big").stat()
+    assert st.st_size == 2 << 30 and st.st_blocks * 512 < 1 << 20
+    with open(upper / "big", "rb") as f:
+        f.seek(1 << 30)
+        assert f.read(6) == b"middle"
+        f.seek((2 << 30) - 5)
+        assert f.read() == b"tail!"
+        f.seek(12345)
+        assert f.read(4096) == bytes(4096)
+
+
+def test_removing_the_head_frees_its_data(env: tuple[Snapshots, Path]) -> None:
+    """`snapshot rm` of the newest snapshot kept its data as the next snapshot's base."""
+    snaps, upper = env
+    (upper / "keep").write_text("kept")
+    (upper / "gone").write_text("deleted by the head")
+    (upper / "dir").mkdir()
+    (upper / "dir" / "x").write_text("x")
+    s1 = snaps.create(upper, "base")
+    before = _disk(snaps.root / "layers")
+    (upper / "blob").write_bytes(os.urandom(8 << 20))
+    (upper / "gone").unlink()
+    shutil.rmtree(upper / "dir")
+    (upper / "keep").write_text("changed")
+    s2 = snaps.create(upper, "big")
+    assert _disk(snaps.root / "layers") > before + (8 << 20)
+    snaps.remove(s2.id)
+    assert [s.id for s in snaps.list()] == [s1.id]
+    assert _disk(snaps.root / "layers") < before + (1 << 20)
+    # the next snapshot is relative to s1 again: everything since s1 is in it
+    (upper / "blob").unlink()
+    (upper / "later").write_text("later")
+    now = state(upper)
+    s3 = snaps.create(upper, "after")
+    assert s3.parent == s1.id
+    snaps.restore(s1.id, upper)
+    assert (upper / "gone").read_text() == "deleted by the head" and (upper / "keep").read_text() == "kept"
+    snaps.restore(s3.id, upper)
+    assert state(upper) == now
+    assert not (upper / "gone").exists() and not (upper / "dir").exists()
+
+
+def test_removing_the_only_snapshot_leaves_nothing(env: tuple[Snapshots, Path]) -> None:
+    snaps, upper = env
+    (upper / "blob").write_bytes(os.urandom(4 << 20))
+    s1 = snaps.create(upper)
+    snaps.remove(s1.id)
+    assert snaps.list() == [] and _disk(snaps.root / "layers") == 0
+    assert snaps.usage() == (0, 0)
+    s2 = snaps.create(upper)  # a full snapshot again
+    (upper / "blob").unlink()
+    snaps.restore(s2.id, upper)
+    assert (upper / "blob").stat().st_size == 4 << 20
+
+
+def test_quota_on_count_and_bytes(env: tuple[Snapshots, Path]) -> None:
+    from cellbox.runtime.images.snapshots import QuotaExceeded
+
+    snaps, upper = env
+    snaps.set_limits(max_snapshots=2, max_bytes=3 << 20)
+    (upper / "a").write_bytes(os.urandom(1 << 20))
+    s1 = snaps.create(upper)
+    (upper / "b").write_bytes(os.urandom(1 << 20))
+    snaps.create(upper)
+    (upper / "c").write_bytes(os.urandom(10))
+    with pytest.raises(QuotaExceeded, match="keeps 2 snapshots, the most it may"):
+        snaps.create(upper)
+    snaps.remove(s1.id)
+    (upper / "d").write_bytes(os.urandom(2 << 20))  # past the bytes left
+    with pytest.raises(QuotaExceeded, match="past their quota of 3.0 MiB"):
+        snaps.create(upper)
+    assert len(snaps.list()) == 1 and not list((snaps.root / "tmp").iterdir())
+    assert snaps.usage()[1] < 3 << 20
+    (upper / "d").unlink()
+    assert snaps.create(upper).size == 10
