@@ -257,6 +257,20 @@ class ImageOps:
         with self._frozen(ctr, True, "snapshot"):
             return self.snapshots(ctr.id).create(ctr.upper, message)
 
+    def snapshot_remove(self, ref: str, snap: str) -> Any:
+        """Remove one of the container's snapshots and free what only it kept."""
+        ctr = self.get(ref)
+        return self.snapshots(ctr.id).remove(snap)
+
+    def snapshot_limits(self, ref: str, max_snapshots: int | None = None, max_bytes: int | None = None) -> None:
+        """Cap what the container's snapshots may keep (count, bytes on disk; 0/None: no cap).
+
+        A tenant's snapshots are the host's disk: without a cap, 300 snapshots or one of
+        a huge file were accepted. Kept beside the snapshots, out of the container's reach.
+        """
+        ctr = self.get(ref)
+        self.snapshots(ctr.id).set_limits(max_snapshots, max_bytes)
+
     def snapshot_restore(self, ref: str, snap: str) -> Any:
         """Back to a snapshot: the processes stop, the files return, the container restarts."""
         ctr = self.get(ref)
