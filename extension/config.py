@@ -35,6 +35,12 @@ class Cellbox(Configurable):
     disk_limit = Unicode(
         "10g", help="Size of a notebook's writable layer, a filesystem of its own ('' = the host's disk, unlimited)."
     ).tag(config=True)
+    max_snapshots = Int(
+        20, help="Most snapshots a notebook's container may keep (0 = no limit); the tenant removes its own to make room."
+    ).tag(config=True)
+    snapshot_quota = Unicode(
+        "5g", help="Most disk a notebook's snapshots may keep, holes of sparse files not counted ('' = no limit)."
+    ).tag(config=True)
     nofile_limit = Int(
         help="Open files per process in a notebook's container (RLIMIT_NOFILE; default: "
         "what max_pids leaves of max_open_files_share of the host's file table, at most 1024)."

@@ -2,7 +2,7 @@
 
 Authentication and authorization are jupyter_server's: every handler is
 `@web.authenticated` and `@authorized` on resource "cellbox" with action
-read (GET), write (changes: stop, remove, snapshot, restore, tag, untag) or
+read (GET), write (changes: stop, remove, snapshot, snapshot delete, restore, tag, untag) or
 execute (commit, push, pull: they create images or talk to registries).
 Errors are JSON: {"error": "NotFound", "message": "..."} with 400/403/404/409.
 """
@@ -241,7 +241,10 @@ class StopHandler(BaseAPI):
 
 
 def _snap(s: Any) -> dict[str, Any]:
-    return {"id": s.id, "parent": s.parent, "created": s.created, "message": s.message, "size": s.size}
+    return {
+        "id": s.id, "parent": s.parent, "created": s.created, "message": s.message, "size": s.size,
+        "stored": getattr(s, "stored", 0),
+    }  # fmt: skip
 
 
 class SnapshotsHandler(BaseAPI):
@@ -261,6 +264,17 @@ class SnapshotsHandler(BaseAPI):
         if not isinstance(message, str) or len(message) > 1000:
             raise CellboxAPIError(400, "InvalidArgument", "'message' must be a string of at most 1000 characters")
         self.reply(_snap(await self.call(self.cb.engine.snapshot_create, m.id, message)), 201)
+
+
+class SnapshotHandler(BaseAPI):
+    @web.authenticated
+    @authorized("write", resource=RESOURCE)
+    async def delete(self, ref: str, snap: str) -> None:
+        """Remove one snapshot of a notebook's container: the tenant frees its own quota."""
+        m = self.managed(ref)  # only the containers this server manages
+        if not re.fullmatch(r"[0-9a-f]{1,64}", snap):
+            raise CellboxAPIError(400, "InvalidArgument", "a snapshot id is hex digits")
+        self.reply(_snap(await self.call(self.cb.engine.snapshot_remove, m.id, snap)))
 
 
 class RestoreHandler(BaseAPI):
@@ -451,6 +465,7 @@ def handlers(base_url: str) -> list[tuple[str, Any, dict]]:
         (api + f"/containers/{cid}/stop", StopHandler, {}),
         (api + f"/containers/{cid}/snapshots", SnapshotsHandler, {}),
         (api + f"/containers/{cid}/snapshots/(?P<snap>[a-zA-Z0-9_.:-]+)/restore", RestoreHandler, {}),
+        (api + f"/containers/{cid}/snapshots/(?P<snap>[a-zA-Z0-9_.:-]+)", SnapshotHandler, {}),
         (api + f"/containers/{cid}/commit", CommitHandler, {}),
         (api + "/images", ImagesHandler, {}),
         (api + "/images/tag", TagHandler, {}),

@@ -293,6 +293,7 @@ class ContainerManager:
             labels=labels,
         )
         ctr = kc.create_kernel_container(self.engine, run_opts)
+        self._snapshot_limits(ctr.id)
         m = Managed(id=ctr.id, path=path, rundir=str(kc.run_dir(self.engine, ctr)), capped=capped)
         with self._lock:
             self._by_id[ctr.id] = m
@@ -301,6 +302,15 @@ class ContainerManager:
             self.log.warning("cellbox: %s asked for more than allowed; capped: %s", path, capped)
         self.log.info("cellbox: container %s for %s", ctr.short_id, path)
         return m
+
+    def _snapshot_limits(self, cid: str) -> None:
+        """The server's snapshot quota for this container (its disk is the host's disk)."""
+        from cellbox.runtime.cgroups.units import parse_memory
+
+        quota = self.config.snapshot_quota
+        self.engine.snapshot_limits(
+            cid, self.config.max_snapshots or None, parse_memory(quota) if quota else None
+        )
 
     def remove(self, ref: str, force: bool = True) -> None:
         """Remove a managed container and its run directory."""
@@ -390,6 +400,10 @@ class ContainerManager:
                     self.engine.restart(ctr.id, timeout=2)
                 except CellboxError as e:
                     self.log.warning("cellbox: restarting reattached container %s: %s", ctr.short_id, e)
+            try:
+                self._snapshot_limits(ctr.id)  # this run's config, not the one it was made with
+            except CellboxError as e:
+                self.log.warning("cellbox: snapshot limits of %s: %s", ctr.short_id, e)
             with self._lock:
                 self._by_id[ctr.id] = Managed(id=ctr.id, path=path, rundir=rundir, capped=rec.get("capped") or {})
             out["reattached"].append(ctr.id)

@@ -65,6 +65,11 @@ def snapshots() -> list[dict[str, Any]]:
     return request("snapshots")
 
 
+def snapshot_rm(snapshot_id: str) -> dict[str, Any]:
+    """Remove one of this container's snapshots (frees its space in the quota)."""
+    return request("snapshot_rm", snapshot=snapshot_id)
+
+
 def restore(snapshot_id: str) -> dict[str, Any]:
     """Ask for the restore; the kernel is restarted into it right after the answer."""
     return request("restore", snapshot=snapshot_id)

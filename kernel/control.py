@@ -10,7 +10,7 @@ on one line (at most MAX_REQUEST bytes, within READ_TIMEOUT seconds):
 and reads JSON lines back: zero or more {"progress": {...}} then one final
 {"ok": true, "result": ...} or {"ok": false, "error": "one plain line"}.
 
-Ops: status, snapshot, snapshots, restore, commit, push, diff. Every request is checked
+Ops: status, snapshot, snapshots, snapshot_rm, restore, commit, push, diff. Every request is checked
 against a schema (unknown fields are refused). Policy: commit may not overwrite an image
 that this container did not commit (images it commits carry the label
 cellbox.kernel.container=<id>); push only sends such images, and only to registries in
@@ -55,6 +55,7 @@ ARGS_SCHEMAS: dict[str, dict[str, Any]] = {
     "diff": _args({}),
     "snapshot": _args({"message": _TEXT}),
     "restore": _args({"snapshot": _SNAP}, ["snapshot"]),
+    "snapshot_rm": _args({"snapshot": _SNAP}, ["snapshot"]),
     "commit": _args({"ref": _REF, "message": _TEXT}, ["ref"]),
     "push": _args({"ref": _REF}, ["ref"]),
 }
@@ -293,6 +294,8 @@ class ControlServer:
         with self._op_lock:
             if op == "snapshot":
                 return dataclasses.asdict(eng.snapshot_create(cid, args.get("message", ""))), None
+            if op == "snapshot_rm":  # its own snapshots only: the socket names the container
+                return dataclasses.asdict(eng.snapshot_remove(cid, args["snapshot"])), None
             if op == "restore":
                 info = eng.snapshots(cid).get(args["snapshot"])
                 hook = self.restore_hook or (lambda snap: eng.snapshot_restore(cid, snap))

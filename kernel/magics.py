@@ -1,4 +1,4 @@
-"""Container side: the %cellbox line magic (status, snapshot, snapshots, restore, commit, push, diff)."""
+"""Container side: the %cellbox line magic (status, snapshot, snapshots, snapshot rm, restore, commit, push, diff)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from . import client
 
 USAGE = (
-    "usage: %cellbox status | snapshot [-m MSG] | snapshots | restore SNAP | "
+    "usage: %cellbox status | snapshot [-m MSG] | snapshot rm SNAP | snapshots | restore SNAP | "
     "commit REPO:TAG [-m MSG] | push REPO:TAG | diff"
 )
 
@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("diff")
     s = sub.add_parser("snapshot")
     s.add_argument("-m", "--message", default="")
+    s.add_argument("action", nargs="*", help="rm SNAP: remove a snapshot")
     s = sub.add_parser("restore")
     s.add_argument("snapshot")
     s = sub.add_parser("commit")
@@ -74,9 +75,16 @@ def run(line: str) -> Any:
         st = client.status()
         print(format_status(st))
         return None
+    if args.cmd == "snapshot" and args.action:
+        if args.action[0] not in ("rm", "remove") or len(args.action) != 2:
+            raise client.ControlError(USAGE)
+        snap = client.snapshot_rm(args.action[1])
+        print(f"removed snapshot {snap['id'][:12]}{': ' + snap['message'] if snap['message'] else ''}")
+        return None
     if args.cmd == "snapshot":
         snap = client.snapshot(args.message)
-        print(f"snapshot {snap['id'][:12]} ({_size(snap['size'])}){': ' + snap['message'] if snap['message'] else ''}")
+        kept = f", {_size(snap['stored'])} stored" if "stored" in snap else ""
+        print(f"snapshot {snap['id'][:12]} ({_size(snap['size'])}{kept}){': ' + snap['message'] if snap['message'] else ''}")
         return None
     if args.cmd == "snapshots":
         snaps = client.snapshots()
@@ -108,7 +116,7 @@ def run(line: str) -> Any:
 class CellboxMagics(Magics):
     @line_magic
     def cellbox(self, line: str) -> None:
-        """%cellbox status | snapshot [-m MSG] | snapshots | restore SNAP | commit REPO:TAG [-m MSG] | push REPO:TAG | diff"""
+        """%cellbox status | snapshot [-m MSG] | snapshot rm SNAP | snapshots | restore SNAP | commit REPO:TAG [-m MSG] | push REPO:TAG | diff"""
         try:
             run(line)
         except client.ControlError as e:

@@ -25,6 +25,7 @@ class Panel:
         self.snap_button = w.Button(description="Snapshot", icon="camera")
         self.snap_list = w.Select(options=[], description="Snapshots", rows=5)
         self.restore_button = w.Button(description="Restore", icon="undo")
+        self.delete_button = w.Button(description="Delete", icon="trash")
         self.repo = w.Text(placeholder="repository", description="Repository")
         self.tag = w.Text(value="latest", description="Tag")
         self.commit_message = w.Text(placeholder="commit message", description="Message")
@@ -34,6 +35,7 @@ class Panel:
         self.error = w.HTML(value="")
         self.snap_button.on_click(lambda _b: self._guard(self.do_snapshot))
         self.restore_button.on_click(lambda _b: self._guard(self.do_restore))
+        self.delete_button.on_click(lambda _b: self._guard(self.do_delete))
         self.commit_button.on_click(lambda _b: self._guard(self.do_commit))
         banner = []
         degraded = os.environ.get("CELLBOX_DEGRADED")
@@ -49,7 +51,7 @@ class Panel:
                 *banner,
                 self.usage,
                 w.HBox([self.message, self.snap_button]),
-                w.HBox([self.snap_list, self.restore_button]),
+                w.HBox([self.snap_list, w.VBox([self.restore_button, self.delete_button])]),
                 w.HBox([self.repo, self.tag]),
                 w.HBox([self.commit_message, self.commit_button]),
                 self.progress,
@@ -113,6 +115,14 @@ class Panel:
             raise client.ControlError("choose a snapshot to restore")
         snap = client.restore(self.snap_list.value)
         self.result.value = f"restoring {snap['id'][:12]}: the kernel restarts"
+
+    def do_delete(self) -> None:
+        """Remove the chosen snapshot: the tenant's way to free its snapshot quota."""
+        if not self.snap_list.value:
+            raise client.ControlError("choose a snapshot to delete")
+        snap = client.snapshot_rm(self.snap_list.value)
+        self.result.value = f"snapshot {snap['id'][:12]} deleted"
+        self.refresh_snapshots()
 
     def do_commit(self) -> None:
         if not self.repo.value.strip():
