@@ -241,8 +241,12 @@ class _TarEnd:
 
 
 def tar_command(root: Path, reproducible: bool, epoch: int | None) -> list[str]:
+    """GNU tar over the listed paths. `--sparse`: a file with holes (`truncate -s 2G`) is
+    stored as its data runs plus a map (PAX GNU.sparse 1.0, which Go's archive/tar - so
+    umoci, skopeo, podman, containerd - and Python's tarfile read), not as gigabytes of
+    zeros to read, compress and hash; files without holes are stored as before."""
     cmd = [
-        "tar", "-C", str(root), "--format=posix",
+        "tar", "-C", str(root), "--format=posix", "--sparse",
         "--pax-option=delete=atime,delete=ctime,delete=mtime",
         "--xattrs", "--xattrs-include=security.capability", "--xattrs-include=user.*",
         "--xattrs-exclude=user.overlay.*", "--numeric-owner", "--no-recursion",
