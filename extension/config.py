@@ -96,9 +96,11 @@ class Cellbox(Configurable):
     server_id = Unicode(help="This server's identity in container labels (default: from its root_dir).").tag(config=True)
     # What one kernel's output may cost the server (extension/limits.py says why).
     max_message_bytes = Int(
-        8 << 20,
-        help="Largest frame the server accepts from a kernel (ZMQ_MAXMSGSIZE; larger ones cut the "
-        "connection, which reconnects; the cellbox kernel sends output in smaller pieces). 0 = no limit.",
+        16 << 20,
+        help="Largest frame the server accepts from a kernel (ZMQ_MAXMSGSIZE: libzmq drops a larger one "
+        "unread and closes that socket's connection for good, so the browser that was sent it sees no "
+        "more output until it reconnects; the cellbox kernel cuts stdout/stderr into 256 KiB pieces, "
+        "so only one display output that large, or a forged message, meets it). 0 = no limit.",
     ).tag(config=True)
     kernel_queue_messages = Int(
         4,
