@@ -11,7 +11,8 @@ Here, applied when the extension loads:
 
 - Every ZMQ socket the server opens to a kernel refuses a frame over
   `Cellbox.max_message_bytes` (`ZMQ_MAXMSGSIZE`: libzmq reads the frame's length and drops
-  the connection before allocating; the socket reconnects) and queues at most
+  the connection before allocating; that connection is not made again, so only the
+  socket that met it, one browser's or the activity watcher's, goes quiet) and queues at most
   `Cellbox.kernel_queue_messages` messages (`ZMQ_RCVHWM`: past it the kernel's own
   socket holds them, in the container's memory, and drops them). The kernel's polite
   side (cellbox.kernel.outstream) cuts its output into smaller messages, so this
