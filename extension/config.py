@@ -131,7 +131,7 @@ class Cellbox(Configurable):
     def _nofile_limit(self) -> int:
         from cellbox.runtime.engine import open_files_per_process
 
-        return open_files_per_process(self.max_pids, self.max_open_files_share)
+        return open_files_per_process(max(self.pids_limit, self.max_pids), self.max_open_files_share)
 
     def check_open_files(self) -> None:
         """Refuse (InvalidArgument) limits that let one notebook fill the host's file table."""

@@ -56,3 +56,10 @@ def test_ulimit_parsing(text, expected):
 def test_bad_ulimits_are_one_line_errors(bad):
     with pytest.raises(InvalidArgument, match="ulimit"):
         parse_ulimits([bad])
+
+
+def test_the_default_nofile_fits_whichever_pids_setting_is_larger():
+    """A server that lowers max_pids below pids_limit still starts with the default nofile."""
+    cfg = Cellbox(pids_limit=512, max_pids=64)
+    cfg.check_open_files()
+    assert cfg.pids_limit * cfg.nofile_limit <= cfg.max_open_files_share * filetable.file_max()
