@@ -100,8 +100,9 @@ class BoundedBuffer:
             self.bytes -= n
             self.dropped += 1
             self.dropped_bytes += n
-            if self._parent is None:
-                self._parent = self._parent_of(old)
+            parent = self._parent_of(old)
+            if parent.get("msg_type") == "execute_request":
+                self._parent = parent  # the latest cell whose output went: the note shows there
 
     append = add  # the list protocol, for anything that appends (channel, frames) tuples
 
@@ -109,6 +110,8 @@ class BoundedBuffer:
         """The parent header of a dropped message, so the note shows in that cell."""
         try:
             _idents, msg = self.session.feed_identities(parts, copy=True)
+            if len(msg[2]) > 65536:
+                return {}  # no cell's header is that large: forged, not worth decoding
             parent = self.session.unpack(msg[2])
             return parent if isinstance(parent, dict) else {}
         except Exception:  # noqa: BLE001 - a forged message: the note goes to no cell
