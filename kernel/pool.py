@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import containers
+from .kernel_log import KernelLog
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,12 @@ class KernelPool:
             "kernel_name": "cellbox",
         }
         containers.write_connection_file(run_dir, info)
-        helper = self.eng.exec(ctr.id, kernel_command(), env=kernel_env())
+        # fd 1/2 into the container's capped kernel.log, never the server's log (kernel_log.py)
+        w = KernelLog(ctr.dir).pipe()
+        try:
+            helper = self.eng.exec(ctr.id, kernel_command(), env=kernel_env(), stdout=w, stderr=w)
+        finally:
+            os.close(w)
         return WarmKernel(ctr.id, run_dir, info, helper)
 
     def take(self) -> WarmKernel | None:

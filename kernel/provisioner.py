@@ -259,13 +259,35 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
         return code
 
     def _log_startup_failure(self, code: int) -> None:
-        if code in (126, 127):
-            self.log.error(
-                "cellbox: the kernel command %s cannot run in the container (exit %d): "
-                "the image needs Python with ipykernel",
-                self._launch[0][:1] if getattr(self, "_launch", None) else "?",
-                code,
-            )
+        """Once per kernel process (poll() is called many times a second), with the reason
+        the container gave (the last line of the kernel's log), not a guess."""
+        helper = self._helper
+        if code not in (126, 127) or getattr(self, "_failure_logged_for", None) is helper:
+            return
+        self._failure_logged_for = helper
+        detail = self._kernel_log_tail()
+        reason = detail or "the image needs Python with ipykernel"
+        if detail and "python" in detail and "no such file" in detail:
+            reason += " (the image needs Python with ipykernel)"
+        self.log.error(
+            "cellbox: the kernel command %s cannot run in the container (exit %d): %s",
+            self._container_cmd(self._launch[0])[:1] if getattr(self, "_launch", None) else "?",
+            code,
+            reason,
+        )
+
+    def _kernel_log_tail(self) -> str:
+        log = getattr(self, "kernel_log", None)
+        if log is None:
+            return ""
+        log.join(timeout=2)  # the helper has exited: its last words are on their way
+        try:
+            with open(log.path, "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+                lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            return ""
+        return lines[-1][:300] if lines else ""
 
     async def wait(self) -> int | None:
         while True:
