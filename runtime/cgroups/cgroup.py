@@ -265,7 +265,9 @@ class Cgroup:
                 try:
                     self.thaw()
                 except CellboxError:
-                    if self.exists():
+                    # the monitor removes an exited container's group one hierarchy at a
+                    # time: a freezer dir that is gone was thawed by going
+                    if os.path.isdir(self._freezer()[1]):
                         raise
 
     def destroy(self) -> None:

@@ -34,7 +34,7 @@ def test_notebook_runs_clean(name, lab, monkeypatch):  # noqa: F811
     text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert "cellbox:" not in text, text  # a %cellbox failure prints one line starting so
     if name == "tour.ipynb":
-        assert "network: none" in text and "host home visible: False" in text and "committed notebooks/tour:latest" in text
+        assert "network: none" in text and "host files visible: False" in text and "committed notebooks/tour:latest" in text
     # the kernel ran in a container of this test's engine: its own pid namespace under our init
     check = [line.split() for line in text.splitlines() if line.startswith("CHECK ")]
     assert len(check) == 1, text

@@ -83,7 +83,11 @@ def test_a_removed_disk_is_released_while_other_containers_run(engine, busybox_r
     ]
     image = str(sized.dir / "rw.img")
     engine.remove(sized.id, force=True)
-    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
-    assert image not in loops, loops
+    import time
+
+    deadline = time.monotonic() + 10  # the kernel detaches an autoclear loop device in the background
+    while image in (loops := subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout):
+        assert time.monotonic() < deadline, loops
+        time.sleep(0.1)
     for c in others:
         engine.remove(c.id, force=True)

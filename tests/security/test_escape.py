@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from pathlib import Path
@@ -48,7 +49,8 @@ def run_py(engine, py_rootfs, code: str, **kw) -> tuple[int, str]:
     volumes = [f"{prefix}:{prefix}:ro"] + [f"{d}:{d}:ro" for d in libdirs if Path(d).exists()]
     return run_capture(
         engine,
-        RunOptions(rootfs=str(root), command=[sys.executable, "-I", "-S", "-c", code], volumes=volumes, **kw),
+        # the base interpreter: a venv's python lies outside the bound prefix
+        RunOptions(rootfs=str(root), command=[os.path.realpath(sys._base_executable), "-I", "-S", "-c", code], volumes=volumes, **kw),
     )
 
 
