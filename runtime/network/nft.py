@@ -53,12 +53,14 @@ LOCK_PATH = "/run/cellbox-nft.lock"
 CHAINS: dict[str, str | None] = {
     "published": None,
     "guard": "type filter hook prerouting priority raw; policy accept;",
+    "mark": "type filter hook prerouting priority mangle; policy accept;",
     "prerouting": "type nat hook prerouting priority dstnat; policy accept;",
     "output": "type nat hook output priority -100; policy accept;",
     "postrouting": "type nat hook postrouting priority srcnat; policy accept;",
     "input": "type filter hook input priority filter; policy accept;",
     "forward": "type filter hook forward priority filter; policy accept;",
 }
+PUBLISHED_MARK = "0x0cb10001"  # packets of a connection to a published port
 # The chains of the single flat table that cellbox used before per-bridge chains.
 LEGACY_CHAINS = ("prerouting", "output", "postrouting", "guard", "published")
 
@@ -125,8 +127,8 @@ def bridge_rules(b: BridgeRules) -> dict[str, list[str]]:
     for cid, cip, m in sorted(b.published, key=lambda t: (t[2].protocol, t[2].host_port, t[0])):
         match = f"ip daddr {m.host_ip}" if m.host_ip else "fib daddr type local"
         dnat.append(
-            f"{match} {m.protocol} dport {m.host_port} dnat to {cip}:{m.container_port}"
-            f" comment {_q('cbx:' + cid[:100])}"
+            f"{match} {m.protocol} dport {m.host_port} meta mark set {PUBLISHED_MARK}"
+            f" dnat to {cip}:{m.container_port} comment {_q('cbx:' + cid[:100])}"
         )
     inp = [
         f"iifname {br} ct state established,related accept",
@@ -157,6 +159,9 @@ def bridge_rules(b: BridgeRules) -> dict[str, list[str]]:
             f"iifname {br} ip daddr 127.0.0.0/8 drop",
             f"iifname {br} ip saddr != {b.subnet} drop",
         ],
+        # the mark of a published port's connection on every later packet, replies too
+        # (the DNAT rule marks the first): l2_rules lets it between two containers
+        "mark": [f"ct status dnat meta mark set {PUBLISHED_MARK}"],
         "prerouting": [f"jump {pub}"],
         "output": [f"jump {pub}"],
         "postrouting": [
@@ -181,9 +186,12 @@ def l2_rules(b: BridgeRules) -> list[str]:
     published port is DNAT'ed and bridged straight back out of the port it came in on,
     which the flag forbids; here a frame may go back out of its own port (hairpin).
     """
-    if b.icc:
+    if b.icc or not b.veths:
         return []
-    return [f"iifname {_q(v)} oifname != {_q(v)} drop" for v in sorted(b.veths)]
+    # A published port is public, to other containers too: with br_netfilter a DNAT'ed
+    # connection is bridged from one container's port straight to another's (this kernel
+    # has no bridge-family conntrack, so the ip side's mark says so).
+    return [f"meta mark {PUBLISHED_MARK} accept", *(f"iifname {_q(v)} oifname != {_q(v)} drop" for v in sorted(b.veths))]
 
 
 def render(bridges: Iterable[BridgeRules], remove: Iterable[str] = (), legacy: bool = False) -> str:

@@ -183,10 +183,7 @@ def test_container_reaches_another_containers_published_port(hostns, tmp_path):
     assert r["without_br_netfilter"] == f"hi from {gw}", r
     if r["with_br_netfilter"] is None:
         pytest.skip("br_netfilter not loaded: the bridged path cannot be tried")
-    if REFUSED.match(r["with_br_netfilter"]):
-        # runtime/network/nft.py l2_rules: "iifname VETH oifname != VETH drop" drops the
-        # frame that br_netfilter bridges from B's port to A's after the DNAT
-        pytest.xfail(f"known bug: with br_netfilter B gets {r['with_br_netfilter']!r}")
+    # (the per-veth layer-2 drop once dropped that bridged frame: nft.PUBLISHED_MARK)
     assert r["with_br_netfilter"] == f"hi from {gw}", r
 
 

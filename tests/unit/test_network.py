@@ -203,8 +203,11 @@ def test_nft_render():
     assert 'ip saddr 10.209.0.0/16 oifname != "cellbox0" masquerade' in post
     assert 'oifname "cellbox0" ip saddr 10.209.0.0/16 ct status dnat masquerade' in post  # hairpin
     pub = _chain(text, "ip", "published-cellbox0")
-    assert 'fib daddr type local tcp dport 8080 dnat to 10.209.0.2:80 comment "cbx:c1"' in pub
-    assert 'ip daddr 127.0.0.1 udp dport 53 dnat to 10.209.0.3:53 comment "cbx:c2"' in pub
+    mark = nft.PUBLISHED_MARK
+    assert f'fib daddr type local tcp dport 8080 meta mark set {mark} dnat to 10.209.0.2:80 comment "cbx:c1"' in pub
+    assert f'ip daddr 127.0.0.1 udp dport 53 meta mark set {mark} dnat to 10.209.0.3:53 comment "cbx:c2"' in pub
+    # later packets and replies of a published port's connection carry the mark too
+    assert _chain(text, "ip", "mark-cellbox0") == [f"ct status dnat meta mark set {mark}"]
     assert _chain(text, "ip", "prerouting-cellbox0") == ["jump published-cellbox0"]
     assert _chain(text, "ip", "output-cellbox0") == ["jump published-cellbox0"]
     # the host's loopback is never reachable through route_localnet, nor a spoofed source
@@ -225,6 +228,7 @@ def test_nft_render():
     assert not any("accept" in r and "iifname" in r for r in fwd)  # no bridge-to-bridge
     l2 = _chain(text, "bridge", "forward-cellbox0")
     assert l2 == [
+        f"meta mark {nft.PUBLISHED_MARK} accept",  # a published port is public, to containers too
         'iifname "cbxc1" oifname != "cbxc1" drop',
         'iifname "cbxc2" oifname != "cbxc2" drop',
     ]
