@@ -70,3 +70,18 @@ def kernel_env() -> Iterator[dict[str, str]]:
                 os.environ[k] = v
         shutil.rmtree(prefix, ignore_errors=True)
         assert not _cgroup_dirs(parent), "cgroups left behind"
+
+
+def cell(kc, code: str) -> str:
+    """Run code in a kernel client; what it printed (stdout, stderr, tracebacks). The cell must succeed."""
+    out: list[str] = []
+
+    def hook(msg: dict) -> None:
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"]["text"])
+        elif msg["msg_type"] == "error":
+            out.append("\n".join(msg["content"]["traceback"]))
+
+    reply = kc.execute_interactive(code, output_hook=hook, timeout=60)
+    assert reply["content"]["status"] == "ok", "".join(out)
+    return "".join(out)

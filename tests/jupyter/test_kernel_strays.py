@@ -10,7 +10,7 @@ import pytest
 from jupyter_client.manager import start_new_kernel
 
 pytest.importorskip("cellbox.kernel")
-from cellbox_kernel_env import kernel_env  # noqa: E402
+from cellbox_kernel_env import cell, kernel_env  # noqa: E402
 
 pytestmark = pytest.mark.root
 
@@ -27,20 +27,6 @@ LOOKALIKES = (
 @pytest.fixture(scope="module", autouse=True)
 def env():
     yield from kernel_env()
-
-
-def cell(kc, code: str) -> str:
-    out: list[str] = []
-
-    def hook(msg: dict) -> None:
-        if msg["msg_type"] == "stream":
-            out.append(msg["content"]["text"])
-        elif msg["msg_type"] == "error":
-            out.append("\n".join(msg["content"]["traceback"]))
-
-    reply = kc.execute_interactive(code, output_hook=hook, timeout=60)
-    assert reply["content"]["status"] == "ok", "".join(out)
-    return "".join(out)
 
 
 def test_a_sleep_that_looks_like_the_idle_process_dies_with_the_kernel():

@@ -11,7 +11,7 @@ import pytest
 from jupyter_client.manager import start_new_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cellbox_kernel_env import kernel_env  # noqa: E402
+from cellbox_kernel_env import cell, kernel_env  # noqa: E402
 
 pytestmark = pytest.mark.root
 # An ordinary host user. Through sh: setpriv itself resolves its command's path while it
@@ -32,20 +32,6 @@ def kc():
     finally:
         client.stop_channels()
         km.shutdown_kernel(now=True)
-
-
-def cell(kc, code: str) -> str:
-    out: list[str] = []
-
-    def hook(msg: dict) -> None:
-        if msg["msg_type"] == "stream":
-            out.append(msg["content"]["text"])
-        elif msg["msg_type"] == "error":
-            out.append("\n".join(msg["content"]["traceback"]))
-
-    reply = kc.execute_interactive(code, output_hook=hook, timeout=60)
-    assert reply["content"]["status"] == "ok", "".join(out)
-    return "".join(out)
 
 
 PLANT = """

@@ -18,7 +18,7 @@ import pytest
 from jupyter_client.manager import start_new_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jupyter"))
-from cellbox_kernel_env import kernel_env  # noqa: E402
+from cellbox_kernel_env import cell, kernel_env  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -80,20 +80,6 @@ def send(raw, wait=10.0):
     s.close()
     return out.decode(errors="replace")
 '''
-
-
-def cell(kc, code: str) -> str:
-    out: list[str] = []
-
-    def hook(msg: dict) -> None:
-        if msg["msg_type"] == "stream":
-            out.append(msg["content"]["text"])
-        elif msg["msg_type"] == "error":
-            out.append("\n".join(msg["content"]["traceback"]))
-
-    reply = kc.execute_interactive(code, output_hook=hook, timeout=60)
-    assert reply["content"]["status"] == "ok", "".join(out)
-    return "".join(out)
 
 
 def answer(kc, raw: bytes) -> dict:
