@@ -79,6 +79,16 @@ def commit(ref: str, message: str = "", progress: Callable[[dict[str, Any]], Non
     return request("commit", ref=ref, message=message, progress=progress)
 
 
+def images() -> list[dict[str, Any]]:
+    """The images this notebook's container committed."""
+    return request("images")
+
+
+def rmi(ref: str) -> dict[str, Any]:
+    """Remove REPO:TAG, an image this notebook's container committed (frees the store)."""
+    return request("rmi", ref=ref)
+
+
 def push(ref: str, progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     return request("push", ref=ref, progress=progress)
 

@@ -10,11 +10,13 @@ on one line (at most MAX_REQUEST bytes, within READ_TIMEOUT seconds):
 and reads JSON lines back: zero or more {"progress": {...}} then one final
 {"ok": true, "result": ...} or {"ok": false, "error": "one plain line"}.
 
-Ops: status, snapshot, snapshots, snapshot_rm, restore, commit, push, diff. Every request is checked
-against a schema (unknown fields are refused). Policy: commit may not overwrite an image
-that this container did not commit (images it commits carry the label
-cellbox.kernel.container=<id>); push only sends such images, and only to registries in
-the allow-list (none by default: pushing uses the host's network and credentials).
+Ops: status, snapshot, snapshots, snapshot_rm, restore, commit, images, rmi, push, diff. Every
+request is checked against a schema (unknown fields are refused). Policy: commit may not
+overwrite an image that this container did not commit (images it commits carry the label
+cellbox.kernel.container=<id>); images lists and rmi removes only such images (the tenant
+frees the store it filled, never another's image); push only sends such images, and only
+to registries in the allow-list (none by default: pushing uses the host's network and
+credentials).
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ ARGS_SCHEMAS: dict[str, dict[str, Any]] = {
     "snapshot_rm": _args({"snapshot": _SNAP}, ["snapshot"]),
     "commit": _args({"ref": _REF, "message": _TEXT}, ["ref"]),
     "push": _args({"ref": _REF}, ["ref"]),
+    "images": _args({}),
+    "rmi": _args({"ref": _REF}, ["ref"]),
 }
 REQUEST_SCHEMA = {
     "type": "object",
@@ -291,6 +295,8 @@ class ControlServer:
             return [dataclasses.asdict(s) for s in eng.snapshots(cid).list()], None
         if op == "diff":
             return [[kind, path] for kind, path in eng.diff(cid)], None
+        if op == "images":
+            return self._images(), None
         with self._op_lock:
             if op == "snapshot":
                 return dataclasses.asdict(eng.snapshot_create(cid, args.get("message", ""))), None
@@ -311,6 +317,8 @@ class ControlServer:
                 return self._commit(args["ref"], args.get("message", ""), progress), None
             if op == "push":
                 return self._push(args["ref"], progress), None
+            if op == "rmi":
+                return self._rmi(args["ref"]), None
         raise InvalidArgument(f"unknown op {op!r}")
 
     def _owned(self, ref: str) -> Any | None:
@@ -325,6 +333,36 @@ class ControlServer:
         if labels.get(LABEL_COMMITTER) != self.cid:
             raise Conflict(f"image {ref} exists and was not committed from this container: choose another name")
         return img
+
+    def _images(self) -> list[dict[str, Any]]:
+        """The images this container committed (by the label commit sets), newest first."""
+        out = []
+        for img in self.eng.images.list():
+            labels = (img.config.get("config") or {}).get("Labels") or {}
+            if labels.get(LABEL_COMMITTER) == self.cid:
+                out.append({"id": img.id, "refs": list(img.refs), "created": img.created, "size": img.size})
+        return sorted(out, key=lambda i: i["created"], reverse=True)
+
+    def _rmi(self, ref: str) -> dict[str, Any]:
+        """Untag or delete an image this container committed: by REPO:TAG only, never by id
+        (an id would reach every name the image has), never forced (an image another
+        container runs stays)."""
+        from cellbox.runtime.errors import NotFound
+        from cellbox.runtime.images.reference import parse_reference
+
+        r = parse_reference(ref)
+        if r.digest:
+            raise InvalidArgument("rmi needs REPO:TAG, not a digest")
+        try:
+            img = self.eng.images.resolve(ref)
+        except NotFound:
+            img = None
+        if img is None or r.familiar not in img.refs:
+            raise InvalidArgument(f"no image named {ref}: %cellbox images lists the ones this notebook committed")
+        labels = (img.config.get("config") or {}).get("Labels") or {}
+        if labels.get(LABEL_COMMITTER) != self.cid:
+            raise Conflict(f"image {ref} was not committed from this notebook: only its own images can be removed here")
+        return {"ref": ref, "removed": self.eng.images.rmi(ref)}
 
     def _commit(self, ref: str, message: str, progress: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
         from cellbox.runtime.images.reference import parse_reference

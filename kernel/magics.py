@@ -1,4 +1,5 @@
-"""Container side: the %cellbox line magic (status, snapshot, snapshots, snapshot rm, restore, commit, push, diff)."""
+"""Container side: the %cellbox line magic (status, snapshot, snapshots, snapshot rm, restore,
+commit, images, rmi, push, diff)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from . import client
 
 USAGE = (
     "usage: %cellbox status | snapshot [-m MSG] | snapshot rm SNAP | snapshots | restore SNAP | "
-    "commit REPO:TAG [-m MSG] | push REPO:TAG | diff"
+    "commit REPO:TAG [-m MSG] | images | rmi REPO:TAG | push REPO:TAG | diff"
 )
 
 
@@ -37,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("ref")
     s.add_argument("-m", "--message", default="")
     s = sub.add_parser("push")
+    s.add_argument("ref")
+    sub.add_parser("images")
+    s = sub.add_parser("rmi")
     s.add_argument("ref")
     return p
 
@@ -101,6 +105,18 @@ def run(line: str) -> Any:
         img = client.commit(args.ref, args.message)
         print(f"committed {args.ref}: {img['id']}")
         return None
+    if args.cmd == "images":
+        imgs = client.images()
+        if not imgs:
+            print("no images committed from this notebook yet: %cellbox commit REPO:TAG")
+        for i in imgs:
+            names = ", ".join(i["refs"]) or "<none>"
+            print(f"{i['id'].split(':', 1)[-1][:12]}  {i['created'][:19]}  {_size(i['size']):>10}  {names}")
+        return None
+    if args.cmd == "rmi":
+        for line in client.rmi(args.ref)["removed"]:
+            print(line)
+        return None
     if args.cmd == "push":
         out = client.push(args.ref)
         print(f"pushed {args.ref}: {out['digest']}")
@@ -116,7 +132,7 @@ def run(line: str) -> Any:
 class CellboxMagics(Magics):
     @line_magic
     def cellbox(self, line: str) -> None:
-        """%cellbox status | snapshot [-m MSG] | snapshot rm SNAP | snapshots | restore SNAP | commit REPO:TAG [-m MSG] | push REPO:TAG | diff"""
+        """%cellbox status | snapshot [-m MSG] | snapshot rm SNAP | snapshots | restore SNAP | commit REPO:TAG [-m MSG] | images | rmi REPO:TAG | push REPO:TAG | diff"""
         try:
             run(line)
         except client.ControlError as e:

@@ -1,4 +1,4 @@
-"""Container side: the ipywidgets panel (usage vs limits, snapshots, restore, commit).
+"""Container side: the ipywidgets panel (usage vs limits, snapshots, restore, commit, images).
 
 Every action goes through cellbox.kernel.client; a failure shows as one plain line in
 the panel's error label, never a traceback.
@@ -31,12 +31,15 @@ class Panel:
         self.commit_message = w.Text(placeholder="commit message", description="Message")
         self.commit_button = w.Button(description="Commit", icon="save")
         self.progress = w.IntProgress(value=0, min=0, max=100, description="Commit")
+        self.image_list = w.Select(options=[], description="Images", rows=3)
+        self.rmi_button = w.Button(description="Delete image", icon="trash")
         self.result = w.HTML(value="")
         self.error = w.HTML(value="")
         self.snap_button.on_click(lambda _b: self._guard(self.do_snapshot))
         self.restore_button.on_click(lambda _b: self._guard(self.do_restore))
         self.delete_button.on_click(lambda _b: self._guard(self.do_delete))
         self.commit_button.on_click(lambda _b: self._guard(self.do_commit))
+        self.rmi_button.on_click(lambda _b: self._guard(self.do_rmi))
         banner = []
         degraded = os.environ.get("CELLBOX_DEGRADED")
         if degraded:  # set by the server extension where namespaces are not allowed
@@ -55,6 +58,7 @@ class Panel:
                 w.HBox([self.repo, self.tag]),
                 w.HBox([self.commit_message, self.commit_button]),
                 self.progress,
+                w.HBox([self.image_list, self.rmi_button]),
                 self.result,
                 self.error,
             ]
@@ -87,6 +91,7 @@ class Panel:
     def refresh(self) -> None:
         self.refresh_usage()
         self.refresh_snapshots()
+        self.refresh_images()
 
     def refresh_usage(self) -> None:
         st = client.status()
@@ -103,6 +108,14 @@ class Panel:
     def refresh_snapshots(self) -> None:
         snaps = client.snapshots()
         self.snap_list.options = [(f"{s['id'][:12]} {s['created'][:19]} {s['message']}", s["id"]) for s in snaps]
+
+    def refresh_images(self) -> None:
+        """The images this notebook committed, one option per name (rmi removes a name)."""
+        opts = []
+        for i in client.images():
+            for ref in i["refs"]:
+                opts.append((f"{ref}  {_size(i['size'])}  {i['created'][:19]}", ref))
+        self.image_list.options = opts
 
     def do_snapshot(self) -> None:
         snap = client.snapshot(self.message.value)
@@ -139,6 +152,16 @@ class Panel:
         self.progress.value = 100
         self.progress.bar_style = "success"
         self.result.value = f"committed {_escape(ref)}: <code>{img['id']}</code>"
+        self.refresh_images()
+
+    def do_rmi(self) -> None:
+        """Remove the chosen image: the tenant's way to free the store its commits filled."""
+        if not self.image_list.value:
+            raise client.ControlError("choose an image to delete")
+        ref = self.image_list.value
+        client.rmi(ref)
+        self.result.value = f"image {_escape(ref)} deleted"
+        self.refresh_images()
 
 
 def _escape(s: str) -> str:
