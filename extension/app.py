@@ -12,10 +12,10 @@ import logging
 import os
 from typing import Any
 
+from cellbox.runtime.engine import probe_isolation
 from cellbox.runtime.errors import CellboxError, Conflict, InvalidArgument
 
 from .config import Cellbox
-from .isolation import probe
 from .manager import ContainerManager, check_path
 
 CONTENTS_SCHEMA = "https://events.jupyter.org/jupyter_server/contents_service/v1"
@@ -99,7 +99,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
         # to run (an extension that merely failed to load would leave kernels unbounded).
         log.critical("cellbox: %s", e)
         raise SystemExit(1) from None
-    isolation = probe(config.isolation)
+    isolation = probe_isolation(config.isolation)
     if not isolation.isolated:
         log.warning("cellbox: DEGRADED MODE, kernels run unisolated: %s", isolation.reason)
     cm = serverapp.contents_manager

@@ -1,5 +1,9 @@
 """`cellbox lab`: JupyterLab with the cellbox extension, on the default image, in notebooks/.
 
+A plugin of the `cellbox` command (entry-point group `cellbox.cli_plugins`): the runtime's
+CLI does not know Jupyter. Importing this module must stay light (`cellbox --help`
+imports it): jupyter and the engine are imported only when the command runs.
+
 The extension is passed with --ServerApp.jpserver_extensions, so it is on even when the
 jupyter_server_config.d file was not installed (editable installs skip data-files).
 """
@@ -14,7 +18,7 @@ import sys
 def _default_dir() -> str:
     from pathlib import Path
 
-    here = Path(__file__).resolve().parents[2] / "notebooks"
+    here = Path(__file__).resolve().parents[1] / "notebooks"
     return str(here) if here.is_dir() else os.getcwd()
 
 
@@ -23,7 +27,9 @@ def _install_kernelspec() -> bool:
     try:
         from cellbox.kernel.kernelspec import install_kernelspec
     except ImportError:
-        sys.stderr.write("cellbox: the cellbox kernel is not available; notebooks will use other kernels\n")
+        sys.stderr.write(
+            "cellbox: the cellbox kernel is not available; notebooks will use other kernels\n"
+        )
         return False
     from jupyter_client.kernelspec import KernelSpecManager
 
@@ -43,7 +49,10 @@ def lab_argv(args: argparse.Namespace) -> list[str]:
     if getattr(args, "cellbox_kernel", True):
         # A lab that runs notebooks in containers offers only contained kernels, and opens
         # new notebooks on cellbox, not on the host's ipykernel (extension/kernelspecs.py).
-        argv += ["--Cellbox.allow_unisolated_kernels=False", "--MappingKernelManager.default_kernel_name=cellbox"]
+        argv += [
+            "--Cellbox.allow_unisolated_kernels=False",
+            "--MappingKernelManager.default_kernel_name=cellbox",
+        ]
     if args.port:
         argv.append(f"--ServerApp.port={args.port}")
     if args.no_browser:
@@ -58,13 +67,14 @@ def lab_argv(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
-    from cellbox.extension.isolation import probe
+    """Prepare the default image and the kernelspec, then become `jupyter lab`."""
+    from cellbox.runtime.engine import Engine, probe_isolation
 
-    if probe().isolated:
-        from .common import engine
-
-        sys.stderr.write("cellbox: preparing the default image (the first time takes a few seconds)...\n")
-        engine(args).ensure_default_image()
+    if probe_isolation().isolated:
+        sys.stderr.write(
+            "cellbox: preparing the default image (the first time takes a few seconds)...\n"
+        )
+        Engine(root=args.root, cgroup_parent=args.cgroup_parent).ensure_default_image()
     args.cellbox_kernel = _install_kernelspec()  # without it, hiding the others leaves no kernel
     argv = lab_argv(args)
     sys.stdout.flush()
@@ -73,6 +83,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add `lab` to the `cellbox` command's subparsers."""
     p = sub.add_parser(
         "lab", help="Start JupyterLab with every notebook in its own container",
         usage="cellbox lab [OPTIONS] [DIR] [-- JUPYTER_OPTIONS...]",
@@ -81,5 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-browser", action="store_true", help="do not open a browser")
     p.add_argument("--ip", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("dir", nargs="?", help="notebook directory (default: the project's notebooks/)")
-    p.add_argument("jupyter_args", nargs=argparse.REMAINDER, help="more options for jupyter lab, after --")
+    p.add_argument(
+        "jupyter_args", nargs=argparse.REMAINDER, help="more options for jupyter lab, after --"
+    )
     p.set_defaults(func=cmd_lab)

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cellbox.runtime.engine import Isolation
 from cellbox.runtime.errors import CellboxError, Conflict, InvalidArgument, NotFound
 
 from .config import Cellbox
-from .isolation import Isolation
 
 LABEL_SERVER = "cellbox.server"
 LABEL_NOTEBOOK = "cellbox.notebook"

@@ -25,6 +25,8 @@ from .errors import CellboxError, Conflict, InvalidArgument, NotFound
 from .filetable import DEFAULT_SHARE as DEFAULT_OPEN_FILES_SHARE  # noqa: F401 - for kernel/, extension/
 from .filetable import check_share as check_open_files_share  # noqa: F401
 from .filetable import per_process as open_files_per_process  # noqa: F401
+from .isolation import Isolation
+from .isolation import probe as probe_isolation
 from .names import random_name, validate_name
 from .runconfig import RunOptions, merge_env, parse_env, parse_user
 
@@ -755,4 +757,12 @@ def parse_signal(sig: int | str) -> int:
         raise InvalidArgument(f"invalid signal: {sig}") from None
 
 
-__all__ = ["Container", "Engine", "RunOptions", "default_root", "parse_signal"]
+__all__ = [
+    "Container",
+    "Engine",
+    "Isolation",
+    "RunOptions",
+    "default_root",
+    "parse_signal",
+    "probe_isolation",
+]

@@ -16,6 +16,7 @@ from .errors import CellboxError, NotFound
 
 if TYPE_CHECKING:
     from .engine import Container
+    from .images.store import Image
 
 
 FREEZE_MARK = ".frozen-by-"
@@ -314,6 +315,20 @@ class ImageOps:
             if code not in (0, 1):  # GNU tar: 1 = some files changed while read
                 err.seek(0)
                 raise CellboxError(f"export failed: {err.read().decode(errors='replace').strip()}")
+
+    def pull(
+        self, ref: str, *, insecure: bool = False, platform: str | None = None, progress: Any = None
+    ) -> Image:
+        """Download `ref` from its registry into this engine's image store."""
+        from .images.registry import pull
+
+        return pull(self.images, ref, insecure=insecure, platform=platform, progress=progress)
+
+    def push(self, ref: str, *, insecure: bool = False, progress: Any = None) -> str:
+        """Upload the local image tagged `ref` to its registry; the manifest digest."""
+        from .images.registry import push
+
+        return push(self.images, ref, insecure=insecure, progress=progress)
 
     def ensure_default_image(self, progress: Any = None) -> Any:
         """The notebook image, built offline from this host's Python the first time."""

@@ -1,5 +1,6 @@
 """Are containers possible here? Asked once, in a child, so a refusal (no CAP_SYS_ADMIN,
-a seccomp filter that blocks unshare, as on mybinder.org) cannot hurt the server."""
+a seccomp filter that blocks unshare, as on mybinder.org) cannot hurt the caller (the
+Jupyter server, `cellbox lab`). Reached through `cellbox.runtime.engine`."""
 
 from __future__ import annotations
 
@@ -31,11 +32,15 @@ def probe(mode: str = "auto") -> Isolation:
     if mode == "on":
         return Isolation(True)
     if mode == "off":
-        return Isolation(False, "isolation is turned off in the server's configuration (Cellbox.isolation)")
+        return Isolation(
+            False, "isolation is turned off in the server's configuration (Cellbox.isolation)"
+        )
     if os.geteuid() != 0:
         return Isolation(False, "the server does not run as root: containers need root")
     try:
-        r = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=30)
+        r = subprocess.run(
+            [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=30
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         return Isolation(False, f"could not probe namespaces: {e}")
     if r.returncode != 0:

@@ -142,9 +142,7 @@ def _pull_image(eng: Engine, image: str | None, policy: str) -> None:
         return
     if policy != "always":
         sys.stderr.write(f"Unable to find image '{image}' locally\n")
-    from ..images.registry import pull
-
-    img = pull(eng.images, image)
+    img = eng.pull(image)
     sys.stderr.write(f"Digest: {img.manifest_digest}\nStatus: Downloaded newer image for {image}\n")
 
 

@@ -1,5 +1,5 @@
 """Image commands: images, tag, rmi, history, image prune, commit, diff, import, export,
-save, load, snapshot; pull/push/login/logout come from the registry package."""
+save, load, snapshot; pull/push/login/logout are in `registry.py`."""
 
 from __future__ import annotations
 

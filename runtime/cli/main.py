@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from ..errors import CellboxError
@@ -129,7 +130,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The command line; with `only`, the parser of that command alone (and the list of
     every command), which is all one run needs. Command modules import their heavy
     parts when a command runs, never here."""
-    from . import containers, images, lab, system
+    from . import containers, images, system
 
     parser = _Parser(
         prog="cellbox",
@@ -145,14 +146,30 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     containers.register(sub)
     images.register(sub)
     system.register(sub)
-    lab.register(sub)
-    try:
-        from cellbox.kernel.kernelspec import register as register_kernelspec
-    except ImportError:  # the kernel part is optional for the runtime alone
-        pass
-    else:
-        register_kernelspec(sub)
+    if not only or only not in sub.choices:  # a built-in command needs no plugin
+        for register in plugins():
+            register(sub)
     return parser
+
+
+PLUGIN_GROUP = "cellbox.cli_plugins"
+
+
+def plugins() -> list[Callable[[Any], None]]:
+    """The `register(subparsers)` of each command installed in the entry-point group
+    `cellbox.cli_plugins` (`cellbox lab` from cellbox.extension, `cellbox kernelspec`
+    from cellbox.kernel): the runtime's CLI knows no Jupyter part by name, and runs
+    without them. A plugin whose module cannot be imported (a dependency missing) is
+    left out."""
+    from importlib.metadata import entry_points
+
+    out = []
+    for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda ep: ep.name):
+        try:
+            out.append(ep.load())
+        except ImportError:
+            continue
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

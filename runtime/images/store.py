@@ -31,7 +31,6 @@ from cellbox.runtime.images import commit as cfgmod
 from cellbox.runtime.images.layout import REF_ANNOTATION, Layout, atomic_write, check_digest
 from cellbox.runtime.images.reference import familiar, parse_reference
 
-DEFAULT_ROOT = "/var/lib/cellbox"
 _HEX_PREFIX = re.compile(r"^(?:sha256:)?([0-9a-f]{3,64})$")
 _CTR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 MANIFEST_TYPES = (
@@ -65,10 +64,6 @@ def _du(path: Path) -> int:
             with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(dirpath, n)).st_blocks * 512
     return total
-
-
-def default_root() -> Path:
-    return Path(os.environ.get("CELLBOX_ROOT", DEFAULT_ROOT)) / "images"
 
 
 @dataclass
@@ -110,8 +105,9 @@ class _HashingReader:
 class ImageStore:
     """Images, their layers unpacked once, and which containers use them."""
 
-    def __init__(self, root: str | Path | None = None):
-        self.root = Path(root) if root is not None else default_root()
+    def __init__(self, root: str | Path):
+        """The store under `root` (the engine's is <engine root>/images: `Engine.images`)."""
+        self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)  # unpacked setuid files must not be reachable by host users
         self.layout = Layout(self.root / "oci")

@@ -136,10 +136,11 @@ def _cli(argv, stdin_text=None, monkeypatch=None):
     import argparse
     import io
 
-    from cellbox.runtime.images.registry import cli
+    from cellbox.runtime.cli import registry as cli
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--root")
+    parser.add_argument("--cgroup-parent")
     cli.register(parser.add_subparsers())
     args = parser.parse_args(argv)
     if stdin_text is not None:

@@ -44,7 +44,7 @@ def klab(tmp_path_factory: pytest.TempPathFactory):
 
 def lab_config() -> dict[str, dict[str, object]]:
     """The Cellbox and MappingKernelManager settings `cellbox lab` passes, as server config."""
-    from cellbox.runtime.cli.lab import lab_argv
+    from cellbox.extension.cli import lab_argv
 
     args = argparse.Namespace(ip="127.0.0.1", dir="/tmp", port=0, no_browser=True, jupyter_args=[])
     out: dict[str, dict[str, object]] = {}

@@ -1,0 +1,92 @@
+"""The layering, read from the source: runtime/ (the engine) is below kernel/ and
+extension/ (the Jupyter parts) and imports nothing from them. Every import counts: at
+module level, inside functions, and inside code strings run in a child (`python -c`
+probes), which a grep for `^import` misses."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = {
+    "runtime": "cellbox.runtime",
+    "kernel": "cellbox.kernel",
+    "extension": "cellbox.extension",
+}
+
+
+def module_name(path: Path) -> str:
+    """cellbox.runtime.cli.main for runtime/cli/main.py (a package is its __init__)."""
+    rel = path.relative_to(ROOT)
+    parts = [PACKAGES[rel.parts[0]], *rel.parts[1:-1]]
+    if rel.stem != "__init__":
+        parts.append(rel.stem)
+    return ".".join(parts)
+
+
+def _absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    if not node.level:
+        return node.module or ""
+    base = module.split(".")
+    if not is_package:
+        base = base[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def imports_in(tree: ast.AST, module: str, is_package: bool) -> Iterator[str]:
+    """Every module an AST imports: `import a.b`, `from a import b` (as a.b too, since b
+    may be a module), relative imports resolved, and code in string constants parsed."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = _absolute(node, module, is_package)
+            yield base
+            yield from (f"{base}.{alias.name}" for alias in node.names)
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and "import" in node.value
+        ):
+            try:
+                inner = ast.parse(node.value)
+            except SyntaxError:
+                continue  # prose, or not Python
+            yield from imports_in(inner, module, is_package)
+
+
+def imports_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    return set(imports_in(tree, module_name(path), path.name == "__init__.py"))
+
+
+def sources(folder: str) -> list[Path]:
+    return sorted((ROOT / folder).rglob("*.py"))
+
+
+def test_the_walker_sees_function_level_relative_and_string_imports() -> None:
+    code = (
+        "def f():\n"
+        "    from ..kernel import provisioner\n"
+        "PROBE = 'import sys\\nfrom cellbox.extension.app import x\\n'\n"
+    )
+    got = set(imports_in(ast.parse(code), "cellbox.runtime.cli", is_package=False))
+    assert "cellbox.kernel.provisioner" in got
+    assert "cellbox.extension.app" in got
+
+
+@pytest.mark.parametrize("path", sources("runtime"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_runtime_imports_no_jupyter_part(path: Path) -> None:
+    bad = sorted(
+        m
+        for m in imports_of(path)
+        if m.split(".")[:2] in (["cellbox", "kernel"], ["cellbox", "extension"])
+    )
+    assert not bad, (
+        f"{path.relative_to(ROOT)} imports {bad}: runtime/ must not know kernel/ or extension/"
+    )
