@@ -27,6 +27,7 @@ from .filetable import check_share as check_open_files_share  # noqa: F401
 from .filetable import per_process as open_files_per_process  # noqa: F401
 from .isolation import Isolation
 from .isolation import probe as probe_isolation
+from .limits import Limits
 from .names import random_name, validate_name
 from .runconfig import RunOptions, merge_env, parse_env, parse_user
 
@@ -274,7 +275,7 @@ class Engine(ImageOps):
                 )
             ctr_dir.mkdir(mode=0o700)
             try:
-                size = storage.parse_storage_opts(opts.storage_opts)
+                size = runconfig.limits(opts).disk
                 writable = storage.create(ctr_dir, size) if size else ctr_dir
                 for sub in ("upper", "work", "merged"):
                     (writable if sub != "merged" else ctr_dir).joinpath(sub).mkdir(exist_ok=True)
@@ -761,6 +762,7 @@ __all__ = [
     "Container",
     "Engine",
     "Isolation",
+    "Limits",
     "RunOptions",
     "default_root",
     "parse_signal",

@@ -12,6 +12,7 @@ from typing import Any
 
 from . import spec
 from .errors import InvalidArgument
+from .limits import Limits, parse_ulimits  # noqa: F401 - parse_ulimits: Docker's --ulimit, here since the start
 
 
 @dataclass
@@ -98,33 +99,6 @@ def parse_volume(v: str) -> dict[str, Any]:
     return {"destination": os.path.normpath(dst), "type": "bind", "source": os.path.realpath(src), "options": opts}
 
 
-UNLIMITED = 2**64 - 1  # the OCI spec's RLIM_INFINITY (a uint64)
-
-
-def parse_ulimits(items: list[str]) -> dict[str, tuple[int, int]]:
-    """--ulimit nofile=1024:2048 (Docker's form; -1 is unlimited) -> {"RLIMIT_NOFILE": (soft, hard)}."""
-    import resource
-
-    out: dict[str, tuple[int, int]] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        rname = f"RLIMIT_{name.strip().upper()}"
-        if not sep or not hasattr(resource, rname):
-            raise InvalidArgument(f"invalid ulimit {item!r}: want NAME=SOFT[:HARD], e.g. nofile=1024:2048")
-        soft_s, _, hard_s = value.partition(":")
-        try:
-            soft = int(soft_s)
-            hard = int(hard_s) if hard_s else soft
-        except ValueError:
-            raise InvalidArgument(f"invalid ulimit {item!r}: limits are numbers") from None
-        soft = UNLIMITED if soft == -1 else soft
-        hard = UNLIMITED if hard == -1 else hard
-        if soft < 0 or hard < 0 or soft > hard:
-            raise InvalidArgument(f"invalid ulimit {item!r}: soft limit must be between 0 and the hard limit")
-        out[rname] = (soft, hard)
-    return out
-
-
 def parse_user(user: str) -> tuple[dict[str, Any], str | None]:
     """-u uid[:gid] is numeric in the spec; a name is resolved inside the container."""
     name, _, group = user.partition(":")
@@ -159,45 +133,32 @@ def security_opts(opts: list[str], caps: list[str]) -> tuple[dict | None, bool]:
     return profile, nnp
 
 
-def resources(opts: RunOptions) -> dict[str, Any]:
-    """linux.resources for --memory, --memory-swap, --cpus, --cpu-shares, --pids-limit."""
-    from .cgroups import cpus_to_quota, parse_memory
+def limits(opts: RunOptions, host: bool = True) -> Limits:
+    """The options' limits, refused in RunOptions' own field names (the engine's edge)."""
+    return Limits.from_options(opts, host=host)
+
+
+def resources(lim: Limits) -> dict[str, Any]:
+    """linux.resources for these limits: memory, cpu quota and shares, pids, devices."""
+    from .cgroups import cpus_to_quota
 
     res: dict[str, Any] = {"devices": spec.DEFAULT_DEVICE_RULES}
     mem: dict[str, Any] = {}
-    if opts.memory is not None:
-        mem["limit"] = opts.memory if isinstance(opts.memory, int) else parse_memory(str(opts.memory))
-        if mem["limit"] < 6 * 1024 * 1024:
-            raise InvalidArgument("minimum memory limit allowed is 6MB")
-    if opts.memory_swap is not None:
-        if str(opts.memory_swap) == "-1":
-            mem["swap"] = -1
-        else:
-            mem["swap"] = (
-                opts.memory_swap if isinstance(opts.memory_swap, int) else parse_memory(str(opts.memory_swap))
-            )
-            if "limit" not in mem:
-                raise InvalidArgument("--memory-swap needs --memory")
-            if mem["swap"] < mem["limit"]:
-                raise InvalidArgument("--memory-swap must be at least --memory")
+    if lim.memory is not None:
+        mem["limit"] = lim.memory
+    if lim.memory_swap is not None:
+        mem["swap"] = lim.memory_swap
     res["memory"] = mem  # present even when empty: the cgroup layer then turns swap off
     cpu: dict[str, Any] = {}
-    if opts.cpus is not None:
-        if opts.cpus <= 0:
-            raise InvalidArgument(f"invalid --cpus {opts.cpus}: must be positive")
-        ncpu = os.cpu_count() or 1
-        if opts.cpus > ncpu:
-            raise InvalidArgument(f"--cpus {opts.cpus}: only {ncpu} CPUs available")
-        quota, period = cpus_to_quota(opts.cpus)
+    if lim.cpus is not None:
+        quota, period = cpus_to_quota(lim.cpus)
         cpu.update(quota=quota, period=period)
-    if opts.cpu_shares is not None:
-        cpu["shares"] = opts.cpu_shares
+    if lim.cpu_shares is not None:
+        cpu["shares"] = lim.cpu_shares
     if cpu:
         res["cpu"] = cpu
-    if opts.pids_limit is not None:
-        if opts.pids_limit == 0 or opts.pids_limit < -1:
-            raise InvalidArgument(f"invalid --pids-limit {opts.pids_limit}")
-        res["pids"] = {"limit": opts.pids_limit}
+    if lim.pids_limit is not None:
+        res["pids"] = {"limit": lim.pids_limit}
     return res
 
 
@@ -254,8 +215,9 @@ def build_config(
         noNewPrivileges=nnp,
         rlimits=[],
     )
-    limits = {"RLIMIT_NOFILE": (nofile, nofile), **parse_ulimits(opts.ulimits)}
-    proc["rlimits"] = [{"type": k, "soft": s, "hard": h} for k, (s, h) in sorted(limits.items())]
+    lim = limits(opts)
+    rlimits = {"RLIMIT_NOFILE": (nofile, nofile), **lim.rlimits()}
+    proc["rlimits"] = [{"type": k, "soft": s, "hard": h} for k, (s, h) in sorted(rlimits.items())]
     cfg["root"]["readonly"] = opts.read_only
     cfg["hostname"] = hostname
     annotations = {
@@ -273,7 +235,7 @@ def build_config(
     for v in opts.volumes:
         cfg["mounts"].append(parse_volume(v))
     linux = cfg["linux"]
-    linux["resources"] = resources(opts)
+    linux["resources"] = resources(lim)
     linux["cgroupsPath"] = f"{cgroup_parent.strip('/')}/{cid}"
     linux["sysctl"] = dict(opts.sysctls)
     if seccomp is not None:

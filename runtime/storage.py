@@ -17,26 +17,10 @@ import os
 import subprocess
 from pathlib import Path
 
-from .errors import CellboxError, InvalidArgument
+from .errors import CellboxError
 
 IMAGE = "rw.img"
 MOUNTPOINT = "rw"
-MIN_SIZE = 16 * 1024 * 1024  # ext4 with a journal needs a few MB of its own
-
-
-def parse_storage_opts(items: list[str]) -> int | None:
-    """--storage-opt size=10G -> bytes (None without a size)."""
-    from .cgroups import parse_memory
-
-    size = None
-    for item in items:
-        key, sep, value = item.partition("=")
-        if key.strip() != "size" or not sep:
-            raise InvalidArgument(f"invalid storage option {item!r}: only size=SIZE (e.g. size=10G) is supported")
-        size = parse_memory(value.strip())
-        if size < MIN_SIZE:
-            raise InvalidArgument(f"--storage-opt size={value}: at least 16m")
-    return size
 
 
 def writable_dir(ctr_dir: Path) -> Path:

@@ -10,8 +10,9 @@ import re
 from dataclasses import dataclass, field
 
 from cellbox.runtime.errors import InvalidArgument
+from cellbox.runtime.limits import check_swap, to_bytes
 
-from .units import MAX_PERIOD, MIN_PERIOD, parse_memory
+from .units import MAX_PERIOD, MIN_PERIOD
 
 _SECTIONS = {
     "memory": ("limit", "reservation", "swap", "swappiness"),
@@ -67,8 +68,8 @@ def _int(section: str, key: str, value: object, lo: int | None = None, hi: int |
          memory: bool = False) -> int | None:
     if value is None:
         return None
-    if memory and isinstance(value, str):
-        value = parse_memory(value)
+    if memory:
+        value = to_bytes(value, f"{section}.{key}")
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidArgument(f"invalid {section}.{key}: {value!r} (expected an integer)")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
@@ -142,14 +143,8 @@ def normalize(resources: dict | None) -> Resources:
         mem = out.memory
         if mem.limit is not None and mem.limit == 0:
             raise InvalidArgument("invalid memory.limit: 0")
-        if mem.swap is not None and mem.swap != -1:
-            if mem.limit is None or mem.limit == -1:
-                raise InvalidArgument("memory.swap needs a memory.limit")
-            if mem.swap < mem.limit:
-                raise InvalidArgument(
-                    f"memory.swap ({mem.swap}) must be >= memory.limit ({mem.limit}): "
-                    "it is memory plus swap"
-                )
+        if mem.swap is not None:
+            check_swap(mem.swap, mem.limit, "memory.swap", "memory.limit")
     if resources.get("cpu") is not None:
         c = _check_keys("cpu", resources["cpu"], _SECTIONS["cpu"])
         quota = _int("cpu", "quota", c.get("quota"))

@@ -6,26 +6,12 @@ import math
 import re
 
 from cellbox.runtime.errors import InvalidArgument
+from cellbox.runtime.limits import parse_memory  # noqa: F401 - one size grammar (runtime/limits.py)
 
-_MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*$", re.IGNORECASE)
-_MEM_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:@+-]*$")
 
 MIN_PERIOD, MAX_PERIOD = 1000, 1_000_000  # kernel limits for cfs_period_us / cpu.max
 MIN_QUOTA = 1000
-
-
-def parse_memory(text: str) -> int:
-    """Docker-style size ("256m", "1g", "512k", "1.5g", "1024") to bytes (binary units)."""
-    if not isinstance(text, str):
-        raise InvalidArgument(f"invalid memory size: {text!r}")
-    m = _MEM_RE.match(text)
-    if not m:
-        raise InvalidArgument(f"invalid memory size: {text!r}")
-    value = float(m.group(1)) * _MEM_UNITS[m.group(2).lower()]
-    if not math.isfinite(value) or value >= 2**63:
-        raise InvalidArgument(f"invalid memory size: {text!r} (too large)")
-    return int(value)
 
 
 def cpus_to_quota(cpus: float, period: int = 100000) -> tuple[int, int]:
