@@ -16,6 +16,7 @@ from .errors import CellboxError, NotFound
 
 if TYPE_CHECKING:
     from .engine import Container
+    from .images.snapshots import SnapshotInfo, Snapshots
     from .images.store import Image
 
 
@@ -237,9 +238,23 @@ class ImageOps:
                     self.snapshots(ctr.id).materialize(self.snapshots(ctr.id).get(snapshot).id, tree)
                     return self.images.commit(tree, base, **common)
             with self._frozen(ctr, pause):
-                return self.images.commit(ctr.upper, base, **common)
+                return self._commit_upper(ctr, base, common)
         except OSError as e:  # a full disk, most often: the store is left as it was
             raise CellboxError(f"commit of {ctr.short_id} failed: {e.strerror or e}") from None
+
+    def _commit_upper(self, ctr: Container, base: Any, common: dict[str, Any]) -> Any:
+        """The frozen container's upper dir as an image: only what changed since its last
+        commit when that commit is still here (images/commitbase.py), else all of it."""
+        from .images import commitbase
+
+        entries = commitbase.manifest(ctr.upper, ctr.dir)
+        delta = None
+        if not common["reproducible"]:
+            delta = commitbase.plan(ctr.dir, base.id, entries, self.images, self.lowers(ctr))
+        img = self.images.commit(ctr.upper, base, **common, delta=delta)
+        if not common["reproducible"]:
+            commitbase.write(ctr.dir, base.id, img, entries)
+        return img
 
     def diff(self, ref: str) -> list[tuple[str, str]]:
         from .images.diff import changes
@@ -247,18 +262,18 @@ class ImageOps:
         ctr = self.get(ref)
         return changes(ctr.upper, self.lowers(ctr))
 
-    def snapshots(self, ref: str) -> Any:
+    def snapshots(self, ref: str) -> Snapshots:
         from .images.snapshots import Snapshots
 
         ctr = self.get(ref)
         return Snapshots(ctr.dir / "snapshots")
 
-    def snapshot_create(self, ref: str, message: str = "") -> Any:
+    def snapshot_create(self, ref: str, message: str = "") -> SnapshotInfo:
         ctr = self.get(ref)
         with self._frozen(ctr, True, "snapshot"):
             return self.snapshots(ctr.id).create(ctr.upper, message)
 
-    def snapshot_remove(self, ref: str, snap: str) -> Any:
+    def snapshot_remove(self, ref: str, snap: str) -> SnapshotInfo:
         """Remove one of the container's snapshots and free what only it kept."""
         ctr = self.get(ref)
         return self.snapshots(ctr.id).remove(snap)
@@ -272,13 +287,16 @@ class ImageOps:
         ctr = self.get(ref)
         self.snapshots(ctr.id).set_limits(max_snapshots, max_bytes)
 
-    def snapshot_restore(self, ref: str, snap: str) -> Any:
+    def snapshot_restore(self, ref: str, snap: str) -> SnapshotInfo:
         """Back to a snapshot: the processes stop, the files return, the container restarts."""
         ctr = self.get(ref)
         snaps = self.snapshots(ctr.id)
         info = snaps.get(snap)
         was_running = ctr.state().status in (state.RUNNING, state.PAUSED)
         self.stop(ctr.id, timeout=2)
+        from .images import commitbase
+
+        commitbase.forget(ctr.dir)  # the upper dir is replaced: the next commit is a full one
         snaps.restore(info.id, ctr.upper)
         # overlay's work dir may hold state about the old upper: start it afresh
         shutil.rmtree(ctr.dir / "work", ignore_errors=True)

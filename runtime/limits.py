@@ -66,7 +66,7 @@ def to_bytes(value: object, name: str, kind: str = "memory", shown: object = Non
     try:
         return parse_memory(value)
     except InvalidArgument:
-        raise refusal(name, value if shown is None else shown, f"invalid {kind} size (e.g. 512m, 1.5g)") from None
+        raise refusal(name, value if shown is None else shown, f"invalid {kind} size (e.g. 512m, 10g)") from None
 
 
 def check_swap(swap: int, limit: int | None, swap_name: str, limit_name: str, shown: tuple[object, object] | None = None) -> None:

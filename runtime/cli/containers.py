@@ -69,9 +69,21 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="IMAGE [COMMAND] [ARG...]")
 
 
-def _options(a: argparse.Namespace) -> RunOptions:
-    from ..engine import RunOptions
+# A refused limit names the flag the user typed (runtime/limits.py).
+LIMIT_FLAGS = {
+    "memory": "--memory", "memory_swap": "--memory-swap", "cpus": "--cpus", "cpu_shares": "--cpu-shares",
+    "pids_limit": "--pids-limit", "ulimits": "--ulimit", "storage_opts": "--storage-opt",
+}  # fmt: skip
 
+
+def _options(a: argparse.Namespace) -> RunOptions:
+    from ..engine import Limits, RunOptions
+
+    limits = Limits.parse(
+        {"memory": a.memory, "memory_swap": a.memory_swap, "cpus": a.cpus, "cpu_shares": a.cpu_shares,
+         "pids_limit": a.pids_limit, "ulimits": a.ulimit, "storage_opts": a.storage_opt},
+        names=LIMIT_FLAGS,
+    )  # fmt: skip
     args = list(a.args)
     if args and args[0] == "--":
         args = args[1:]
@@ -91,11 +103,6 @@ def _options(a: argparse.Namespace) -> RunOptions:
         hostname=a.hostname,
         user=a.user,
         volumes=a.volume,
-        memory=a.memory,
-        memory_swap=a.memory_swap,
-        cpus=a.cpus,
-        cpu_shares=a.cpu_shares,
-        pids_limit=a.pids_limit,
         read_only=a.read_only,
         cap_add=a.cap_add,
         cap_drop=a.cap_drop,
@@ -108,8 +115,7 @@ def _options(a: argparse.Namespace) -> RunOptions:
         auto_remove=a.rm,
         sysctls=_kv(a.sysctl),
         userns=a.userns or "",
-        ulimits=a.ulimit,
-        storage_opts=a.storage_opt,
+        **limits.options(),
     )
 
 
