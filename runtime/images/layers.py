@@ -95,6 +95,19 @@ def scan_tree(root: Path, convert_whiteouts: bool = True) -> _Scan:
     return _Scan(paths, wos, opq)
 
 
+def _delta_scan(scan: _Scan, only: set[str], removed: list[str] | tuple[str, ...], epoch: int | None) -> _Scan:
+    """The part of a scan that a delta layer carries, plus whiteouts for what is gone."""
+    import time  # here: only a delta commit needs the clock
+
+    wo_names = {wh.whiteout_name(p) for p in only}
+    now = int(time.time()) if epoch is None else epoch
+    return _Scan(
+        [p for p in scan.paths if p in only],
+        [w for w in scan.whiteouts if w[0] in wo_names] + [(wh.whiteout_name(p), now) for p in removed],
+        [o for o in scan.opaque if o[0] in only],
+    )
+
+
 def _extra_entries(scan: _Scan, epoch: int | None) -> bytes:
     out = []
     for name, mtime in scan.whiteouts:
@@ -279,8 +292,14 @@ def create_layer(
     reproducible: bool = False,
     convert_whiteouts: bool = True,
     progress: Callable[[int], None] | None = None,
+    only: set[str] | None = None,
+    removed: list[str] | tuple[str, ...] = (),
 ) -> LayerBlob:
-    """Write `src` as a layer blob into `layout`; nothing is stored unless it completes."""
+    """Write `src` as a layer blob into `layout`; nothing is stored unless it completes.
+
+    `only` (paths relative to src) packs just those entries, and `removed` adds a whiteout
+    for each: a commit of what changed since the last one (images/commitbase.py).
+    """
     if compression not in MEDIA_TYPES:
         raise InvalidArgument(f"unknown compression {compression!r} (gzip, zstd, none)")
     src = Path(src)
@@ -290,6 +309,8 @@ def create_layer(
     if reproducible:
         epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0)
     scan = scan_tree(src, convert_whiteouts)
+    if only is not None:
+        scan = _delta_scan(scan, only, removed, epoch)
     diff = hashlib.sha256()
     total = 0
     with layout.blob_writer() as w:

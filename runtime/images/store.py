@@ -383,8 +383,14 @@ class ImageStore:
         compression: str = "gzip",
         reproducible: bool = False,
         progress=None,
+        delta=None,
     ) -> Image:
-        """An overlay upper dir (or any tree) on top of `base` as a new image."""
+        """An overlay upper dir (or any tree) on top of `base` as a new image.
+
+        With `delta` (images/commitbase.Delta), only the entries it names are packed, as
+        one more layer on `delta.on_top` (an earlier commit on the same `base`); the
+        config is still `base`'s plus `changes`, with on_top's layers and history.
+        """
         # here, not at the top: listing images needs no tar code
         from cellbox.runtime.images import layers as layermod
 
@@ -394,12 +400,17 @@ class ImageStore:
             blob = layermod.create_layer(
                 Path(upper_dir), self.layout, compression=compression,
                 reproducible=reproducible, progress=progress,
+                only=delta.include if delta else None, removed=delta.removed if delta else (),
             )  # fmt: skip
             created = time.time()
             if reproducible:
                 created = int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0)
+            start = base.config if base else None
+            if delta is not None:
+                start = {**(start or {}), "rootfs": delta.on_top.config["rootfs"], "history": delta.on_top.config.get("history", [])}
+                base = delta.on_top  # its layers: the base's and the earlier commits' deltas
             cfg = cfgmod.derive_config(
-                base.config if base else None, blob.diff_id, created=created,
+                start, blob.diff_id, created=created,
                 created_by=created_by or "cellbox commit", comment=message, author=author,
                 changes=changes,
             )  # fmt: skip
