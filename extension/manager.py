@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cellbox.runtime.engine import Isolation
+from cellbox.runtime.engine import Isolation, Limits
 from cellbox.runtime.errors import CellboxError, Conflict, InvalidArgument, NotFound
 
 from .config import Cellbox
@@ -34,6 +34,7 @@ LABEL_SERVER = "cellbox.server"
 LABEL_NOTEBOOK = "cellbox.notebook"
 RUN_MOUNT = "/run/cellbox"  # where the kernel's run dir appears inside (cellbox.kernel.containers)
 METADATA_KEYS = {"image", "memory", "cpus", "pids_limit", "network"}
+CONFIG_LIMITS = {"memory": "memory_limit", "cpus": "cpu_limit", "pids_limit": "pids_limit"}  # their c.Cellbox names
 
 T = TypeVar("T")
 
@@ -51,16 +52,6 @@ class Managed:
     rundir: str
     capped: dict[str, Any] = field(default_factory=dict)
     last_activity: float = field(default_factory=time.time)
-
-
-def parse_memory(value: str | int) -> int:
-    from cellbox.runtime.cgroups import parse_memory as _parse
-
-    if isinstance(value, bool):
-        raise InvalidArgument(f"invalid memory size: {value!r}")
-    if isinstance(value, int):
-        return value
-    return _parse(str(value))
 
 
 def check_path(path: Any) -> str:
@@ -182,27 +173,37 @@ class ContainerManager:
         network = meta.get("network", cfg.network)
         if network != cfg.network and network not in cfg.allowed_networks:
             raise Forbidden(f"network {network!r} is not allowed on this server")
-        try:
-            memory = parse_memory(meta.get("memory", cfg.memory_limit))
-            cap = parse_memory(cfg.max_memory)
-        except CellboxError as e:
-            raise InvalidArgument(f"metadata.cellbox.memory: {e}") from None
-        if memory > cap:
-            capped["memory"] = {"asked": memory, "granted": cap}
-            memory = cap
-        cpus = meta.get("cpus", cfg.cpu_limit)
-        if isinstance(cpus, bool) or not isinstance(cpus, int | float) or cpus < 0:
-            raise InvalidArgument("metadata.cellbox.cpus must be a number >= 0")
-        if cfg.max_cpus and (cpus > cfg.max_cpus or cpus == 0):
-            capped["cpus"] = {"asked": cpus, "granted": cfg.max_cpus}
-            cpus = cfg.max_cpus
-        pids = meta.get("pids_limit", cfg.pids_limit)
-        if isinstance(pids, bool) or not isinstance(pids, int) or pids < 1:
-            raise InvalidArgument("metadata.cellbox.pids_limit must be an integer >= 1")
-        if cfg.max_pids and pids > cfg.max_pids:
-            capped["pids_limit"] = {"asked": pids, "granted": cfg.max_pids}
-            pids = cfg.max_pids
-        opts = {"image": image, "network": network, "memory": memory, "cpus": cpus or None, "pids_limit": pids}
+        # metadata.cellbox asks, the server's c.Cellbox defaults fill in, its max_* cap.
+        asked = {"memory": cfg.memory_limit, "cpus": cfg.cpu_limit, "pids_limit": cfg.pids_limit}
+        asked |= {k: meta[k] for k in asked if k in meta}
+        names = {k: f"metadata.cellbox.{k}" if k in meta else f"c.Cellbox.{CONFIG_LIMITS[k]}" for k in asked}
+        for k, v in asked.items():
+            if v is None:
+                raise InvalidArgument(f"{names[k]} must not be null")
+        if isinstance(asked["pids_limit"], int) and asked["pids_limit"] < 1:  # -1 too: always bounded
+            raise InvalidArgument(f"{names['pids_limit']} must be an integer >= 1")
+        cpus = asked["cpus"]
+        want = Limits.parse(
+            {**asked, "cpus": None if cpus == 0 and cpus is not False else cpus, "disk": cfg.disk_limit or None},
+            names=names | {"disk": "c.Cellbox.disk_limit"},
+            host=False,  # asked, not granted: the engine checks what it is given
+        )
+        caps = Limits.parse(
+            {"memory": cfg.max_memory, "cpus": cfg.max_cpus or None, "pids_limit": cfg.max_pids or None},
+            names={"memory": "c.Cellbox.max_memory", "cpus": "c.Cellbox.max_cpus", "pids_limit": "c.Cellbox.max_pids"},
+            host=False,
+        )
+        memory, cpus, pids = want.memory, want.cpus, want.pids_limit
+        if memory > caps.memory:
+            capped["memory"] = {"asked": memory, "granted": caps.memory}
+            memory = caps.memory
+        if caps.cpus and (cpus is None or cpus > caps.cpus):  # None: as many as allowed
+            capped["cpus"] = {"asked": asked["cpus"], "granted": caps.cpus}
+            cpus = caps.cpus
+        if caps.pids_limit and pids > caps.pids_limit:
+            capped["pids_limit"] = {"asked": pids, "granted": caps.pids_limit}
+            pids = caps.pids_limit
+        opts = {"image": image, "network": network, "memory": memory, "cpus": cpus, "pids_limit": pids, "disk": want.disk}
         return opts, capped
 
     async def _metadata(self, path: str) -> Any:
@@ -288,7 +289,7 @@ class ContainerManager:
             pids_limit=opts["pids_limit"],
             nofile=self.config.nofile_limit,
             open_files_share=self.config.max_open_files_share,
-            disk=self.config.disk_limit or None,
+            disk=opts["disk"],
             name=f"nb-{_slug(path)}-{secrets.token_hex(3)}",
             labels=labels,
         )
@@ -305,11 +306,9 @@ class ContainerManager:
 
     def _snapshot_limits(self, cid: str) -> None:
         """The server's snapshot quota for this container (its disk is the host's disk)."""
-        from cellbox.runtime.cgroups.units import parse_memory
-
         quota = self.config.snapshot_quota
         self.engine.snapshot_limits(
-            cid, self.config.max_snapshots or None, parse_memory(quota) if quota else None
+            cid, self.config.max_snapshots or None, Limits.size(quota, "c.Cellbox.snapshot_quota") if quota else None
         )
 
     def remove(self, ref: str, force: bool = True) -> None:

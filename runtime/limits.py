@@ -190,6 +190,11 @@ class Limits:
         """The limits of a RunOptions, refused in its own field names (the engine's edge)."""
         return cls.parse({k: getattr(opts, k) for k in KEYS if k != "disk"}, host=host)
 
+    @staticmethod
+    def size(value: object, name: str) -> int:
+        """A size beside these limits (a snapshot quota): the same grammar, refused in `name`."""
+        return to_bytes(value, name, "disk")
+
     def options(self) -> dict[str, Any]:
         """These limits as RunOptions fields: what an edge hands the engine after parsing."""
         return {
