@@ -239,13 +239,25 @@ class _Extractor:
                 )
                 try:
                     src = tf.extractfile(m)
-                    left = m.size
-                    while left > 0:
-                        chunk = src.read(min(_CHUNK, left))  # type: ignore[union-attr]
-                        if not chunk:
-                            raise UnsafeTar(f"refused entry {m.name!r}: truncated data")
-                        _writeall(fd, chunk)
-                        left -= len(chunk)
+                    # A sparse member (GNU sparse map: what a commit of `truncate -s 2G` makes)
+                    # is written as its data runs with holes between, not as gigabytes of
+                    # zeros. The member's raw reader moves over a hole without reading the
+                    # stream (the buffered one refuses to seek on a pipe).
+                    runs = [(off, n) for off, n in (m.sparse or [(0, m.size)]) if n > 0]
+                    if m.sparse:
+                        src = src.raw  # type: ignore[union-attr]
+                    for off, n in runs:
+                        if m.sparse:
+                            src.seek(off)  # type: ignore[union-attr]
+                        os.lseek(fd, off, os.SEEK_SET)
+                        left = n
+                        while left > 0:
+                            chunk = src.read(min(_CHUNK, left))  # type: ignore[union-attr]
+                            if not chunk:
+                                raise UnsafeTar(f"refused entry {m.name!r}: truncated data")
+                            _writeall(fd, chunk)
+                            left -= len(chunk)
+                    os.ftruncate(fd, m.size)
                     self._meta_fd(fd, m)
                 finally:
                     os.close(fd)

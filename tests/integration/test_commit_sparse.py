@@ -47,6 +47,7 @@ def test_sparse_layer_reads_back_everywhere(engine, busybox_rootfs, tmp_path):
 
     # our own layer cache
     top = engine.images.layer_dirs(engine.images.resolve(img.id))[-1]
+    assert (Path(top) / "root" / "holes").stat().st_blocks * 512 < 4 * MiB, "the unpacked layer wrote the holes"
     data = (Path(top) / "root" / "holes").read_bytes()
     assert len(data) == 64 * MiB + 5 and data[32 * MiB : 32 * MiB + 7] == b"middle\n" and data.endswith(b"tail\n")
     assert data.count(0) == len(data) - 12 and (Path(top) / "root" / "plain").read_text() == "plain\n"

@@ -132,3 +132,34 @@ def test_whiteout_does_not_hide_same_layer(box):
     dest, _ = box
     extract_tar(_tar(("x", "file", b"new"), (".wh.x", "file", b"")), dest, whiteouts="apply")
     assert (dest / "x").read_bytes() == b"new"
+
+
+def test_sparse_member_keeps_its_holes(box, tmp_path):
+    """A layer with a sparse file (GNU tar --sparse, PAX 1.0, as cellbox commits write it)
+    unpacks with its holes: 256 MiB apparent, a few KiB on disk, the data runs in place."""
+    import subprocess
+
+    dest, _ = box
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "holes", "wb") as f:
+        f.truncate(256 << 20)
+        f.seek(100 << 20)
+        f.write(b"middle")
+        f.seek((256 << 20) - 4)
+        f.write(b"tail")
+    tarball = tmp_path / "layer.tar"
+    subprocess.run(["tar", "-C", str(src), "--format=posix", "--sparse", "-cf", str(tarball), "holes"], check=True)
+    assert tarball.stat().st_size < 64 << 10
+    with open(tarball, "rb") as f:
+        extract_tar(f, dest)
+    st = (dest / "holes").stat()
+    assert st.st_size == 256 << 20
+    assert st.st_blocks * 512 < 1 << 20, f"{st.st_blocks * 512} bytes on disk: the holes were written"
+    with open(dest / "holes", "rb") as f:
+        f.seek(100 << 20)
+        assert f.read(6) == b"middle"
+        f.seek((256 << 20) - 4)
+        assert f.read() == b"tail"
+        f.seek(50 << 20)
+        assert f.read(4096) == b"\0" * 4096
