@@ -29,8 +29,16 @@ def kernel_json(
     network: str | None = None,
     pids_limit: int | None = None,
     shutdown: str | None = None,
+    names: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The kernel.json content; unset options keep the provisioner's defaults."""
+    """The kernel.json content; unset options keep the provisioner's defaults.
+
+    The limits are checked here, so no kernel.json is written that no kernel can start
+    with; `names`: what the caller's reader calls them (the install command's flags).
+    """
+    from cellbox.runtime.engine import Limits
+
+    Limits.parse({"memory": memory or None, "cpus": cpus or None, "pids_limit": pids_limit or None}, names, host=False)
     config: dict[str, Any] = {}
     for key, value in (
         ("image", image), ("memory", memory), ("cpus", cpus), ("network", network),
@@ -96,6 +104,7 @@ def cmd_install(args: Any) -> int:
         network=args.network,
         pids_limit=args.pids_limit,
         shutdown=args.shutdown,
+        names={"memory": "--memory", "cpus": "--cpus", "pids_limit": "--pids-limit"},
     )
     print(f"installed kernelspec {args.name} in {d}")
     return 0

@@ -26,6 +26,7 @@ import subprocess
 import sys
 from typing import Any
 
+from cellbox.runtime.engine import Limits
 from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Any as AnyTrait
 from traitlets import Bool, CaselessStrEnum, Float, Int, List, Unicode, default
@@ -117,12 +118,16 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
                 labels = {"cellbox.kernel.id": str(self.kernel_id)}
                 if env.get("JPY_SESSION_NAME"):
                     labels[containers.LABEL_SESSION] = env["JPY_SESSION_NAME"][:1024]
+                limits = Limits.parse(
+                    {"memory": self.memory or None, "cpus": self.cpus or None, "pids_limit": self.pids_limit or None},
+                    names={k: f"kernel_provisioner.config.{k}" for k in ("memory", "cpus", "pids_limit")},
+                )  # refused in the kernelspec's words, before any container is made
                 opts = containers.kernel_run_options(
                     image=self.image or None,
-                    memory=self.memory or None,
-                    cpus=self.cpus or None,
+                    memory=limits.memory,
+                    cpus=limits.cpus,
                     network=self.network,
-                    pids_limit=self.pids_limit or None,
+                    pids_limit=limits.pids_limit,
                     labels=labels,
                 )
                 ctr = containers.create_kernel_container(eng, opts)
