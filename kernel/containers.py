@@ -250,23 +250,15 @@ def container_info(eng: Engine, ctr: Container) -> dict[str, Any]:
 def write_connection_file(run_dir: Path, info: dict[str, Any]) -> None:
     """The container's view of a kernel's connection file, in its run dir.
 
-    The run dir is writable from inside the container: a symlink left at the temp name
-    is removed, never followed (O_EXCL|O_NOFOLLOW), and the rename replaces a link at
-    the final name instead of writing through it.
+    The run dir is writable from inside the container: the temp file is new under a
+    random name, never a link followed (O_EXCL|O_NOFOLLOW), and the rename replaces a
+    link at the final name instead of writing through it.
     """
+    from cellbox.runtime.engine import atomicfile
+
     inside = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in info.items()}
     inside.update(ip=f"{IN_CONTAINER}/kernel", transport="ipc")
-    path = run_dir / CONNECTION_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     owner = os.stat(run_dir)  # container root, in a user namespace of its own
-    os.fchown(fd, owner.st_uid, owner.st_gid)
-    with os.fdopen(fd, "w") as f:
+    with atomicfile.replacing(run_dir / CONNECTION_FILE, 0o600, text=True) as f:
+        os.fchown(f.fileno(), owner.st_uid, owner.st_gid)
         json.dump(inside, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -7,7 +7,6 @@ install_kernelspec()"` (or `cellbox kernelspec install`) writes
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from pathlib import Path
@@ -79,16 +78,12 @@ def install_kernelspec(
         display_name = DISPLAY_NAME if name == DEFAULT_NAME else f"Python 3 (cellbox {name})"
     import json  # here, not at the top: `cellbox --help` imports this module for its arguments
 
+    from cellbox.runtime.engine import atomicfile
+
     spec = kernel_json(display_name=display_name, **options)
     d = base / name
     d.mkdir(parents=True, exist_ok=True)
-    tmp = d / ".kernel.json.tmp"
-    with open(tmp, "w") as f:
-        json.dump(spec, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, d / "kernel.json")
+    atomicfile.write_text(d / "kernel.json", json.dumps(spec, indent=2) + "\n")
     return d
 
 

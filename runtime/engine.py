@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import atomicfile as atomicfile  # for kernel/ and extension/: they enter by this door
 from . import launcher, runconfig, spec, state, storage, userns
 from .engine_images import ImageOps
 from .errors import CellboxError, Conflict, InvalidArgument, NotFound

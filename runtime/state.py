@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import atomicfile
+
 CREATING, CREATED, RUNNING, PAUSED, STOPPED = "creating", "created", "running", "paused", "stopped"
 
 
@@ -24,22 +26,9 @@ def now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def write_atomic(path: str | Path, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
-    """Temp file in the same directory, (fsync,) rename: readers see old or new, never half."""
-    path = str(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.write(fd, data)
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 def write_json(path: str | Path, obj: Any, mode: int = 0o644, durable: bool = True) -> None:
-    write_atomic(path, json.dumps(obj, separators=(",", ":"), sort_keys=True).encode(), mode, durable)
+    """Compact, sorted JSON, replaced atomically: readers see old or new, never half."""
+    atomicfile.write_json(path, obj, mode, durable=durable, separators=(",", ":"), sort_keys=True)
 
 
 def proc_start_time(pid: int) -> int | None:

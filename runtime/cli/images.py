@@ -17,12 +17,11 @@ from .common import ago, engine, human_size, print_json, print_json_line, table
 def _output(path: str | None) -> Iterator[IO[bytes]]:
     """-o FILE, or stdout when it is not a terminal (Docker refuses to write a tar to a tty)."""
     if path and path != "-":
-        tmp = f"{path}.tmp"
-        with open(tmp, "wb") as f:
-            yield f
-        import os
+        from ..atomicfile import replacing
 
-        os.replace(tmp, path)
+        # No fsync, as `docker save`: a big tar; the rename still hides a half-written one.
+        with replacing(path, durable=False) as f:
+            yield f
         return
     if sys.stdout.isatty():
         raise InvalidArgument("cowardly refusing to write a tar to a terminal: use -o FILE or redirect")

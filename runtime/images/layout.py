@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from cellbox.runtime.atomicfile import fsync_dir
+from cellbox.runtime.atomicfile import write_bytes as atomic_write
 from cellbox.runtime.errors import CellboxError, InvalidArgument, NotFound
 
 OCI_LAYOUT_VERSION = "1.0.0"
@@ -43,33 +45,6 @@ def check_digest(digest: str) -> str:
 def canonical_json(obj: dict) -> bytes:
     """Deterministic JSON bytes (sorted keys, no spaces), so equal objects get one digest."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside `path` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write `data` to `path` via temp file + fsync + rename in the same directory."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
 
 
 class BlobWriter:

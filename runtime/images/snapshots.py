@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cellbox.runtime import atomicfile
+from cellbox.runtime.atomicfile import fsync_dir as _fsync_dir
 from cellbox.runtime.errors import Conflict, InvalidArgument, NotFound
 from cellbox.runtime.images import safewalk
 
@@ -245,14 +247,6 @@ def _copy_dir_meta(src: str | int, dst: str) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: str | Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _rmtree(path: Path) -> None:
     if path.is_symlink() or not path.is_dir():
         with contextlib.suppress(FileNotFoundError):
@@ -405,13 +399,7 @@ class Snapshots:
             return {"version": 1, "snapshots": [], "head": None, "pending_restore": None}
 
     def _write_index(self, index: dict) -> None:
-        tmp = self.root / f".index.json.{secrets.token_hex(4)}"
-        with open(tmp, "w") as f:
-            f.write(json.dumps(index, indent=1, sort_keys=True))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.root / "index.json")
-        _fsync_dir(self.root)
+        atomicfile.write_json(self.root / "index.json", index, indent=1, sort_keys=True)
 
     def _recover(self, index: dict) -> dict:
         """Roll a killed restore forward, then collect unreferenced work."""
@@ -521,9 +509,7 @@ class Snapshots:
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
                 raise InvalidArgument(f"snapshot limits must be whole numbers >= 0, not {v!r}")
         data = {"max_snapshots": max_snapshots or None, "max_bytes": max_bytes or None}
-        tmp = self.root / f".limits.json.{secrets.token_hex(4)}"
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self.root / "limits.json")
+        atomicfile.write_json(self.root / "limits.json", data)
 
     def _budget(self, index: dict) -> Budget:
         """What a new snapshot may still take; QuotaExceeded when nothing (count or bytes)."""

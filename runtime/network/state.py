@@ -12,12 +12,11 @@ from __future__ import annotations
 import fcntl
 import ipaddress
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from cellbox.runtime import atomicfile
 from cellbox.runtime.errors import CellboxError, Conflict
 
 STATE_FILE = "network.json"
@@ -46,17 +45,7 @@ class NetworkState:
         return data
 
     def _write(self, data: dict) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".network.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomicfile.write_json(self.path, data, 0o600, indent=1, sort_keys=True)
 
     @contextmanager
     def locked(self) -> Iterator[dict]:

@@ -26,11 +26,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
+from cellbox.runtime import atomicfile
 from cellbox.runtime.security.capabilities import DEFAULT_CAPS
 from cellbox.runtime.security.seccomp import resolve_rules
 
@@ -164,19 +163,6 @@ def _cap_dependent(rule: dict) -> bool:
     )
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", default=PODMAN_PROFILE)
@@ -185,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.source) as f:
         text = f.read()
     data = convert(json.loads(text), args.source, source_digest(text))
-    _write_atomic(Path(args.output), json.dumps(data, indent=1) + "\n")
+    atomicfile.write_text(args.output, json.dumps(data, indent=1) + "\n")
     allowed = sum(len(r["names"]) for r in data["syscalls"][:1])
     print(f"wrote {args.output}: {allowed} syscalls allowed unconditionally", file=sys.stderr)
     return 0

@@ -8,12 +8,11 @@ Read from cellbox's own file first, then Docker's and podman's, so `docker login
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
+from cellbox.runtime import atomicfile
 from cellbox.runtime.errors import CellboxError
 
 DOCKER_HUB_KEYS = (
@@ -96,19 +95,7 @@ def get_credentials(registry: str) -> tuple[str, str] | None:
 
 def _write(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-config-", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomicfile.write_text(path, json.dumps(data, indent=2) + "\n", 0o600)
 
 
 def store_credentials(registry: str, username: str, password: str) -> Path:
