@@ -180,7 +180,8 @@ class ContainerManager:
         for k, v in asked.items():
             if v is None:
                 raise InvalidArgument(f"{names[k]} must not be null")
-        if isinstance(asked["pids_limit"], int) and asked["pids_limit"] < 1:  # -1 too: always bounded
+        pids = asked["pids_limit"]
+        if isinstance(pids, bool) or not isinstance(pids, int) or pids < 1:  # -1 (none) too: always bounded
             raise InvalidArgument(f"{names['pids_limit']} must be an integer >= 1")
         cpus = asked["cpus"]
         want = Limits.parse(

@@ -33,7 +33,16 @@ _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p
 
 # What parse() reads; each is also the name an error uses when the edge gives none
 # (they are RunOptions' field names: what a caller of the engine wrote).
-KEYS = ("memory", "memory_swap", "cpus", "cpu_shares", "pids_limit", "ulimits", "storage_opts", "disk")
+KEYS = (
+    "memory",
+    "memory_swap",
+    "cpus",
+    "cpu_shares",
+    "pids_limit",
+    "ulimits",
+    "storage_opts",
+    "disk",
+)
 
 
 def parse_memory(text: str) -> int:
@@ -58,18 +67,32 @@ def refusal(name: str, value: object, problem: str) -> InvalidArgument:
 def to_bytes(value: object, name: str, kind: str = "memory", shown: object = None) -> int:
     """A size given as bytes (int) or Docker's text ("512m") to bytes; refused in `name`'s words."""
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise refusal(name, value if shown is None else shown, f"invalid {kind} size (bytes, or text like 512m)")
+        raise refusal(
+            name,
+            value if shown is None else shown,
+            f"invalid {kind} size (bytes, or text like 512m)",
+        )
     if isinstance(value, int):
         if value >= 2**63:
-            raise refusal(name, value if shown is None else shown, f"invalid {kind} size (too large)")
+            raise refusal(
+                name, value if shown is None else shown, f"invalid {kind} size (too large)"
+            )
         return value
     try:
         return parse_memory(value)
     except InvalidArgument:
-        raise refusal(name, value if shown is None else shown, f"invalid {kind} size (e.g. 512m, 10g)") from None
+        raise refusal(
+            name, value if shown is None else shown, f"invalid {kind} size (e.g. 512m, 10g)"
+        ) from None
 
 
-def check_swap(swap: int, limit: int | None, swap_name: str, limit_name: str, shown: tuple[object, object] | None = None) -> None:
+def check_swap(
+    swap: int,
+    limit: int | None,
+    swap_name: str,
+    limit_name: str,
+    shown: tuple[object, object] | None = None,
+) -> None:
     """Docker's and the OCI spec's swap limit is memory plus swap: it needs a memory limit and
     is never below it (-1: unlimited swap). `shown`: the two values as the reader gave them."""
     if swap == -1:
@@ -78,7 +101,11 @@ def check_swap(swap: int, limit: int | None, swap_name: str, limit_name: str, sh
     if limit is None or limit == -1:
         raise refusal(swap_name, swap_shown, f"needs a {limit_name}")
     if swap < limit:
-        raise refusal(swap_name, swap_shown, f"must be >= {limit_name} ({limit_shown}): it is memory plus swap")
+        raise refusal(
+            swap_name,
+            swap_shown,
+            f"must be >= {limit_name} ({limit_shown}): it is memory plus swap",
+        )
 
 
 def parse_ulimits(items: list[str]) -> dict[str, tuple[int, int]]:
@@ -91,7 +118,9 @@ def parse_ulimits(items: list[str]) -> dict[str, tuple[int, int]]:
         name, sep, value = item.partition("=") if isinstance(item, str) else ("", "", "")
         rname = f"RLIMIT_{name.strip().upper()}"
         if not sep or not hasattr(resource, rname):
-            raise InvalidArgument(f"invalid ulimit {item!r}: want NAME=SOFT[:HARD], e.g. nofile=1024:2048")
+            raise InvalidArgument(
+                f"invalid ulimit {item!r}: want NAME=SOFT[:HARD], e.g. nofile=1024:2048"
+            )
         soft_s, _, hard_s = value.partition(":")
         try:
             soft = int(soft_s)
@@ -101,7 +130,9 @@ def parse_ulimits(items: list[str]) -> dict[str, tuple[int, int]]:
         soft = UNLIMITED if soft == -1 else soft
         hard = UNLIMITED if hard == -1 else hard
         if soft < 0 or hard < 0 or soft > hard:
-            raise InvalidArgument(f"invalid ulimit {item!r}: soft limit must be between 0 and the hard limit")
+            raise InvalidArgument(
+                f"invalid ulimit {item!r}: soft limit must be between 0 and the hard limit"
+            )
         out[rname] = (soft, hard)
     return out
 
@@ -112,7 +143,9 @@ def _disk(items: list[str], name: str) -> int | None:
     for item in items:
         key, sep, value = item.partition("=") if isinstance(item, str) else ("", "", "")
         if key.strip() != "size" or not sep:
-            raise InvalidArgument(f"invalid storage option {item!r}: only size=SIZE (e.g. size=10G) is supported")
+            raise InvalidArgument(
+                f"invalid storage option {item!r}: only size=SIZE (e.g. size=10G) is supported"
+            )
         size = to_bytes(value.strip(), name, "disk", shown=item)
         if size < MIN_DISK:
             raise refusal(name, item, "at least 16m")
@@ -132,7 +165,9 @@ class Limits:
     disk: int | None = None  # bytes of the writable layer, a filesystem of its own
 
     @classmethod
-    def parse(cls, values: Mapping[str, Any], names: Mapping[str, str] | None = None, *, host: bool = True) -> Limits:
+    def parse(
+        cls, values: Mapping[str, Any], names: Mapping[str, str] | None = None, *, host: bool = True
+    ) -> Limits:
         """Limits from one edge's values (keys: KEYS; None or absent: unset), checked once.
 
         names: what the edge's reader calls each key (`{"memory": "--memory"}`); a key not
@@ -152,7 +187,11 @@ class Limits:
         swap = None
         if v["memory_swap"] is not None:
             raw = v["memory_swap"]
-            swap = -1 if str(raw) == "-1" and not isinstance(raw, bool) else to_bytes(raw, name["memory_swap"])
+            swap = (
+                -1
+                if str(raw) == "-1" and not isinstance(raw, bool)
+                else to_bytes(raw, name["memory_swap"])
+            )
             check_swap(swap, memory, name["memory_swap"], name["memory"], shown=(raw, v["memory"]))
         cpus = None
         if v["cpus"] is not None:
@@ -169,13 +208,23 @@ class Limits:
             cpus = float(raw)
         shares = v["cpu_shares"]
         if shares is not None and (
-            isinstance(shares, bool) or not isinstance(shares, int) or not MIN_SHARES <= shares <= MAX_SHARES
+            isinstance(shares, bool)
+            or not isinstance(shares, int)
+            or not MIN_SHARES <= shares <= MAX_SHARES
         ):
-            raise refusal(name["cpu_shares"], shares, f"must be an integer from {MIN_SHARES} to {MAX_SHARES}")
+            raise refusal(
+                name["cpu_shares"], shares, f"must be an integer from {MIN_SHARES} to {MAX_SHARES}"
+            )
         pids = v["pids_limit"]
-        if pids is not None and (isinstance(pids, bool) or not isinstance(pids, int) or pids == 0 or pids < -1):
-            raise refusal(name["pids_limit"], pids, "must be a positive integer, or -1 for no limit")
-        ulimits = tuple((k, s, h) for k, (s, h) in sorted(parse_ulimits(list(v["ulimits"] or [])).items()))
+        if pids is not None and (
+            isinstance(pids, bool) or not isinstance(pids, int) or pids == 0 or pids < -1
+        ):
+            raise refusal(
+                name["pids_limit"], pids, "must be a positive integer, or -1 for no limit"
+            )
+        ulimits = tuple(
+            (k, s, h) for k, (s, h) in sorted(parse_ulimits(list(v["ulimits"] or [])).items())
+        )
         if v["disk"] is not None and v["storage_opts"]:
             raise TypeError("limits: disk and storage_opts are one limit; give one")
         disk = _disk(list(v["storage_opts"] or []), name["storage_opts"])
@@ -203,7 +252,10 @@ class Limits:
             "cpus": self.cpus,
             "cpu_shares": self.cpu_shares,
             "pids_limit": self.pids_limit,
-            "ulimits": [f"{n.removeprefix('RLIMIT_').lower()}={_rlim(s)}:{_rlim(h)}" for n, s, h in self.ulimits],
+            "ulimits": [
+                f"{n.removeprefix('RLIMIT_').lower()}={_rlim(s)}:{_rlim(h)}"
+                for n, s, h in self.ulimits
+            ],
             "storage_opts": [] if self.disk is None else [f"size={self.disk}"],
         }
 
