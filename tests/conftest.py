@@ -23,7 +23,30 @@ def is_root() -> bool:
     return os.geteuid() == 0
 
 
-needs_root = pytest.mark.skipif(not is_root(), reason="needs root for namespaces, mounts and cgroups")
+# The one way a test says it needs root: `pytest.mark.root` (on the test, its class or
+# the module's pytestmark), optionally with why: `pytest.mark.root("overlay whiteouts")`.
+ROOT_REASON = "needs root for namespaces, mounts and cgroups"
+
+
+def _root_skip_reason(marker: pytest.Mark) -> str:
+    why = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")
+    return f"needs root: {why}" if why else ROOT_REASON
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if is_root():
+        return "cellbox: running as root, tests marked root run"
+    return "cellbox: not root, tests marked root are skipped (see the reasons with -rs)"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked root when we are not root, each with its marker's reason."""
+    if is_root():
+        return
+    for item in items:
+        marker = item.get_closest_marker("root")
+        if marker is not None:
+            item.add_marker(pytest.mark.skip(reason=_root_skip_reason(marker)))
 
 
 def make_busybox_rootfs(dest: Path) -> Path:
@@ -79,9 +102,8 @@ def remove_cgroup_tree(name: str) -> None:
 
 @pytest.fixture
 def engine(tmp_path: Path):
-    """An Engine on a private root and a private cgroup parent; all removed after."""
-    if not is_root():
-        pytest.skip("needs root for namespaces, mounts and cgroups")
+    """An Engine on a private root and a private cgroup parent; all removed after (tests
+    that use it are marked root)."""
     from cellbox.runtime.engine import Engine
 
     parent = f"cellbox-test-{secrets.token_hex(4)}"

@@ -21,10 +21,7 @@ from cellbox.runtime.cgroups import Layout, check_parent, detect_layout, open_cg
 from cellbox.runtime.cgroups.layout import own_cgroups
 from cellbox.runtime.errors import CellboxError
 
-pytestmark = pytest.mark.root
-
-if os.geteuid() != 0:
-    pytest.skip("cgroup integration tests need root", allow_module_level=True)
+pytestmark = pytest.mark.root("cgroups of the real kernel")
 
 LAYOUT = detect_layout()
 

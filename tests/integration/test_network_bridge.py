@@ -54,9 +54,10 @@ ECHO_CLIENT = (
 # ------------------------------------------------------------------ pytest side
 
 
-def _needs_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: network namespaces, veth, bridge, nftables")
+pytestmark = pytest.mark.root("network namespaces, veth, bridge, nftables")
+
+
+def _needs_tools() -> None:
     for tool in ("ip", "unshare", "nsenter"):
         if not shutil.which(tool):
             pytest.skip(f"{tool} command missing")
@@ -68,7 +69,7 @@ def _netns_list() -> str:
 
 @pytest.fixture
 def hostns():
-    _needs_root()
+    _needs_tools()
     name = f"cbxtest-{secrets.token_hex(4)}"
     res = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
     if res.returncode != 0:

@@ -19,10 +19,7 @@ from cellbox.runtime.cgroups import open_cgroup
 from conftest import _cgroup_dirs, remove_cgroup_tree
 from runc_helpers import Runc, make_bundle, pid_alive
 
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="cellbox-runc needs root for namespaces, mounts and cgroups"),
-]
+pytestmark = pytest.mark.root("cellbox-runc makes namespaces, mounts and cgroups")
 
 
 class Env:

@@ -23,10 +23,7 @@ import pytest
 from conftest import _cgroup_dirs, remove_cgroup_tree
 from runc_helpers import Runc, make_bundle, runc_argv
 
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="cellbox-runc needs root for namespaces, mounts and cgroups"),
-]
+pytestmark = pytest.mark.root("cellbox-runc makes namespaces, mounts and cgroups")
 
 # runtime-spec schema/state-schema.json (with defs.json's ociVersion and annotations
 # inlined). config-linux/runtime.md adds: pid is REQUIRED when status is created or

@@ -7,7 +7,6 @@ namespace that dies with it.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,8 +15,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(os.geteuid() != 0, reason="overlay mounts and whiteouts need root"),
+    pytest.mark.root("overlay mounts and whiteouts"),
     pytest.mark.skipif(
         "overlay" not in Path("/proc/filesystems").read_text(), reason="no overlayfs in this kernel"
     ),

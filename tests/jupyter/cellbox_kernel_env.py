@@ -15,19 +15,16 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 TESTS = Path(__file__).resolve().parents[1]
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
-from conftest import _cgroup_dirs, is_root, remove_cgroup_tree  # noqa: E402
+from conftest import _cgroup_dirs, remove_cgroup_tree  # noqa: E402
 
 
 def kernel_env() -> Iterator[dict[str, str]]:
-    """Point CELLBOX_ROOT / CELLBOX_CGROUP_PARENT / JUPYTER_PATH at private places."""
-    if not is_root():
-        pytest.skip("needs root for namespaces, mounts and cgroups")
+    """Point CELLBOX_ROOT / CELLBOX_CGROUP_PARENT / JUPYTER_PATH at private places (the
+    tests that use it are marked root)."""
     from cellbox.kernel.kernelspec import install_kernelspec
     from cellbox.runtime.engine import Engine
 

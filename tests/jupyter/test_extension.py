@@ -37,6 +37,7 @@ def srv(lab):  # noqa: F811
     s.stop()
 
 
+@pytest.mark.root
 def test_status_and_openapi(srv):
     st = srv.api("GET", "status").json()
     assert st["isolated"] is True and st["degraded"] is False
@@ -55,6 +56,7 @@ def test_status_and_openapi(srv):
         assert route in described, f"{route} missing from openapi.json"
 
 
+@pytest.mark.root
 @pytest.mark.skipif(not cellbox_kernelspec(), reason="the cellbox kernelspec is not installed (cellbox.kernel)")
 def test_two_notebooks_two_containers_restart_keeps(srv):
     sessions = {}
@@ -84,6 +86,7 @@ def test_two_notebooks_two_containers_restart_keeps(srv):
     assert {c["id"] for c in containers(srv)} >= {by_nb["a.ipynb"]["id"], by_nb["b.ipynb"]["id"]}
 
 
+@pytest.mark.root
 def test_container_lifecycle_snapshots_commit_images(srv):
     c = ensure(srv, "sub/c.ipynb")
     assert c["notebook"] == "sub/c.ipynb" and c["status"] == "running"
@@ -121,6 +124,7 @@ def test_container_lifecycle_snapshots_commit_images(srv):
     assert srv.api("GET", "containers/doesnotexist/stats").status_code == 404
 
 
+@pytest.mark.root
 def test_rename_keeps_and_delete_removes(srv):
     write_notebook(srv.notebooks / "mv.ipynb")
     c = ensure(srv, "mv.ipynb")
@@ -145,6 +149,7 @@ def srv_engine(srv):
     return Engine(root=srv.env["CELLBOX_ROOT"], cgroup_parent=srv.env["CELLBOX_CGROUP_PARENT"])
 
 
+@pytest.mark.root
 def test_bad_input_changes_nothing(srv):
     write_notebook(srv.notebooks / "odd dir" / "ü n'b \"$(x)&;.ipynb")
     c = ensure(srv, "odd dir/ü n'b \"$(x)&;.ipynb")
@@ -179,6 +184,7 @@ def test_bad_input_changes_nothing(srv):
     assert all(x["status"] == y["status"] for x, y in zip(sorted(after, key=lambda x: x["id"]), sorted(before, key=lambda x: x["id"]), strict=True))
 
 
+@pytest.mark.root
 def test_metadata_limits_capped_by_config(srv):
     write_notebook(srv.notebooks / "greedy.ipynb", cellbox={"memory": "64g", "cpus": 16, "pids_limit": 99999})
     c = ensure(srv, "greedy.ipynb")
@@ -193,6 +199,7 @@ def test_metadata_limits_capped_by_config(srv):
     assert m["limits"]["memory"] == 128 * 1024 * 1024 and m["limits"]["pids"] == 50 and m["capped"] == {}
 
 
+@pytest.mark.root
 def test_authentication_required(srv):
     anon = [
         ("GET", "containers"), ("GET", "status"), ("GET", "images"), ("GET", "openapi.json"),
@@ -209,6 +216,7 @@ def test_authentication_required(srv):
     assert r.status_code in (302, 401, 403)
 
 
+@pytest.mark.root
 def test_xsrf_enforced_for_cookie_auth(srv):
     s = requests.Session()
     r = s.get(srv.url + f"/cellbox?token={srv.token}", timeout=30)
@@ -223,6 +231,7 @@ def test_xsrf_enforced_for_cookie_auth(srv):
     assert r.status_code == 201, r.text
 
 
+@pytest.mark.root
 def test_authorization_execute_denied(lab):  # noqa: F811
     s = lab.server("noexec", {"ServerApp": {"authorizer_class": "cellbox_test_auth.NoExecuteAuthorizer"}})
     try:
@@ -238,6 +247,7 @@ def test_authorization_execute_denied(lab):  # noqa: F811
         s.stop()
 
 
+@pytest.mark.root
 def test_config_turns_off_commit_and_push(lab):  # noqa: F811
     s = lab.server("nocommit", {"Cellbox": {"allow_commit": False, "allow_push": False}})
     try:
@@ -250,6 +260,7 @@ def test_config_turns_off_commit_and_push(lab):  # noqa: F811
         s.stop()
 
 
+@pytest.mark.root
 def test_idle_culling(lab):  # noqa: F811
     s = lab.server("cull", {"Cellbox": {"idle_timeout": 1, "cull_interval": 0.3}})
     try:
@@ -270,6 +281,7 @@ def _cgroups(parent: str) -> set[str]:
     return out
 
 
+@pytest.mark.root
 def test_sigkill_then_restart_reattaches_or_removes(lab):  # noqa: F811
     nb = lab.base / "nb" / "crash"
     write_notebook(nb / "keep.ipynb")

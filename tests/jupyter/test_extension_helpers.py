@@ -19,7 +19,7 @@ import pytest
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import is_root, remove_cgroup_tree  # noqa: E402
+from conftest import remove_cgroup_tree  # noqa: E402
 
 AUTHORIZER = '''
 from jupyter_server.auth.authorizer import Authorizer
@@ -238,8 +238,8 @@ class Lab:
 
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory: pytest.TempPathFactory):
-    if not is_root():
-        pytest.skip("needs root for namespaces, mounts and cgroups")
+    """The Lab of one test module (each module that imports this fixture gets its own);
+    the tests that use it are marked root."""
     lab = Lab(Path(tmp_path_factory.mktemp("cbx")))
     lab.engine().ensure_default_image()
     yield lab

@@ -3,8 +3,11 @@ next start finds them again."""
 
 from __future__ import annotations
 
+import pytest
 from test_extension import containers, ensure
 from test_extension_helpers import lab, write_notebook  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.root
 
 
 def test_clean_stop_stops_containers_and_restart_finds_them(lab):  # noqa: F811

@@ -17,7 +17,10 @@ from test_extension_helpers import (  # noqa: F401 - fixture
 
 from cellbox.runtime.errors import NotFound
 
-pytestmark = pytest.mark.skipif(not cellbox_kernelspec(), reason="the cellbox kernelspec is not installed")
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(not cellbox_kernelspec(), reason="the cellbox kernelspec is not installed"),
+]
 
 
 def _blobs(eng) -> set[str]:

@@ -11,6 +11,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cellbox_kernel_env import kernel_env  # noqa: E402
 
+pytestmark = pytest.mark.root
+
 
 @pytest.fixture(scope="module", autouse=True)
 def _env():

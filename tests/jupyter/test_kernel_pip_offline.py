@@ -13,6 +13,8 @@ from jupyter_client.manager import start_new_kernel
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cellbox_kernel_env import kernel_env  # noqa: E402
 
+pytestmark = pytest.mark.root
+
 LINE = "cellbox: this notebook has no network"
 
 

@@ -15,6 +15,8 @@ from jupyter_client.manager import KernelManager
 sys.path.insert(0, os.path.dirname(__file__))
 from cellbox_kernel_env import kernel_env  # noqa: E402
 
+pytestmark = pytest.mark.root
+
 
 @pytest.fixture(scope="module")
 def env():

@@ -15,15 +15,12 @@ from pathlib import Path
 import pytest
 from test_extension_helpers import Lab
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import is_root  # noqa: E402
+pytestmark = pytest.mark.root
 
 
 @pytest.fixture(scope="module")
 def klab(tmp_path_factory: pytest.TempPathFactory):
     """A Lab (state root, cgroup parent) whose servers see our kernelspecs first."""
-    if not is_root():
-        pytest.skip("needs root for the extension's engine")
     from cellbox.kernel.kernelspec import install_kernelspec
 
     base = Path(tmp_path_factory.mktemp("klab"))

@@ -9,7 +9,10 @@ import pytest
 from test_extension_helpers import cellbox_kernelspec, lab  # noqa: F401
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
-pytestmark = pytest.mark.skipif(not cellbox_kernelspec(), reason="the cellbox kernelspec is not installed (cellbox.kernel)")
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(not cellbox_kernelspec(), reason="the cellbox kernelspec is not installed (cellbox.kernel)"),
+]
 
 
 INSIDE = "import os\nprint('CHECK', open('/proc/1/comm').read().strip(), os.readlink('/proc/self/ns/pid'), os.getpid())"

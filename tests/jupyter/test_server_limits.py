@@ -22,7 +22,10 @@ from test_extension_helpers import (  # noqa: F401 - fixture
     write_notebook,
 )
 
-pytestmark = pytest.mark.skipif(not cellbox_kernelspec(), reason="the cellbox kernelspec is not installed")
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(not cellbox_kernelspec(), reason="the cellbox kernelspec is not installed"),
+]
 
 MB = 1 << 20
 

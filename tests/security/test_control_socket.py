@@ -20,6 +20,8 @@ from jupyter_client.manager import start_new_kernel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jupyter"))
 from cellbox_kernel_env import cell, kernel_env  # noqa: E402
 
+pytestmark = pytest.mark.root
+
 
 @pytest.fixture(scope="module", autouse=True)
 def env():

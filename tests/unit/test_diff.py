@@ -9,9 +9,7 @@ from pathlib import Path
 import pytest
 from cellbox.runtime.images.diff import changes
 
-needs_root = pytest.mark.skipif(
-    os.geteuid() != 0, reason="whiteouts are char 0:0 devices: mknod and trusted.* xattrs need root"
-)
+needs_root = pytest.mark.root("whiteouts are char 0:0 devices: mknod and trusted.* xattrs")
 
 
 def whiteout(path: Path) -> None:
