@@ -185,11 +185,33 @@ class ImageOps:
                 except (CellboxError, OSError) as e:
                     found = [f"could not clean: {e}"]
                 done.extend(f"container {ctr.short_id}: snapshots: {f}" for f in found or [])
+        done.extend(self._remove_half_made())
         for p in stale_tmpdirs(self.root):
             done.append(f"removed {p.name} ({_du_text(p)})")
             shutil.rmtree(p, ignore_errors=True)
         if (self.root / "images").is_dir():
             done.extend(f"image store: {f}" for f in self.images.recover() or [])
+        return done
+
+    def _remove_half_made(self) -> list[str]:
+        """Container dirs a killed `create` left without a record: their own filesystem
+        (a loop-mounted ext4 of --storage-opt size) would stay mounted for good, a loop
+        device and its disk with it. Under the engine lock: a create in progress holds it."""
+        from . import storage
+
+        done = []
+        with self._lock():
+            for d in self.containers_dir.iterdir():
+                if not d.is_dir() or (d / "container.json").exists():
+                    continue
+                what = "its own filesystem and " if storage.is_mounted(d) else ""
+                try:
+                    storage.unmount(d)
+                except CellboxError as e:
+                    done.append(f"container dir {d.name[:12]}: half made, could not unmount its filesystem: {e}")
+                    continue
+                shutil.rmtree(d, ignore_errors=True)
+                done.append(f"container dir {d.name[:12]}: removed {what}what a killed create left")
         return done
 
     def commit(

@@ -69,6 +69,10 @@ def mount(ctr_dir: Path) -> None:
     )
 
 
+def is_mounted(ctr_dir: Path) -> bool:
+    return os.path.ismount(writable_dir(ctr_dir))
+
+
 def unmount(ctr_dir: Path) -> None:
     """Before the container's dir is removed (the loop device goes with it)."""
     mnt = writable_dir(ctr_dir)

@@ -34,7 +34,15 @@ def hold():
     Path(ready).write_text(str(os.getpid()))
     time.sleep(3600)
 
-if mode == "commit":
+if mode == "create":
+    from cellbox.runtime import engine as engmod
+    orig = engmod.Engine.build_config
+    def build(self, ctr_dir, *a, **k):
+        hold()  # its own filesystem is made and mounted, its record not yet written
+    engmod.Engine.build_config = build
+    from cellbox.runtime.engine import RunOptions
+    Engine(root=root, cgroup_parent=parent).create(RunOptions(rootfs=cid, command=["true"], storage_opts=["size=64m"]))
+elif mode == "commit":
     from cellbox.runtime.images import layout
     orig = layout.BlobWriter.write
     def write(self, data):
@@ -193,3 +201,39 @@ def test_exec_and_stop_thaw_a_container_left_frozen_by_a_killed_commit(engine, b
     engine.stop(busy.id, timeout=5)
     assert time.monotonic() - started < 10
     assert busy.state().status == "stopped"
+
+
+def test_create_killed_after_its_filesystem_is_mounted_is_cleaned_by_system_check(engine, busybox_rootfs, tmp_path):
+    """A kill inside create, after the container's own ext4 is loop-mounted and before its
+    record exists: `system check` unmounts it (the loop device goes) and removes the dir."""
+    ready = tmp_path / "ready-create"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(engine.root), engine.cgroup_parent, str(busybox_rootfs), "create", str(ready)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            if child.poll() is not None:
+                raise AssertionError(f"the create child ended early: {child.stdout.read().decode()}")
+            assert time.monotonic() < deadline, "the create child never mounted its filesystem"
+            time.sleep(0.05)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+    (half,) = [d for d in engine.containers_dir.iterdir() if d.is_dir()]
+    assert os.path.ismount(half / "rw") and not (half / "container.json").exists()
+    assert engine.list(all=True) == []
+
+    cli = [sys.executable, "-m", "cellbox.runtime.cli", "--root", str(engine.root), "--cgroup-parent", engine.cgroup_parent]
+    r = subprocess.run([*cli, "system", "check"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"container dir {half.name[:12]}: removed its own filesystem and what a killed create left" in r.stdout, r.stdout
+    assert not half.exists()
+    with open("/proc/self/mountinfo") as f:
+        assert str(half) not in f.read()
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    assert str(half) not in loops
+    r = subprocess.run([*cli, "system", "check"], capture_output=True, text=True, timeout=120)
+    assert "container dir" not in r.stdout, r.stdout
