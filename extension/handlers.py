@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from cellbox.runtime.errors import CellboxError, Conflict, InvalidArgument, NotFound
-from cellbox.runtime.images.reference import parse_reference
+from cellbox.runtime.engine import parse_reference
+from cellbox.runtime.errors import CellboxError, Conflict, InvalidArgument, NotFound, RegistryError
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from tornado import web
@@ -24,20 +24,13 @@ from .manager import ContainerManager, Forbidden
 
 RESOURCE = "cellbox"
 STATIC = Path(__file__).parent / "static"
-_STATUS = {NotFound: 404, Conflict: 409, InvalidArgument: 400, Forbidden: 403}
+_STATUS = {NotFound: 404, Conflict: 409, InvalidArgument: 400, Forbidden: 403, RegistryError: 502}
 
 
 def _status_of(e: CellboxError) -> int:
     for cls, code in _STATUS.items():
         if isinstance(e, cls):
             return code
-    try:
-        from cellbox.runtime.images.registry import RegistryError
-
-        if isinstance(e, RegistryError):
-            return 502
-    except ImportError:
-        pass
     return 500
 
 
@@ -390,10 +383,8 @@ class TransferHandler(BaseAPI):
             loop.call_soon_threadsafe(queue.put_nowait, line)
 
         def work() -> Any:
-            from cellbox.runtime.images import registry
-
-            fn = registry.pull if self.action == "pull" else registry.push
-            return fn(self.cb.engine.images, ref, insecure=insecure, progress=progress)
+            fn = self.cb.engine.pull if self.action == "pull" else self.cb.engine.push
+            return fn(ref, insecure=insecure, progress=progress)
 
         self.set_header("Content-Type", "application/x-ndjson")
         task = asyncio.ensure_future(self.cb.run(work))

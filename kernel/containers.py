@@ -17,12 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from cellbox.runtime.engine import (
+    CREATED,
+    DEFAULT_IMAGE,
     DEFAULT_OPEN_FILES_SHARE,
+    PAUSED,
+    RUNNING,
     Container,
     Engine,
     RunOptions,
     check_open_files_share,
     open_files_per_process,
+    proc_start_time,
 )
 from cellbox.runtime.errors import CellboxError, InvalidArgument
 
@@ -71,8 +76,6 @@ def kernel_run_options(
     pids_limit = pids_limit or DEFAULT_PIDS
     nofile = nofile or open_files_per_process(pids_limit, open_files_share)
     check_open_files_share(pids_limit, nofile, open_files_share, what="a notebook's container")
-    from cellbox.runtime.images.default_image import DEFAULT_IMAGE
-
     return RunOptions(
         image=image or DEFAULT_IMAGE,
         command=list(IDLE_COMMAND),
@@ -166,25 +169,20 @@ def host_ipc_dir(eng: Engine, run: Path) -> Path:
 
 def ipc_pins(eng: Engine, ctr: Container) -> Any:
     """The host's pinned ends of the kernel sockets in ctr's run dir."""
-    from cellbox.runtime import userns
-
     from .ipcpins import IpcPins
 
     run = run_dir(eng, ctr)
-    base = ctr.host_base()
-    return IpcPins(run, host_ipc_dir(eng, run), None if base is None else (base, base + userns.SIZE))
+    return IpcPins(run, host_ipc_dir(eng, run), ctr.host_ids())
 
 
 def ensure_running(eng: Engine, ctr: Container) -> None:
     """Start a stopped kernel container again (its files are kept)."""
-    from cellbox.runtime import state
-
     st = ctr.state().status
-    if st == state.RUNNING:
+    if st == RUNNING:
         return
-    if st == state.PAUSED:
+    if st == PAUSED:
         eng.unpause(ctr.id)
-    elif st == state.CREATED:
+    elif st == CREATED:
         eng.start(ctr.id)
     else:
         eng.restart(ctr.id)
@@ -199,8 +197,6 @@ def kill_strays(eng: Engine, ctr: Container) -> int:
     parent of was reparented to it later (an orphan of a kernel or an exec).
     """
     import signal
-
-    from cellbox.runtime.state import proc_start_time
 
     init = ctr.state().pid
     rows = eng.top(ctr.id)

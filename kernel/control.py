@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-from cellbox.runtime.engine import Engine
-from cellbox.runtime.errors import CellboxError, Conflict, InvalidArgument
+from cellbox.runtime.engine import Engine, parse_reference
+from cellbox.runtime.errors import CellboxError, Conflict, InvalidArgument, NotFound
 
 MAX_REQUEST = 64 * 1024
 READ_TIMEOUT = 5.0
@@ -323,7 +323,6 @@ class ControlServer:
 
     def _owned(self, ref: str) -> Any | None:
         """The image `ref` if it exists (Conflict unless this container committed it)."""
-        from cellbox.runtime.errors import NotFound
 
         try:
             img = self.eng.images.resolve(ref)
@@ -347,8 +346,6 @@ class ControlServer:
         """Untag or delete an image this container committed: by REPO:TAG only, never by id
         (an id would reach every name the image has), never forced (an image another
         container runs stays)."""
-        from cellbox.runtime.errors import NotFound
-        from cellbox.runtime.images.reference import parse_reference
 
         r = parse_reference(ref)
         if r.digest:
@@ -365,7 +362,6 @@ class ControlServer:
         return {"ref": ref, "removed": self.eng.images.rmi(ref)}
 
     def _commit(self, ref: str, message: str, progress: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
-        from cellbox.runtime.images.reference import parse_reference
 
         r = parse_reference(ref)
         if r.digest:
@@ -382,9 +378,6 @@ class ControlServer:
         return {"id": img.id, "digest": getattr(img, "manifest_digest", ""), "refs": list(img.refs)}
 
     def _push(self, ref: str, progress: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
-        from cellbox.runtime.images.reference import parse_reference
-        from cellbox.runtime.images.registry import push
-
         r = parse_reference(ref)
         if r.registry not in self.push_registries:
             allowed = ", ".join(self.push_registries) or "none configured (CELLBOX_PUSH_REGISTRIES)"
@@ -396,5 +389,5 @@ class ControlServer:
             if progress:
                 progress({"action": "push", "kind": ev.kind, "status": ev.status, "current": ev.current, "total": ev.total})
 
-        digest = push(self.eng.images, ref, insecure=self.insecure_registries, progress=on_progress)
+        digest = self.eng.push(ref, insecure=self.insecure_registries, progress=on_progress)
         return {"ref": ref, "digest": digest}

@@ -34,7 +34,7 @@ class WarmKernel:
 
 
 def _owner_tag(pid: int) -> str:
-    from cellbox.runtime.state import proc_start_time
+    from cellbox.runtime.engine import proc_start_time
 
     return f"{pid}:{proc_start_time(pid) or 0}"
 

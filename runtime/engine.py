@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import atomicfile as atomicfile  # for kernel/ and extension/: they enter by this door
 from . import launcher, runconfig, spec, state, storage, userns
@@ -26,11 +26,18 @@ from .errors import CellboxError, Conflict, InvalidArgument, NotFound
 from .filetable import DEFAULT_SHARE as DEFAULT_OPEN_FILES_SHARE  # noqa: F401 - for kernel/, extension/
 from .filetable import check_share as check_open_files_share  # noqa: F401
 from .filetable import per_process as open_files_per_process  # noqa: F401
+from .images.default_image import DEFAULT_IMAGE
+from .images.reference import Reference, parse_reference
 from .isolation import Isolation
 from .isolation import probe as probe_isolation
 from .limits import Limits
 from .names import random_name, validate_name
 from .runconfig import RunOptions, merge_env, parse_env, parse_user
+from .state import CREATED, PAUSED, RUNNING, STOPPED, proc_start_time
+
+if TYPE_CHECKING:
+    from .images.store import ImageStore
+    from .network import NetworkManager
 
 DEFAULT_ROOT = "/var/lib/cellbox"
 
@@ -72,6 +79,11 @@ class Container:
             raise CellboxError(f"container {self.short_id}: its filesystem ({storage.IMAGE}) is not mounted")
         return Path(upper) if upper else self.dir / "upper"
 
+    def host_ids(self) -> tuple[int, int] | None:
+        """The host ids [first, end) this container's ids map to; None: the host's own."""
+        base = self.host_base()
+        return None if base is None else (base, base + userns.SIZE)
+
     def host_base(self) -> int | None:
         """The host uid (and gid) that this container's root is; None: the host's own ids."""
         try:
@@ -95,8 +107,8 @@ class Engine(ImageOps):
         self.containers_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o711)
         self.cgroup_parent = cgroup_parent or os.environ.get("CELLBOX_CGROUP_PARENT") or "cellbox"
-        self._images = None
-        self._network = None
+        self._images: ImageStore | None = None
+        self._network: NetworkManager | None = None
         self._monitors: dict[str, Any] = {}  # id -> monitor Popen, for a fast wait()
         # A long-lived caller (server, kernel) starts containers through a pre-forked zygote.
         self.use_zygote = zygote if zygote is not None else os.environ.get("CELLBOX_ZYGOTE") == "1"
@@ -104,8 +116,9 @@ class Engine(ImageOps):
     # ------------------------------------------------------------------ helpers
 
     @property
-    def images(self) -> Any:
-        """The image store (created on first use)."""
+    def images(self) -> ImageStore:
+        """The image store (created on first use): list, resolve, config, history, tag,
+        rmi return `Image` records; pull and push are the engine's own methods."""
         if self._images is None:
             from .images.store import ImageStore
 
@@ -113,7 +126,7 @@ class Engine(ImageOps):
         return self._images
 
     @property
-    def network(self) -> Any:
+    def network(self) -> NetworkManager:
         """The bridge network; on first use it removes what a crash left (veths, nft
         rules, address allocations of containers that no longer run)."""
         if self._network is None:
@@ -759,13 +772,23 @@ def parse_signal(sig: int | str) -> int:
         raise InvalidArgument(f"invalid signal: {sig}") from None
 
 
+# kernel/ and extension/ import this module and errors only (tests/unit/
+# test_import_boundaries.py): what they use of the runtime is here.
 __all__ = [
+    "CREATED",
+    "DEFAULT_IMAGE",
+    "PAUSED",
+    "RUNNING",
+    "STOPPED",
     "Container",
     "Engine",
     "Isolation",
     "Limits",
     "RunOptions",
+    "Reference",
     "default_root",
     "parse_signal",
+    "parse_reference",
     "probe_isolation",
+    "proc_start_time",
 ]

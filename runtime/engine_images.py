@@ -370,7 +370,7 @@ class ImageOps:
 
         return push(self.images, ref, insecure=insecure, progress=progress)
 
-    def ensure_default_image(self, progress: Any = None) -> Any:
+    def ensure_default_image(self, progress: Any = None) -> Image:
         """The notebook image, built offline from this host's Python the first time."""
         from .images.default_image import DEFAULT_IMAGE, build_rootfs
 

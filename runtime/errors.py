@@ -17,3 +17,10 @@ class Conflict(CellboxError):
 
 class InvalidArgument(CellboxError):
     """Input that cannot be accepted as given."""
+
+
+class RegistryError(CellboxError):
+    """A registry answered in a way we cannot use (its subclasses: images/registry/errors.py).
+
+    Here, not in the registry package, so a caller can tell it apart without importing the
+    registry client (and `requests` with it)."""

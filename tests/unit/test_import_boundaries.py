@@ -1,7 +1,8 @@
 """The layering, read from the source: runtime/ (the engine) is below kernel/ and
-extension/ (the Jupyter parts) and imports nothing from them. Every import counts: at
-module level, inside functions, and inside code strings run in a child (`python -c`
-probes), which a grep for `^import` misses."""
+extension/ (the Jupyter parts) and imports nothing from them; kernel/ and extension/ enter
+the runtime through one door, `cellbox.runtime.engine` (and `cellbox.runtime.errors`).
+Every import counts: at module level, inside functions, and inside code strings run in a
+child (`python -c` probes), which a grep for `^import` misses."""
 
 from __future__ import annotations
 
@@ -39,14 +40,13 @@ def _absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str:
 
 
 def imports_in(tree: ast.AST, module: str, is_package: bool) -> Iterator[str]:
-    """Every module an AST imports: `import a.b`, `from a import b` (as a.b too, since b
-    may be a module), relative imports resolved, and code in string constants parsed."""
+    """Every module an AST imports: `import a.b`, `from a import b` (as a.b, since b may
+    be a module), relative imports resolved, and code in string constants parsed."""
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             base = _absolute(node, module, is_package)
-            yield base
             yield from (f"{base}.{alias.name}" for alias in node.names)
         elif (
             isinstance(node, ast.Constant)
@@ -77,7 +77,7 @@ def test_the_walker_sees_function_level_relative_and_string_imports() -> None:
     )
     got = set(imports_in(ast.parse(code), "cellbox.runtime.cli", is_package=False))
     assert "cellbox.kernel.provisioner" in got
-    assert "cellbox.extension.app" in got
+    assert "cellbox.extension.app.x" in got
 
 
 @pytest.mark.parametrize("path", sources("runtime"), ids=lambda p: str(p.relative_to(ROOT)))
@@ -89,4 +89,42 @@ def test_runtime_imports_no_jupyter_part(path: Path) -> None:
     )
     assert not bad, (
         f"{path.relative_to(ROOT)} imports {bad}: runtime/ must not know kernel/ or extension/"
+    )
+
+
+DOORS = ("cellbox.runtime.engine", "cellbox.runtime.errors")
+# Lines being rewritten at this moment by other work of issue 12 (one Limits value; the
+# one atomic-write helper): allowed until they land, then this set goes.
+PENDING = {
+    "extension/manager.py": {
+        "cellbox.runtime.cgroups.parse_memory",
+        "cellbox.runtime.cgroups.units.parse_memory",
+        "cellbox.runtime.state.write_json",
+    },
+}
+
+
+def _past_the_door(name: str) -> bool:
+    inside = name == "cellbox.runtime" or name.startswith("cellbox.runtime.")
+    return inside and not any(name == d or name.startswith(d + ".") for d in DOORS)
+
+
+def test_the_door_check_tells_engine_names_from_runtime_internals() -> None:
+    assert not _past_the_door("cellbox.runtime.engine.Engine")
+    assert not _past_the_door("cellbox.runtime.errors.NotFound")
+    assert _past_the_door("cellbox.runtime.state.write_json")
+    assert _past_the_door("cellbox.runtime.engine_images.ImageOps")
+    assert _past_the_door("cellbox.runtime.linux.syscalls")
+    assert not _past_the_door("cellbox.kernel.containers")
+
+
+@pytest.mark.parametrize(
+    "path", sources("kernel") + sources("extension"), ids=lambda p: str(p.relative_to(ROOT))
+)
+def test_jupyter_parts_enter_the_runtime_only_through_the_engine(path: Path) -> None:
+    pending = PENDING.get(str(path.relative_to(ROOT)), set())
+    bad = sorted(m for m in imports_of(path) if _past_the_door(m) and m not in pending)
+    assert not bad, (
+        f"{path.relative_to(ROOT)} imports {bad}: kernel/ and extension/ use "
+        "cellbox.runtime.engine and cellbox.runtime.errors only (export what they need there)"
     )

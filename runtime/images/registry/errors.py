@@ -1,10 +1,8 @@
 """Registry errors: one line each, all CellboxError so the CLI shows them as they are."""
 
-from cellbox.runtime.errors import CellboxError, InvalidArgument, NotFound
+from cellbox.runtime.errors import InvalidArgument, NotFound, RegistryError
 
-
-class RegistryError(CellboxError):
-    """A registry answered in a way we cannot use."""
+# RegistryError is defined in cellbox.runtime.errors (callers test for it without this package).
 
 
 class RegistryUnreachable(RegistryError):
