@@ -32,6 +32,7 @@ from .isolation import Isolation
 from .isolation import probe as probe_isolation
 from .limits import Limits
 from .names import random_name, validate_name
+from .protocol import parse_signal
 from .runconfig import RunOptions, merge_env, parse_env, parse_user
 from .state import CREATED, PAUSED, RUNNING, STOPPED, proc_start_time
 
@@ -754,26 +755,6 @@ class Engine(ImageOps):
         return removed
 
 
-def parse_signal(sig: int | str) -> int:
-    """'KILL', 'SIGKILL', '9' -> 9."""
-    if isinstance(sig, int):
-        return sig
-    s = sig.strip().upper()
-    if s.isdigit():
-        n = int(s)
-        if not 0 < n < signal_mod.NSIG:
-            raise InvalidArgument(f"invalid signal: {sig}")
-        return n
-    if not s.startswith("SIG"):
-        s = "SIG" + s
-    try:
-        return int(signal_mod.Signals[s])
-    except KeyError:
-        raise InvalidArgument(f"invalid signal: {sig}") from None
-
-
-# kernel/ and extension/ import this module and errors only (tests/unit/
-# test_import_boundaries.py): what they use of the runtime is here.
 __all__ = [
     "CREATED",
     "DEFAULT_IMAGE",
@@ -782,13 +763,13 @@ __all__ = [
     "STOPPED",
     "Container",
     "Engine",
+    "Reference",
+    "parse_reference",
+    "proc_start_time",
     "Isolation",
     "Limits",
     "RunOptions",
-    "Reference",
     "default_root",
     "parse_signal",
-    "parse_reference",
     "probe_isolation",
-    "proc_start_time",
 ]

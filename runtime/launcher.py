@@ -7,7 +7,6 @@ a version-manager shim) in isolated mode without site (-I -S) for a fast start.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from typing import IO, Any
 
 from . import state
 from .errors import CellboxError, Conflict, NotFound
+from .protocol import GATE_OPEN, Failed, Spawned, read_sync
 
 _RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -43,15 +43,6 @@ def _reap() -> None:
             _children.remove(p)
 
 
-def read_sync(fd: int) -> dict[str, Any]:
-    data = b""
-    with os.fdopen(fd, "rb") as f:
-        data = f.readline()
-    if not data:
-        return {"error": "the container helper exited without a word"}
-    return json.loads(data)
-
-
 Stdio = int | IO[Any] | None
 
 
@@ -63,7 +54,7 @@ def _spawn(
     *,
     session: bool,
     env: dict[str, str] | None = None,
-) -> tuple[subprocess.Popen, dict[str, Any]]:
+) -> tuple[subprocess.Popen, Spawned | Failed]:
     """Start the helper with a sync pipe (its fd number follows ARGS) and read its word."""
     _reap()
     r, w = os.pipe()
@@ -105,10 +96,16 @@ def create(
     On return the container is "created": namespaces, cgroup and rootfs exist, and
     its init waits at the start gate. On failure nothing is left but a stopped record.
     """
-    proc, msg = _spawn(["create", str(state_dir)], (stdin, stdout, stderr), console_fd, console_socket, session=True)
-    if "error" in msg:
+    proc, msg = _spawn(
+        ["create", str(state_dir)],
+        (stdin, stdout, stderr),
+        console_fd,
+        console_socket,
+        session=True,
+    )
+    if isinstance(msg, Failed):
         proc.wait()
-        raise CellboxError(msg["error"])
+        raise CellboxError(msg.error)
     return proc
 
 
@@ -124,7 +121,7 @@ def start(state_dir: str | Path) -> None:
     except (FileNotFoundError, OSError):
         raise Conflict(f"container {st.id} is not in created state") from None
     try:
-        os.write(fd, b"0")
+        os.write(fd, GATE_OPEN)
     finally:
         os.close(fd)
     try:
@@ -164,7 +161,8 @@ def exec_process(
         raise Conflict(f"container {st.id} is not running")
     pfile = Path(state_dir) / f"exec-{os.getpid()}-{id(process)}.json"
     state.write_json(pfile, process, 0o600, durable=False)
-    if zygote is not None and subprocess.PIPE not in (stdin, stdout, stderr):  # the zygote passes fds, not pipes
+    # the zygote passes fds, not pipes
+    if zygote is not None and subprocess.PIPE not in (stdin, stdout, stderr):
         try:
             return zygote.exec(
                 state_dir, pfile, stdin=stdin, stdout=stdout, stderr=stderr,
@@ -180,10 +178,10 @@ def exec_process(
         )  # fmt: skip
     finally:
         os.unlink(pfile)
-    if "error" in msg:
+    if isinstance(msg, Failed):
         proc.wait()
-        raise CellboxError(msg["error"])
-    proc.process_pid = msg.get("pid")  # type: ignore[attr-defined]  # the process itself, host pid
+        raise CellboxError(msg.error)
+    proc.process_pid = msg.pid  # type: ignore[attr-defined]  # the process itself, host pid
     return proc
 
 

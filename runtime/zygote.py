@@ -8,7 +8,6 @@ benchmarks. It dies with its owner (PR_SET_PDEATHSIG, and EOF on its socket).
 
 from __future__ import annotations
 
-import json
 import os
 import select
 import socket
@@ -20,6 +19,7 @@ from typing import IO, Any
 
 from . import state
 from .errors import CellboxError
+from .protocol import Failed, ProtocolError, Spawned, ZygoteRequest, read_exit, read_sync
 
 
 def _fileno(f: int | IO[Any] | None, default: int, devnull: int) -> int:
@@ -100,8 +100,8 @@ class ExecHandle(_DoneFd):
                 continue
             os.close(self._done)
             self._done = -1
-            # no code written: the helper itself was killed
-            self.returncode = int(self._buf) if self._buf.strip() else 137
+            code = read_exit(self._buf)
+            self.returncode = 137 if code is None else code  # no code: the helper was killed
             return self.returncode
 
     def poll(self) -> int | None:
@@ -153,10 +153,10 @@ class Zygote:
         theirs.close()
         self._lock = threading.Lock()
 
-    def _request(self, req: dict[str, Any], stdio: tuple, console_fd: int | None) -> tuple[dict[str, Any], int]:
+    def _request(
+        self, req: ZygoteRequest, stdio: tuple, console_fd: int | None
+    ) -> tuple[Spawned | Failed, int]:
         """Send one request with its fds; returns the sync message and the done fd."""
-        from .launcher import read_sync
-
         stdin, stdout, stderr = stdio
         devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         r, w = os.pipe()
@@ -172,7 +172,7 @@ class Zygote:
             if console_fd is not None:
                 fds.append(console_fd)
             with self._lock:
-                socket.send_fds(self.sock, [json.dumps(req).encode()], fds)
+                socket.send_fds(self.sock, [req.encode()], fds)
         except OSError as e:
             for fd in (r, done_r):
                 os.close(fd)
@@ -192,12 +192,12 @@ class Zygote:
         console_socket: str | None = None,
         console_fd: int | None = None,
     ) -> MonitorHandle:
-        req = {"mode": "create", "state_dir": str(state_dir), "console_socket": console_socket}
+        req = ZygoteRequest("create", str(state_dir), console_socket=console_socket)
         msg, done_r = self._request(req, (stdin, stdout, stderr), console_fd)
         handle = MonitorHandle(done_r, state_dir)
-        if "error" in msg:
+        if isinstance(msg, Failed):
             handle.wait()
-            raise CellboxError(msg["error"])
+            raise CellboxError(msg.error)
         return handle
 
     def exec(
@@ -212,16 +212,15 @@ class Zygote:
         console_fd: int | None = None,
         detach: bool = False,
     ) -> ExecHandle:
-        req = {
-            "mode": "exec",
-            "state_dir": str(state_dir),
-            "process_file": str(process_file),
-            "owner": os.getpid(),
-            "detached": detach,
-            "console_socket": console_socket,
-        }
+        req = ZygoteRequest(
+            "exec", str(state_dir), str(process_file), owner=os.getpid(), detached=detach,
+            console_socket=console_socket,
+        )  # fmt: skip
         msg, done_r = self._request(req, (stdin, stdout, stderr), console_fd)
-        if "error" in msg:
+        if isinstance(msg, Failed):
             os.close(done_r)
-            raise CellboxError(msg["error"])
-        return ExecHandle(done_r, int(msg["helper"]), int(msg["pid"]))
+            raise CellboxError(msg.error)
+        if msg.helper is None:
+            os.close(done_r)
+            raise ProtocolError(f"the exec helper did not say its pid: {msg!r}")
+        return ExecHandle(done_r, msg.helper, msg.pid)

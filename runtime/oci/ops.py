@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import atomicfile, state
 from .. import spec as spec_mod
-from .. import state
 from ..errors import CellboxError, Conflict, InvalidArgument, NotFound
+from ..protocol import Failed, Spawned, parse_signal, read_sync
 from . import bundle as bundle_mod
 
 HANDOFF = "monitor-exits-after-start"
@@ -29,33 +30,9 @@ MONITOR = "monitor.json"
 WAIT_SECS = 30.0
 
 
-def parse_signal(sig: str | int) -> int:
-    """'KILL', 'SIGKILL', 'sigkill', '9' -> 9 (runc's kill accepts all of these)."""
-    if isinstance(sig, int):
-        n = sig
-    else:
-        s = sig.strip().upper()
-        if s.isdigit():
-            n = int(s)
-        else:
-            name = s if s.startswith("SIG") else "SIG" + s
-            try:
-                return int(signal_mod.Signals[name])
-            except KeyError:
-                raise InvalidArgument(f"unknown signal {sig!r}") from None
-    if not 0 < n < signal_mod.NSIG:
-        raise InvalidArgument(f"unknown signal {sig!r}")
-    return n
-
-
 def _write_pid_file(path: str, pid: int) -> None:
     """runc writes the pid (no newline) through a temp file and a rename."""
-    path = os.path.abspath(path)
-    d, base = os.path.split(path)
-    tmp = os.path.join(d, f".{base}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(str(pid))
-    os.replace(tmp, path)
+    atomicfile.write_text(path, str(pid))
 
 
 def _dead(pid: int, start: int) -> bool:
@@ -73,12 +50,8 @@ def _wait_until(pred: Any, timeout: float = WAIT_SECS) -> bool:
     return True
 
 
-def _read_sync(fd: int) -> dict[str, Any]:
-    with os.fdopen(fd, "rb") as f:
-        line = f.readline()
-    if not line:
-        return {"error": "the container monitor exited without a word"}
-    return json.loads(line)
+def _read_sync(fd: int) -> Spawned | Failed:
+    return read_sync(fd, eof="the container monitor exited without a word")
 
 
 @dataclass
@@ -140,14 +113,22 @@ class Runtime:
             raise NotFound(f"bundle {bundle} does not exist")
         config = bundle_mod.resolve(bundle_mod.load_config(bundle), bundle, cid)
         ns_types = {n.get("type") for n in (config.get("linux") or {}).get("namespaces") or []}
-        if "user" in ns_types and not any(n.get("path") for n in config["linux"]["namespaces"] if n["type"] == "user"):
+        if "user" in ns_types and not any(
+            n.get("path") for n in config["linux"]["namespaces"] if n["type"] == "user"
+        ):
             if not config["linux"].get("uidMappings") or not config["linux"].get("gidMappings"):
-                raise InvalidArgument("config.json: a new user namespace needs linux.uidMappings and gidMappings")
+                raise InvalidArgument(
+                    "config.json: a new user namespace needs linux.uidMappings and gidMappings"
+                )
         terminal = bool(config["process"].get("terminal"))
         if terminal and not console_socket:
-            raise InvalidArgument("cannot allocate tty if cellbox-runc will detach without setting console socket")
+            raise InvalidArgument(
+                "cannot allocate tty if cellbox-runc will detach without setting console socket"
+            )
         if console_socket and not terminal:
-            raise InvalidArgument("cannot use console socket if cellbox-runc will not detach or allocate tty")
+            raise InvalidArgument(
+                "cannot use console socket if cellbox-runc will not detach or allocate tty"
+            )
         if console_socket:
             console_socket = os.path.abspath(console_socket)
         d = bundle_mod.claim(self.root, cid)
@@ -157,7 +138,9 @@ class Runtime:
             state.save(d, state.State(id=cid, bundle=bundle, annotations=annotations))
             if handoff:
                 (d / HANDOFF).touch()
-            created = self._spawn_monitor(cid, d, {"socket": console_socket} if console_socket else {})
+            created = self._spawn_monitor(
+                cid, d, {"socket": console_socket} if console_socket else {}
+            )
             if pid_file:
                 _write_pid_file(pid_file, created.pid)
         except BaseException:
@@ -166,24 +149,24 @@ class Runtime:
         return created
 
     def _spawn_monitor(self, cid: str, d: Path, console: dict[str, Any]) -> Created:
-        from .. import init as init_mod  # imported before the fork: the child only runs
+        from ..roles import monitor  # imported before the fork: the child only runs
 
         r, w = os.pipe()
         pid = os.fork()
-        if pid == 0:  # the monitor: init.create never returns
+        if pid == 0:  # the monitor: monitor.create never returns
             try:
                 os.close(r)
                 os.setsid()
-                init_mod.create(str(d), w, console)
+                monitor.create(str(d), w, console)
             finally:
                 os._exit(1)
         os.close(w)
         msg = _read_sync(r)
-        if "error" in msg:
+        if isinstance(msg, Failed):
             os.waitpid(pid, 0)
-            raise CellboxError(msg["error"])
+            raise CellboxError(msg.error)
         state.write_json(d / MONITOR, {"pid": pid, "start": state.proc_start_time(pid) or 0})
-        return Created(cid, d, int(msg["pid"]), pid)
+        return Created(cid, d, msg.pid, pid)
 
     def _cleanup(self, d: Path, config: dict[str, Any]) -> None:
         """Nothing left of a failed create: monitor, init, cgroup, state dir."""
@@ -218,8 +201,11 @@ class Runtime:
 
         d, st = self.load(cid)
         if st.status != state.CREATED:
-            raise Conflict(f"cannot start a container that is {st.status}" if st.status != state.STOPPED
-                           else "cannot start a container that has stopped")
+            raise Conflict(
+                f"cannot start a container that is {st.status}"
+                if st.status != state.STOPPED
+                else "cannot start a container that has stopped"
+            )
         launcher.start(d)
         _wait_until(lambda: state.load(d).status != state.CREATED)
         if (d / HANDOFF).exists():
@@ -323,11 +309,11 @@ class Runtime:
             self._kill_all(st, config)
         self._kill_monitor(d)
         if st is not None and (config.get("hooks") or {}).get("poststop"):
-            from .. import init as init_mod
+            from ..roles.hooks import run_hooks
 
             st.status = state.STOPPED
             try:
-                init_mod.run_hooks(config, "poststop", st)
+                run_hooks(config, "poststop", st)
             except Exception as e:  # noqa: BLE001 - spec: log, go on deleting
                 if warn:
                     warn(f"poststop hook: {e}")
@@ -363,7 +349,7 @@ class Runtime:
         pid_file: str | None = None,
     ) -> tuple[int, int]:
         """Start one more process in the container: (its host pid, the helper's pid)."""
-        from .. import init as init_mod
+        from ..roles.exec_helper import exec_in
 
         d, st = self.load(cid)
         if st.status == state.STOPPED:
@@ -371,11 +357,19 @@ class Runtime:
         if st.status == state.PAUSED:
             raise Conflict("cannot exec in a paused container")
         if process.get("terminal") and not console_socket and detach:
-            raise InvalidArgument("cannot allocate tty if cellbox-runc will detach without setting console socket")
+            raise InvalidArgument(
+                "cannot allocate tty if cellbox-runc will detach without setting console socket"
+            )
         if process.get("terminal") and not console_socket:
-            raise InvalidArgument("a terminal needs --console-socket (cellbox-runc does not proxy a pty)")
-        check = {"ociVersion": spec_mod.OCI_VERSION, "root": {"path": "/"}, "process": process,
-                 "linux": {"namespaces": [{"type": "mount"}]}}
+            raise InvalidArgument(
+                "a terminal needs --console-socket (cellbox-runc does not proxy a pty)"
+            )
+        check = {
+            "ociVersion": spec_mod.OCI_VERSION,
+            "root": {"path": "/"},
+            "process": process,
+            "linux": {"namespaces": [{"type": "mount"}]},
+        }
         spec_mod.validate(check)
         pfile = d / f"exec-{os.getpid()}.json"
         state.write_json(pfile, process, 0o600)
@@ -387,7 +381,7 @@ class Runtime:
                 os.close(r)
                 if detach:
                     os.setsid()
-                init_mod.exec_in(str(d), str(pfile), w, console)
+                exec_in(str(d), str(pfile), w, console)
             finally:
                 os._exit(126)
         os.close(w)
@@ -395,10 +389,10 @@ class Runtime:
             msg = _read_sync(r)
         finally:
             pfile.unlink(missing_ok=True)
-        if "error" in msg:
+        if isinstance(msg, Failed):
             os.waitpid(helper, 0)
-            raise CellboxError(msg["error"])
-        pid = int(msg["pid"])
+            raise CellboxError(msg.error)
+        pid = msg.pid
         if pid_file:
             _write_pid_file(pid_file, pid)
         return pid, helper
