@@ -12,8 +12,7 @@ On the wire every message is one JSON object on one line, as it always was
 a class, so a sender cannot misspell a stage and a receiver learns of a malformed line by
 a ProtocolError that says what arrived, not by a KeyError far away.
 
-The single-threaded helper imports this on every start: json, os, signal, dataclasses
-(state.py loads it anyway) and errors only.
+The single-threaded helper imports this on every start: json, os, signal and errors only.
 """
 
 from __future__ import annotations
@@ -21,8 +20,7 @@ from __future__ import annotations
 import json
 import os
 import signal as signal_mod
-from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from .errors import CellboxError, InvalidArgument
 
@@ -31,75 +29,105 @@ class ProtocolError(CellboxError):
     """A message that is not one of ours: not JSON, not an object, or fields missing or mistyped."""
 
 
+class _Message:
+    """A message: its fields in __slots__, equal to another of its type with equal fields.
+
+    Plain classes, not dataclasses: every helper start imports this module, and making a
+    dataclass costs about a millisecond each.
+    """
+
+    __slots__: tuple[str, ...] = ()
+
+    def _fields(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, k) for k in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self._fields() == other._fields()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self._fields()))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
+        return f"{type(self).__name__}({args})"
+
+
 # ---------------------------------------------------------------------- monitor <-> init
 
 
-@dataclass(frozen=True)
-class Mounted:
+class Mounted(_Message):
     """init → monitor: rootfs mounted; the monitor now runs the create hooks."""
 
-    stage: ClassVar[str] = "mounted"
+    stage = "mounted"
 
 
-@dataclass(frozen=True)
-class Go:
+class Go(_Message):
     """monitor → init: hooks done; finish the rootfs (pivot_root, read-only paths)."""
 
-    stage: ClassVar[str] = "go"
+    stage = "go"
 
 
-@dataclass(frozen=True)
-class Ready:
+class Ready(_Message):
     """init → monitor: the rootfs is finished; the init waits at the start gate."""
 
-    stage: ClassVar[str] = "ready"
+    stage = "ready"
 
 
-@dataclass(frozen=True)
-class Start:
+class Start(_Message):
     """monitor → init: the start gate opened; run startContainer hooks, fork the process."""
 
-    stage: ClassVar[str] = "start"
-    id: str = ""
+    __slots__ = ("id",)
+    stage = "start"
+
+    def __init__(self, id: str = "") -> None:  # the container id, named as on the wire
+        self.id = id
 
 
-@dataclass(frozen=True)
-class Started:
+class Started(_Message):
     """init → monitor: the user's process runs, with this pid (in the container's pid ns)."""
 
-    stage: ClassVar[str] = "started"
-    pid: int
+    __slots__ = ("pid",)
+    stage = "started"
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
 
 
-@dataclass(frozen=True)
-class Exited:
+class Exited(_Message):
     """init → monitor, exec helper → zygote caller: the process ended with this code
     (128+N for signal N, as a shell says)."""
 
-    code: int
+    __slots__ = ("code",)
+
+    def __init__(self, code: int) -> None:
+        self.code = code
 
 
-@dataclass(frozen=True)
-class Failed:
+class Failed(_Message):
     """Any process → whoever waits on it: setup failed, for this reason (shown to the user)."""
 
-    error: str
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
 
 
 # ---------------------------------------------------------------------- helper -> caller
 
 
-@dataclass(frozen=True)
-class Spawned:
+class Spawned(_Message):
     """monitor or exec helper → caller: the container's init (create) or the exec'd process
     (exec) exists with this host pid; `helper` is the exec helper's own pid."""
 
-    pid: int
-    helper: int | None = None
+    __slots__ = ("pid", "helper")
+
+    def __init__(self, pid: int, helper: int | None = None) -> None:
+        self.pid = pid
+        self.helper = helper
 
 
 Message = Mounted | Go | Ready | Start | Started | Exited | Failed | Spawned
-_STAGES: dict[str, type] = {c.stage: c for c in (Mounted, Go, Ready, Start, Started)}
+_STAGES: dict[str, type[_Message]] = {c.stage: c for c in (Mounted, Go, Ready, Start, Started)}
 
 
 def encode(msg: Message) -> bytes:
@@ -111,7 +139,7 @@ def encode(msg: Message) -> bytes:
     elif isinstance(msg, Spawned):
         obj = {"pid": msg.pid} if msg.helper is None else {"pid": msg.pid, "helper": msg.helper}
     elif isinstance(msg, Mounted | Go | Ready | Start | Started):
-        obj = {"stage": msg.stage, **asdict(msg)}
+        obj = {"stage": msg.stage, **{k: getattr(msg, k) for k in msg.__slots__}}
     else:
         raise TypeError(f"not a protocol message: {msg!r}")
     return json.dumps(obj).encode() + b"\n"
@@ -223,23 +251,33 @@ MAPS_WRITTEN = b"m"  # monitor → intermediate: id maps written; go on
 # ---------------------------------------------------------------------- caller -> zygote
 
 
-@dataclass(frozen=True)
-class ZygoteRequest:
+class ZygoteRequest(_Message):
     """caller → zygote: fork a monitor (create) or an exec helper (exec).
 
     Sent as one datagram with the fds stdin, stdout, stderr, sync, done[, console]
     attached (SCM_RIGHTS).
     """
 
-    mode: str  # "create" or "exec"
-    state_dir: str
-    process_file: str = ""  # exec: the process.json
-    owner: int = 0  # exec: the pid whose death kills an attached exec (0: the parent)
-    detached: bool = False
-    console_socket: str | None = None
+    __slots__ = ("mode", "state_dir", "process_file", "owner", "detached", "console_socket")
+
+    def __init__(
+        self,
+        mode: str,  # "create" or "exec"
+        state_dir: str,
+        process_file: str = "",  # exec: the process.json
+        owner: int = 0,  # exec: the pid whose death kills an attached exec (0: the parent)
+        detached: bool = False,
+        console_socket: str | None = None,
+    ) -> None:
+        self.mode = mode
+        self.state_dir = state_dir
+        self.process_file = process_file
+        self.owner = owner
+        self.detached = detached
+        self.console_socket = console_socket
 
     def encode(self) -> bytes:
-        return json.dumps(asdict(self)).encode()
+        return json.dumps({k: getattr(self, k) for k in self.__slots__}).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> ZygoteRequest:
