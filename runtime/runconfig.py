@@ -133,9 +133,9 @@ def security_opts(opts: list[str], caps: list[str]) -> tuple[dict | None, bool]:
     return profile, nnp
 
 
-def limits(opts: RunOptions, host: bool = True) -> Limits:
+def limits(opts: RunOptions) -> Limits:
     """The options' limits, refused in RunOptions' own field names (the engine's edge)."""
-    return Limits.from_options(opts, host=host)
+    return Limits.from_options(opts)
 
 
 def resources(lim: Limits) -> dict[str, Any]:
