@@ -11,12 +11,16 @@ container's mappings before the container's own exists; a short-lived child hold
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from .. import userns
 from ..linux import syscalls as sc
-from ..protocol import MAPS_WRITTEN, USERNS_MADE, Channel
+from ..protocol import MAPS_WRITTEN, USERNS_MADE
 from .common import enter_pid_namespace, join_cgroup
-from .container_init import container_init
+
+# In a forked child: become the container's init, having joined these cgroup files (never
+# returns). The monitor makes it: it owns the pipes the init talks on.
+BecomeInit = Callable[[list[str]], None]
 
 
 def write_id_map(pid: int, kind: str, mappings: list[dict]) -> None:
@@ -37,14 +41,12 @@ def fork_in_user_namespace(
     user_ns: dict,
     pid_ns: dict | None,
     join_files: list[str],
-    pipes: tuple,
-    keep: tuple,
-    console: dict,
+    keep: tuple[int, ...],
+    become_init: BecomeInit,
 ) -> int:
     """runc's dance: an intermediate process enters the user namespace (the monitor writes
     its id maps), then creates the pid namespace, which the user namespace must own for
     /proc to be mountable, and forks the init. The monitor, a subreaper, inherits it."""
-    r1, w1, r2, w2 = pipes
     sc.set_child_subreaper()
     to_mid_r, to_mid_w = os.pipe()
     from_mid_r, from_mid_w = os.pipe()
@@ -81,10 +83,7 @@ def fork_in_user_namespace(
             if init == 0:
                 os.close(to_mid_r)
                 os.close(from_mid_w)
-                os.close(w1)
-                os.close(r2)
-                container_init(config, [], Channel(r1, w2), console)
-                os._exit(1)
+                become_init([])  # the cgroup is joined already
             os.write(from_mid_w, f"{init}\n".encode())
         finally:
             os._exit(0)

@@ -32,7 +32,7 @@ from ..protocol import (
 from .common import describe, enter_pid_namespace, exit_code, ns_list, trace
 from .container_init import container_init
 from .hooks import run_hooks
-from .intermediate import fork_in_user_namespace, idmap_userns
+from .intermediate import BecomeInit, fork_in_user_namespace, idmap_userns
 
 
 class Aborted(Exception):
@@ -71,19 +71,25 @@ def create(state_dir: str, sync_fd: int, console: dict, done_fd: int = -1) -> No
         trace("monitor: cgroup ready")
         pid_ns = next((n for n in ns_list(config) if n["type"] == "pid"), None)
         user_ns = next((n for n in ns_list(config) if n["type"] == "user"), None)
-        r1, w1 = os.pipe()
-        r2, w2 = os.pipe()
+        r1, w1 = os.pipe()  # monitor → init
+        r2, w2 = os.pipe()  # init → monitor
         keep = (sync_fd, done_fd)
+
+        def become_init(join: list[str]) -> None:
+            """In the forked init: drop the monitor's ends, be PID 1 (never returns)."""
+            os.close(w1)
+            os.close(r2)
+            container_init(config, join, Channel(r1, w2), console)
+            os._exit(1)
+
         host_mnt = -1
         if user_ns:
             if (config.get("annotations") or {}).get(spec.ANN_IDMAP) == "true":
                 host_mnt = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
                 _mount_idmapped_rootfs(config)
-            child = fork_in_user_namespace(
-                config, user_ns, pid_ns, join_files, (r1, w1, r2, w2), keep, console
-            )
+            child = fork_in_user_namespace(config, user_ns, pid_ns, join_files, keep, become_init)
         else:
-            child = _fork_init(config, pid_ns, join_files, (r1, w1, r2, w2), keep, console)
+            child = _fork_init(pid_ns, join_files, keep, become_init)
         os.close(r1)
         os.close(w2)
         chan = Channel(r2, w1, eof="container init exited during setup")
@@ -153,27 +159,18 @@ def create(state_dir: str, sync_fd: int, console: dict, done_fd: int = -1) -> No
 
 
 def _fork_init(
-    config: dict,
-    pid_ns: dict | None,
-    join_files: list[str],
-    pipes: tuple,
-    keep: tuple,
-    console: dict,
+    pid_ns: dict | None, join_files: list[str], keep: tuple[int, ...], become_init: BecomeInit
 ) -> int:
     """Fork the container's init as PID 1 of a new pid namespace; the monitor stays outside."""
-    r1, w1, r2, w2 = pipes
     # Hooks are forked later by the monitor: it must stay in the runtime's pid namespace.
     host_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     enter_pid_namespace(pid_ns)
     child = os.fork()
     if child == 0:
-        os.close(w1)
-        os.close(r2)
         for fd in keep:
             if fd >= 0:
                 os.close(fd)
-        container_init(config, join_files, Channel(r1, w2), console)
-        os._exit(1)
+        become_init(join_files)
     sc.setns(host_pidns, sc.CLONE_NEWPID)
     os.close(host_pidns)
     return child
