@@ -45,7 +45,7 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from cellbox.kernel.kernelspec import install_kernelspec
     from cellbox.runtime.engine import Engine
-    from conftest import remove_cgroup_tree
+    from helpers.cgroups import remove_cgroup_tree
 
     os.environ.setdefault("CELLBOX_ROOT", "/var/tmp/cellbox-kernel-tests")
     parent = f"cellbox-bench-{secrets.token_hex(4)}"

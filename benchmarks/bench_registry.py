@@ -26,13 +26,13 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests" / "integration"))
+sys.path.insert(0, str(HERE.parent / "tests"))  # helpers.registry
 
 from cellbox.runtime.images.layout import Layout  # noqa: E402
 from cellbox.runtime.images.registry import pull, push  # noqa: E402
 from cellbox.runtime.images.registry.transfer import SOURCES_FILE  # noqa: E402
 from cellbox.runtime.images.store import ImageStore  # noqa: E402
-from registry_fixture import OCI_CONFIG, OCI_LAYER_GZ, OCI_MANIFEST, start_registry  # noqa: E402
+from helpers.registry import OCI_CONFIG, OCI_LAYER_GZ, OCI_MANIFEST, start_registry  # noqa: E402
 
 
 def make_layer(mb: int) -> tuple[bytes, str]:

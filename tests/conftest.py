@@ -1,22 +1,23 @@
-"""Fixtures shared by every test folder, and the suite's own leak check.
+"""Fixtures shared by more than one test folder, the root marker, and the suite's own leak check.
 
 Kernel-touching tests make their own cgroup parent, state root and busybox rootfs,
 and remove them; at the end of the session the suite checks that no mount, cgroup or
-process of ours is left behind.
+process of ours is left behind. A folder's own fixtures are in its conftest.py; code the
+tests share (no fixtures) is in tests/helpers/.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-import shutil
-import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-BUSYBOX = "/bin/busybox"
+from helpers.busybox import make_busybox_rootfs
+from helpers.cgroups import cgroup_dirs, remove_cgroup_tree
+from helpers.lab import Lab
 
 
 def is_root() -> bool:
@@ -49,55 +50,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=_root_skip_reason(marker)))
 
 
-def make_busybox_rootfs(dest: Path) -> Path:
-    """A minimal root filesystem: static busybox with every applet, /etc basics."""
-    if not os.path.exists(BUSYBOX):
-        pytest.skip("busybox-static is not installed (apt-get install busybox-static)")
-    for d in ("bin", "etc", "proc", "sys", "dev", "tmp", "root", "home/user", "var"):
-        (dest / d).mkdir(parents=True, exist_ok=True)
-    os.chmod(dest / "tmp", 0o1777)
-    shutil.copy2(BUSYBOX, dest / "bin" / "busybox")
-    applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True, check=True).stdout.split()
-    for a in applets:
-        link = dest / "bin" / a
-        if not link.exists():
-            link.symlink_to("busybox")
-    (dest / "etc" / "passwd").write_text(
-        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"
-    )
-    (dest / "etc" / "group").write_text("root:x:0:\nuser:x:1000:\nextra:x:2000:user\nnogroup:x:65534:\n")
-    return dest
-
-
 @pytest.fixture(scope="session")
 def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_busybox_rootfs(tmp_path_factory.mktemp("busybox") / "rootfs")
 
 
 CREATED_PARENTS: set[str] = set()
-
-
-def _cgroup_dirs(name: str) -> list[str]:
-    found = []
-    for top in Path("/sys/fs/cgroup").iterdir():
-        if (top / name).is_dir():
-            found.append(str(top / name))
-    return found
-
-
-def remove_cgroup_tree(name: str) -> None:
-    """Remove a test parent cgroup (children first) in every hierarchy."""
-    for top in _cgroup_dirs(name):
-        for root, dirs, _files in os.walk(top, topdown=False):
-            for d in dirs:
-                try:
-                    os.rmdir(os.path.join(root, d))
-                except OSError:
-                    pass
-        try:
-            os.rmdir(top)
-        except OSError:
-            pass
 
 
 @pytest.fixture
@@ -116,21 +74,18 @@ def engine(tmp_path: Path):
         except Exception as e:  # noqa: BLE001
             print(f"cleanup of {ctr.id[:12]} failed: {e}", file=sys.stderr)
     remove_cgroup_tree(parent)
-    left = _cgroup_dirs(parent)
+    left = cgroup_dirs(parent)
     assert not left, f"cgroups left behind: {left}"
 
 
-def run_capture(eng, opts, timeout: float = 60) -> tuple[int, str]:
-    """Run a container to its end; (exit code, stdout+stderr)."""
-    import tempfile
-
-    with tempfile.TemporaryFile() as out:
-        ctr = eng.run(opts, stdout=out, stderr=out)
-        code = eng.wait(ctr.id, timeout=timeout)
-        out.seek(0)
-        text = out.read().decode(errors="replace")
-    eng.remove(ctr.id, force=True)
-    return code, text
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """A state root, cgroup parent and notebooks dir for one test module's `jupyter
+    server`s (jupyter and security tests; they are marked root); all removed after."""
+    lab = Lab(Path(tmp_path_factory.mktemp("cbx")))
+    lab.engine().ensure_default_image()
+    yield lab
+    lab.cleanup()
 
 
 def _test_cgroups() -> list[str]:

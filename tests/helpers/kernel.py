@@ -15,11 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-TESTS = Path(__file__).resolve().parents[1]
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
-
-from conftest import _cgroup_dirs, remove_cgroup_tree  # noqa: E402
+from helpers.cgroups import cgroup_dirs, remove_cgroup_tree
 
 
 def kernel_env() -> Iterator[dict[str, str]]:
@@ -66,19 +62,34 @@ def kernel_env() -> Iterator[dict[str, str]]:
             else:
                 os.environ[k] = v
         shutil.rmtree(prefix, ignore_errors=True)
-        assert not _cgroup_dirs(parent), "cgroups left behind"
+        assert not cgroup_dirs(parent), "cgroups left behind"
+
+
+def run_cell(kc, code: str, timeout: float = 60) -> tuple[str, dict]:
+    """Execute code; (stdout+stderr text, execute_reply content)."""
+    return _execute(kc, code, timeout, results=True)
 
 
 def cell(kc, code: str) -> str:
     """Run code in a kernel client; what it printed (stdout, stderr, tracebacks). The cell must succeed."""
+    text, reply = _execute(kc, code, 60, results=False)
+    assert reply["status"] == "ok", text
+    return text
+
+
+def _execute(kc, code: str, timeout: float, results: bool) -> tuple[str, dict]:
+    """Run code; what it printed (streams, tracebacks, and execute_results if `results`)
+    and the execute_reply content."""
     out: list[str] = []
 
     def hook(msg: dict) -> None:
-        if msg["msg_type"] == "stream":
-            out.append(msg["content"]["text"])
-        elif msg["msg_type"] == "error":
-            out.append("\n".join(msg["content"]["traceback"]))
+        t, c = msg["msg_type"], msg["content"]
+        if t == "stream":
+            out.append(c["text"])
+        elif t == "error":
+            out.append("\n".join(c["traceback"]))
+        elif t == "execute_result" and results:
+            out.append(c["data"].get("text/plain", ""))
 
-    reply = kc.execute_interactive(code, output_hook=hook, timeout=60)
-    assert reply["content"]["status"] == "ok", "".join(out)
-    return "".join(out)
+    reply = kc.execute_interactive(code, output_hook=hook, timeout=timeout)
+    return "".join(out), reply["content"]

@@ -1,6 +1,7 @@
 """A real `jupyter server` with the cellbox extension, on 127.0.0.1 with a token, for the
 extension, page and notebook tests. State root, cgroup parent and notebooks are private
-to the test session and removed afterwards (every container, then the cgroup tree)."""
+to the test module (the `lab` fixture in tests/conftest.py) and removed afterwards
+(every container, then the cgroup tree)."""
 
 from __future__ import annotations
 
@@ -8,18 +9,16 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import remove_cgroup_tree  # noqa: E402
+from helpers.cgroups import remove_cgroup_tree
+from helpers.net import free_port
 
 AUTHORIZER = '''
 from jupyter_server.auth.authorizer import Authorizer
@@ -30,12 +29,6 @@ class NoExecuteAuthorizer(Authorizer):
     def is_authorized(self, handler, user, action, resource):
         return not (resource == "cellbox" and action == "execute")
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_notebook(path: Path, cells: list[str] | None = None, cellbox: dict | None = None) -> Path:
@@ -236,16 +229,6 @@ class Lab:
         remove_cgroup_tree(self.cgroup_parent)
 
 
-@pytest.fixture(scope="session")
-def lab(tmp_path_factory: pytest.TempPathFactory):
-    """The Lab of one test module (each module that imports this fixture gets its own);
-    the tests that use it are marked root."""
-    lab = Lab(Path(tmp_path_factory.mktemp("cbx")))
-    lab.engine().ensure_default_image()
-    yield lab
-    lab.cleanup()
-
-
 def cellbox_kernelspec() -> bool:
     from jupyter_client.kernelspec import KernelSpecManager
 
@@ -261,3 +244,17 @@ def wait_for(fn: Any, timeout: float = 60, what: str = "condition") -> Any:
             return v
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def containers(server: Server) -> list[dict]:
+    """The server's containers, as its REST API lists them."""
+    r = server.api("GET", "containers")
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def ensure(server: Server, path: str) -> dict:
+    """The container of the notebook at `path`, created if it has none."""
+    r = server.api("POST", "containers", json={"path": path})
+    assert r.status_code == 201, r.text
+    return r.json()

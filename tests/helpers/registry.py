@@ -2,8 +2,8 @@
 optionally behind htpasswd or token auth, plus a fault-injecting proxy and helpers
 that build small images through the Layout API.
 
-Test modules import it explicitly (`from registry_fixture import ...`; pytest puts
-this directory on sys.path), fixtures included.
+The fixtures built on it (registry, proxy, store, cellbox_config) are in
+tests/integration/conftest.py; benchmarks/bench_registry.py uses it too.
 """
 
 from __future__ import annotations
@@ -31,17 +31,13 @@ import pytest
 import requests
 from cellbox.runtime.images.layout import Layout
 
+from helpers.net import free_port
+
 REGISTRY_BIN = "/usr/bin/docker-registry"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER_GZ = "application/vnd.oci.image.layer.v1.tar+gzip"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -420,37 +416,6 @@ def new_store(root: Path):
 
 def tag_in_store(store, ref: str, manifest: dict, config: dict):
     return store.add_image(manifest, config, ref)
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory):
-    reg = start_registry(tmp_path_factory.mktemp("registry"))
-    yield reg
-    reg.stop()
-
-
-@pytest.fixture
-def proxy(registry):
-    p = Proxy(registry.host)
-    yield p
-    p.stop()
-
-
-@pytest.fixture
-def store(tmp_path):
-    return new_store(tmp_path / "store")
-
-
-@pytest.fixture
-def cellbox_config(tmp_path, monkeypatch):
-    """Point every credentials file at the test's temp dir."""
-    cfg = tmp_path / "cfg"
-    monkeypatch.setenv("CELLBOX_CONFIG", str(cfg / "cellbox.json"))
-    monkeypatch.setenv("DOCKER_CONFIG", str(cfg / "docker"))
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(cfg / "run"))
-    monkeypatch.setenv("HOME", str(cfg / "home"))
-    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
-    return cfg / "cellbox.json"
 
 
 def skopeo() -> str:

@@ -10,7 +10,6 @@ import pytest
 from cellbox.runtime.engine import RunOptions
 from cellbox.runtime.errors import NotFound
 from cellbox.runtime.images.registry import push
-from registry_fixture import cellbox_config, registry  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.root
 
@@ -25,7 +24,7 @@ def cli(eng, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def pushed(engine, busybox_rootfs, registry, cellbox_config):  # noqa: F811
+def pushed(engine, busybox_rootfs, registry, cellbox_config):
     """An image REF in the registry (it prints "from-registry") and not in the local store."""
     ref = f"{registry.host}/pulltest/x:1"
     ctr = engine.run(RunOptions(rootfs=str(busybox_rootfs), command=["sh", "-c", "echo from-registry > /msg; sleep 100"]))
@@ -80,7 +79,7 @@ def test_always_pulls_even_when_present(engine, pushed):
 
 
 def test_unreachable_registry_is_one_line(engine):
-    from registry_fixture import free_port
+    from helpers.net import free_port
 
     ref = f"127.0.0.1:{free_port()}/nothing/here:1"  # nobody listens there
     r = cli(engine, "run", "--rm", ref, "true")

@@ -11,7 +11,7 @@ import time
 import pytest
 from cellbox.runtime.engine import Engine, RunOptions
 from cellbox.runtime.errors import Conflict, InvalidArgument, NotFound
-from conftest import run_capture
+from helpers.engine import run_capture
 
 pytestmark = pytest.mark.root
 

@@ -687,6 +687,5 @@ def scenario_stale(args: dict) -> dict:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(HERE))
     result = globals()[f"scenario_{sys.argv[1]}"](json.loads(sys.argv[2]))
     print(json.dumps(result, sort_keys=True))

@@ -8,7 +8,7 @@ import shutil
 import pytest
 from cellbox.runtime.engine import RunOptions
 from cellbox.runtime.images.default_image import PIP_WRAPPER
-from conftest import run_capture
+from helpers.engine import run_capture
 
 pytestmark = pytest.mark.root
 

@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - pytest fixtures imported from registry_fixture are parameters here
 """Push and pull against the real distribution registry, skopeo as the peer, and a
 fault-injecting proxy in front of the registry."""
 
@@ -22,18 +21,7 @@ from cellbox.runtime.images.registry import (
     push_from_layout,
 )
 from cellbox.runtime.images.registry.manifest import host_platform
-from registry_fixture import (  # noqa: F401 - fixtures
-    OCI_INDEX,
-    Fault,
-    build_image,
-    busybox_layer_files,
-    cellbox_config,
-    new_store,
-    proxy,
-    registry,
-    skopeo,
-    store,
-)
+from helpers.registry import OCI_INDEX, Fault, build_image, busybox_layer_files, new_store, skopeo
 
 
 def _image(store, ref, label="", extra=b""):

@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - pytest fixtures imported from registry_fixture are parameters here
 """Login, basic (htpasswd) and bearer-token auth against the real registry."""
 
 from __future__ import annotations
@@ -10,15 +9,13 @@ import stat
 import pytest
 from cellbox.runtime.errors import NotFound
 from cellbox.runtime.images.registry import AuthError, login, logout, pull, push
-from registry_fixture import (  # noqa: F401 - fixtures
+from helpers.registry import (
     Proxy,
     TokenServer,
     build_image,
-    cellbox_config,
     htpasswd_auth,
     new_store,
     start_registry,
-    store,
 )
 
 USERS = {"alice": "correct horse"}

@@ -8,13 +8,12 @@ import time
 import pytest
 from cellbox.runtime.engine import Engine, RunOptions
 from cellbox.runtime.images.registry import pull, push
-from conftest import run_capture
-from registry_fixture import cellbox_config, registry  # noqa: F401 - fixtures
+from helpers.engine import run_capture
 
 pytestmark = pytest.mark.root
 
 
-def test_push_pull_run(engine, busybox_rootfs, registry, cellbox_config, tmp_path):  # noqa: F811
+def test_push_pull_run(engine, busybox_rootfs, registry, cellbox_config, tmp_path):
     ctr = engine.run(RunOptions(rootfs=str(busybox_rootfs), command=["sh", "-c", "echo travelled > /root/result; exec sleep 100"]), stdout=subprocess.DEVNULL)
     for _ in range(100):
         if (ctr.upper / "root" / "result").exists():

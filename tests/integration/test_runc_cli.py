@@ -1,7 +1,7 @@
 """`cellbox-runc` driven like a harness drives runc: bundle, create, start, state, kill, delete.
 
 Each test gets its own --root and a cgroup parent "cellbox-test-<random>" (removed and
-checked afterwards); containers run the Debian busybox-static rootfs from conftest.
+checked afterwards); containers run the Debian busybox-static rootfs (the busybox_rootfs fixture).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from cellbox.runtime import spec as spec_mod
 from cellbox.runtime.cgroups import open_cgroup
-from conftest import _cgroup_dirs, remove_cgroup_tree
-from runc_helpers import Runc, make_bundle, pid_alive
+from helpers.cgroups import cgroup_dirs, remove_cgroup_tree
+from helpers.runc import Runc, make_bundle, pid_alive
 
 pytestmark = pytest.mark.root("cellbox-runc makes namespaces, mounts and cgroups")
 
@@ -51,7 +51,7 @@ def env(tmp_path: Path, busybox_rootfs: Path) -> Iterator[Env]:
         if (tmp_path / "state" / cid).exists():
             e.runc("delete", "--force", cid)
     remove_cgroup_tree(e.parent)
-    assert not _cgroup_dirs(e.parent), "test cgroup parent left behind"
+    assert not cgroup_dirs(e.parent), "test cgroup parent left behind"
 
 
 def gate(env: Env, name: str) -> tuple[list[str], Path]:

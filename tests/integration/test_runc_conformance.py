@@ -20,8 +20,8 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from conftest import _cgroup_dirs, remove_cgroup_tree
-from runc_helpers import Runc, make_bundle, runc_argv
+from helpers.cgroups import cgroup_dirs, remove_cgroup_tree
+from helpers.runc import Runc, make_bundle, runc_argv
 
 pytestmark = pytest.mark.root("cellbox-runc makes namespaces, mounts and cgroups")
 
@@ -54,7 +54,7 @@ def parent() -> Iterator[str]:
     name = f"cellbox-test-{secrets.token_hex(4)}"
     yield name
     remove_cgroup_tree(name)
-    assert not _cgroup_dirs(name), "test cgroup parent left behind"
+    assert not cgroup_dirs(name), "test cgroup parent left behind"
 
 
 def test_state_json_validates_against_the_spec_schema(tmp_path: Path, busybox_rootfs: Path, parent: str) -> None:
@@ -141,7 +141,7 @@ def podman(tmp_path: Path, busybox_rootfs: Path, parent: str) -> Iterator[tuple[
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and any(
         Path(d, "conmon", "cgroup.procs").exists() and Path(d, "conmon", "cgroup.procs").read_text().strip()
-        for d in _cgroup_dirs(parent)
+        for d in cgroup_dirs(parent)
     ):
         time.sleep(0.05)
 
@@ -156,5 +156,5 @@ def test_podman_drives_cellbox_runc(podman: tuple[list[str], str]) -> None:
     assert 0 < int(p.stdout) < 10  # in the container's own pid namespace (our init is 1)
     # --rm deleted the container through `cellbox-runc delete`: its cgroup is gone
     # (podman itself puts conmon in PARENT/conmon; the container's group is libpod-ID)
-    left = [e.path for d in _cgroup_dirs(parent) for e in os.scandir(d) if e.is_dir() and e.name != "conmon"]
+    left = [e.path for d in cgroup_dirs(parent) for e in os.scandir(d) if e.is_dir() and e.name != "conmon"]
     assert left == [], f"container cgroups left under {parent}: {left}"

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import _cgroup_dirs, remove_cgroup_tree
-from runc_helpers import Runc, make_bundle
+from helpers.cgroups import cgroup_dirs, remove_cgroup_tree
+from helpers.runc import Runc, make_bundle
 
 pytestmark = pytest.mark.root
 
@@ -44,7 +44,7 @@ def userns_bundle(busybox_rootfs: Path):
         runc("delete", "--force", cid)
     remove_cgroup_tree(parent)
     shutil.rmtree(tmp_path)
-    assert not _cgroup_dirs(parent)
+    assert not cgroup_dirs(parent)
 
 
 def write(bundle: Path, cfg: dict, args: list[str]) -> None:

@@ -6,7 +6,7 @@ import os
 
 import pytest
 from cellbox.runtime.engine import RunOptions
-from conftest import run_capture
+from helpers.engine import run_capture
 
 pytestmark = pytest.mark.root
 

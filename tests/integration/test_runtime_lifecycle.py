@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from cellbox.runtime.engine import RunOptions
 from cellbox.runtime.errors import Conflict, InvalidArgument, NotFound
-from conftest import run_capture
+from helpers.engine import run_capture
 
 pytestmark = pytest.mark.root
 

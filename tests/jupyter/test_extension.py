@@ -8,28 +8,11 @@ from pathlib import Path
 
 import pytest
 import requests
-from test_extension_helpers import (  # noqa: F401 - fixture
-    cellbox_kernelspec,
-    lab,
-    wait_for,
-    write_notebook,
-)
-
-
-def containers(server) -> list[dict]:
-    r = server.api("GET", "containers")
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def ensure(server, path: str) -> dict:
-    r = server.api("POST", "containers", json={"path": path})
-    assert r.status_code == 201, r.text
-    return r.json()
+from helpers.lab import cellbox_kernelspec, containers, ensure, wait_for, write_notebook
 
 
 @pytest.fixture(scope="module")
-def srv(lab):  # noqa: F811
+def srv(lab):
     s = lab.server("main", {"Cellbox": {"allowed_images": ["cellbox/*"], "max_memory": "512m", "max_cpus": 1.0, "max_pids": 300}})
     for name in ("a.ipynb", "b.ipynb", "sub/c.ipynb"):
         write_notebook(s.notebooks / name)
@@ -232,7 +215,7 @@ def test_xsrf_enforced_for_cookie_auth(srv):
 
 
 @pytest.mark.root
-def test_authorization_execute_denied(lab):  # noqa: F811
+def test_authorization_execute_denied(lab):
     s = lab.server("noexec", {"ServerApp": {"authorizer_class": "cellbox_test_auth.NoExecuteAuthorizer"}})
     try:
         write_notebook(s.notebooks / "n.ipynb")
@@ -248,7 +231,7 @@ def test_authorization_execute_denied(lab):  # noqa: F811
 
 
 @pytest.mark.root
-def test_config_turns_off_commit_and_push(lab):  # noqa: F811
+def test_config_turns_off_commit_and_push(lab):
     s = lab.server("nocommit", {"Cellbox": {"allow_commit": False, "allow_push": False}})
     try:
         write_notebook(s.notebooks / "n.ipynb")
@@ -261,7 +244,7 @@ def test_config_turns_off_commit_and_push(lab):  # noqa: F811
 
 
 @pytest.mark.root
-def test_idle_culling(lab):  # noqa: F811
+def test_idle_culling(lab):
     s = lab.server("cull", {"Cellbox": {"idle_timeout": 1, "cull_interval": 0.3}})
     try:
         write_notebook(s.notebooks / "idle.ipynb")
@@ -282,7 +265,7 @@ def _cgroups(parent: str) -> set[str]:
 
 
 @pytest.mark.root
-def test_sigkill_then_restart_reattaches_or_removes(lab):  # noqa: F811
+def test_sigkill_then_restart_reattaches_or_removes(lab):
     nb = lab.base / "nb" / "crash"
     write_notebook(nb / "keep.ipynb")
     write_notebook(nb / "gone.ipynb")

@@ -4,13 +4,12 @@ next start finds them again."""
 from __future__ import annotations
 
 import pytest
-from test_extension import containers, ensure
-from test_extension_helpers import lab, write_notebook  # noqa: F401 - fixture
+from helpers.lab import containers, ensure, write_notebook
 
 pytestmark = pytest.mark.root
 
 
-def test_clean_stop_stops_containers_and_restart_finds_them(lab):  # noqa: F811
+def test_clean_stop_stops_containers_and_restart_finds_them(lab):
     nb = lab.base / "nb" / "clean"
     write_notebook(nb / "one.ipynb")
     s = lab.server("clean", {"Cellbox": {"server_id": "test-clean"}}, notebooks=nb)

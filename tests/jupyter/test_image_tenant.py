@@ -9,13 +9,8 @@ not commit, by name, by id and by digest: each is refused in one line and stays.
 from __future__ import annotations
 
 import pytest
-from test_extension_helpers import (  # noqa: F401 - fixture
-    cellbox_kernelspec,
-    lab,
-    write_notebook,
-)
-
 from cellbox.runtime.errors import NotFound
+from helpers.lab import cellbox_kernelspec, write_notebook
 
 pytestmark = [
     pytest.mark.root,
@@ -27,7 +22,7 @@ def _blobs(eng) -> set[str]:
     return {p.name for p in (eng.images.layout.root / "blobs" / "sha256").iterdir()}
 
 
-def test_a_notebook_removes_its_own_images_only(lab):  # noqa: F811
+def test_a_notebook_removes_its_own_images_only(lab):
     s = lab.server("imgtenant")
     eng = lab.engine()
     try:

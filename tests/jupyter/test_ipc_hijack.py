@@ -9,16 +9,11 @@ reconnecting) would receive the victim's code and outputs.
 from __future__ import annotations
 
 import secrets
-import sys
 import time
-from pathlib import Path
 
 import pytest
+from helpers.kernel import kernel_env, run_cell
 from jupyter_client.manager import start_new_kernel
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cellbox_kernel_env import kernel_env  # noqa: E402
-from test_kernel_cellbox import run_cell  # noqa: E402
 
 pytestmark = pytest.mark.root
 

@@ -13,10 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.kernel import kernel_env, run_cell
 from jupyter_client.manager import start_new_kernel
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cellbox_kernel_env import kernel_env  # noqa: E402
 
 pytestmark = pytest.mark.root
 
@@ -24,23 +22,6 @@ pytestmark = pytest.mark.root
 @pytest.fixture(scope="module", autouse=True)
 def env():
     yield from kernel_env()
-
-
-def run_cell(kc, code: str, timeout: float = 60) -> tuple[str, dict]:
-    """Execute code; (stdout+stderr text, execute_reply content)."""
-    out: list[str] = []
-
-    def hook(msg: dict) -> None:
-        t, c = msg["msg_type"], msg["content"]
-        if t == "stream":
-            out.append(c["text"])
-        elif t == "error":
-            out.append("\n".join(c["traceback"]))
-        elif t == "execute_result":
-            out.append(c["data"].get("text/plain", ""))
-
-    reply = kc.execute_interactive(code, output_hook=hook, timeout=timeout)
-    return "".join(out), reply["content"]
 
 
 def value(kc, expr: str, timeout: float = 60):
@@ -271,7 +252,7 @@ def test_image_without_python_fails_clearly(tmp_path):
     import logging
 
     from cellbox.kernel.kernelspec import install_kernelspec
-    from conftest import make_busybox_rootfs
+    from helpers.busybox import make_busybox_rootfs
 
     eng = engine()
     ref = f"cbk-test/nopython-{secrets.token_hex(3)}:1"

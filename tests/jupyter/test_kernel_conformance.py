@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import jupyter_kernel_test as jkt
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cellbox_kernel_env import kernel_env  # noqa: E402
+from helpers.kernel import kernel_env
 
 pytestmark = pytest.mark.root
 

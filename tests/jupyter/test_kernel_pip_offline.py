@@ -3,15 +3,11 @@ and one plain line says why and how to give the notebook a network."""
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import pytest
+from helpers.kernel import kernel_env
 from jupyter_client.manager import start_new_kernel
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cellbox_kernel_env import kernel_env  # noqa: E402
 
 pytestmark = pytest.mark.root
 

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers.kernel import kernel_env
 from jupyter_client.manager import KernelManager
-
-sys.path.insert(0, os.path.dirname(__file__))
-from cellbox_kernel_env import kernel_env  # noqa: E402
 
 pytestmark = pytest.mark.root
 

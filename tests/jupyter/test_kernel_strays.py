@@ -10,7 +10,7 @@ import pytest
 from jupyter_client.manager import start_new_kernel
 
 pytest.importorskip("cellbox.kernel")
-from cellbox_kernel_env import cell, kernel_env  # noqa: E402
+from helpers.kernel import cell, kernel_env
 
 pytestmark = pytest.mark.root
 

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from helpers.kernel import cell, kernel_env
 from jupyter_client.manager import start_new_kernel
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cellbox_kernel_env import cell, kernel_env  # noqa: E402
 
 pytestmark = pytest.mark.root
 # An ordinary host user. Through sh: setpriv itself resolves its command's path while it

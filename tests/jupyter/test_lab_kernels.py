@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_extension_helpers import Lab
+from helpers.lab import Lab
 
 pytestmark = pytest.mark.root
 

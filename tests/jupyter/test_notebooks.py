@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from test_extension_helpers import cellbox_kernelspec, lab  # noqa: F401
+from helpers.lab import cellbox_kernelspec
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 pytestmark = [
@@ -20,7 +20,7 @@ COMMITS = {"tour.ipynb": "notebooks/tour:latest", "research.ipynb": "research/me
 
 
 @pytest.mark.parametrize("name", ["tour.ipynb", "classroom.ipynb", "research.ipynb"])
-def test_notebook_runs_clean(name, lab, monkeypatch):  # noqa: F811
+def test_notebook_runs_clean(name, lab, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
 

@@ -11,7 +11,8 @@ import subprocess
 
 import pytest
 import requests
-from test_extension_helpers import free_port, lab, wait_for, write_notebook  # noqa: F401
+from helpers.lab import wait_for, write_notebook
+from helpers.net import free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
@@ -60,7 +61,7 @@ class Browser:
         self.proc.wait()
 
 
-def test_page_lists_containers_and_stop_works(lab, tmp_path):  # noqa: F811
+def test_page_lists_containers_and_stop_works(lab, tmp_path):
     s = lab.server("page")
     b = None
     try:
@@ -90,7 +91,7 @@ def test_page_lists_containers_and_stop_works(lab, tmp_path):  # noqa: F811
         s.stop()
 
 
-def test_page_degraded_banner(lab, tmp_path):  # noqa: F811
+def test_page_degraded_banner(lab, tmp_path):
     s = lab.server("degraded", {"Cellbox": {"isolation": "off"}})
     b = None
     try:

@@ -9,20 +9,19 @@ import socket
 import time
 
 import pytest
-from test_extension_helpers import lab  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.root
 
 
 @pytest.fixture(scope="module")
-def srv(lab):  # noqa: F811
+def srv(lab):
     s = lab.server("limits")
     yield s
     s.stop()
 
 
 @pytest.fixture(scope="module")
-def small(lab):  # noqa: F811
+def small(lab):
     s = lab.server("limits-small", {"Cellbox": {"max_request_body": 4096}})
     yield s
     s.stop()

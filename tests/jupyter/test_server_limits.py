@@ -15,12 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_extension_helpers import (  # noqa: F401 - fixture
-    Server,
-    cellbox_kernelspec,
-    lab,
-    write_notebook,
-)
+from helpers.lab import Server, cellbox_kernelspec, write_notebook
 
 pytestmark = [
     pytest.mark.root,
@@ -105,7 +100,7 @@ def fresh_server(lab, name: str) -> tuple[Server, str]:  # noqa: F811
     return s, kid
 
 
-def test_200mb_of_output_costs_the_server_little_and_says_so(lab):  # noqa: F811
+def test_200mb_of_output_costs_the_server_little_and_says_so(lab):
     s, kid = fresh_server(lab, "print200")
     try:
         before = memory(s)
@@ -127,7 +122,7 @@ def test_200mb_of_output_costs_the_server_little_and_says_so(lab):  # noqa: F811
         s.stop()
 
 
-def test_an_oversized_raw_message_is_refused_before_it_is_in_memory(lab):  # noqa: F811
+def test_an_oversized_raw_message_is_refused_before_it_is_in_memory(lab):
     """A cell that skips sys.stdout and sends one 100 MB message on the kernel's own iopub
     socket (it has the key: it is the kernel): the server refuses the frame unread. That
     websocket's iopub connection is closed for good (libzmq does not reconnect after a
@@ -155,7 +150,7 @@ def test_an_oversized_raw_message_is_refused_before_it_is_in_memory(lab):  # noq
         s.stop()
 
 
-def test_output_made_while_no_browser_is_connected_is_bounded(lab):  # noqa: F811
+def test_output_made_while_no_browser_is_connected_is_bounded(lab):
     """The browser sends a cell and goes away; the cell displays 300 MB (display_data is
     neither stream output nor counted by jupyter's data rate limit); the server keeps a
     bounded buffer and, when the browser is back, says what it dropped."""
@@ -198,7 +193,7 @@ def test_output_made_while_no_browser_is_connected_is_bounded(lab):  # noqa: F81
         s.stop()
 
 
-def test_kernel_fd_1_and_2_stay_out_of_the_server_log(lab):  # noqa: F811
+def test_kernel_fd_1_and_2_stay_out_of_the_server_log(lab):
     s, kid = fresh_server(lab, "fdlog")
     try:
         log_before = len(s.logtext())

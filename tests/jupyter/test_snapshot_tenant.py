@@ -15,11 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from test_extension_helpers import (  # noqa: F401 - fixture
-    cellbox_kernelspec,
-    lab,
-    write_notebook,
-)
+from helpers.lab import cellbox_kernelspec, write_notebook
 
 pytestmark = [
     pytest.mark.root,
@@ -55,7 +51,7 @@ for req in ({"op": "snapshot_rm", "args": {"snapshot": "%s", "container": "%s"}}
 """
 
 
-def test_a_notebook_snapshots_within_its_quota_and_deletes_its_own(lab):  # noqa: F811
+def test_a_notebook_snapshots_within_its_quota_and_deletes_its_own(lab):
     s = lab.server("snapquota", {"Cellbox": {"max_snapshots": 3, "snapshot_quota": "64m"}})
     eng = lab.engine()
     try:

@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import secrets
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from cellbox.runtime.engine import RunOptions
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jupyter"))
-from test_extension_helpers import cellbox_kernelspec, lab, write_notebook  # noqa: E402, F401 - fixture
+from helpers.lab import cellbox_kernelspec, write_notebook
 
 pytestmark = pytest.mark.root
 
@@ -30,7 +26,7 @@ def refs(eng) -> set[str]:
 
 @pytest.mark.skipif(not cellbox_kernelspec(), reason="the cellbox kernelspec is not installed (cellbox.kernel)")
 @pytest.mark.parametrize("allow", [False, True], ids=["commit-off", "commit-on"])
-def test_commit_from_a_cell_follows_the_server_config(lab, allow):  # noqa: F811
+def test_commit_from_a_cell_follows_the_server_config(lab, allow):
     ref = f"policy/cell-{secrets.token_hex(3)}:1"
     s = lab.server(f"policy-{allow}", {"Cellbox": {"allow_commit": allow}})
     eng = lab.engine()

@@ -10,15 +10,12 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+from helpers.kernel import cell, kernel_env
 from jupyter_client.manager import start_new_kernel
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jupyter"))
-from cellbox_kernel_env import cell, kernel_env  # noqa: E402
 
 pytestmark = pytest.mark.root
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from cellbox.runtime.engine import RunOptions
-from conftest import run_capture
+from helpers.engine import run_capture
 
 pytestmark = pytest.mark.root
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from cellbox.runtime.engine import RunOptions
-from conftest import make_busybox_rootfs
+from helpers.busybox import make_busybox_rootfs
 
 pytestmark = pytest.mark.root
 

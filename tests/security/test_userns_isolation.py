@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from cellbox.runtime import userns
 from cellbox.runtime.engine import RunOptions
-from conftest import run_capture
+from helpers.engine import run_capture
 
 pytestmark = pytest.mark.root
 # An ordinary host user. Through sh: setpriv itself resolves its command's path while it
