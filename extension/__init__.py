@@ -7,13 +7,15 @@ from typing import Any
 
 
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:
-    return [{"module": "cellbox.extension.app"}]
+    from .app import CellboxApp  # here: `cellbox --help` imports this package, not jupyter
+
+    return [{"module": "cellbox.extension", "app": CellboxApp}]
 
 
-def _load_jupyter_server_extension(serverapp: Any) -> None:
-    from .app import _load_jupyter_server_extension as load
+def _load_jupyter_server_extension(serverapp: Any) -> None:  # servers that ignore "app"
+    from .app import CellboxApp
 
-    load(serverapp)
+    CellboxApp._load_jupyter_server_extension(serverapp)
 
 
 def _jupyter_server_extension_paths() -> list[dict[str, Any]]:  # older servers

@@ -68,6 +68,12 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
     push_registries = List(Unicode(), default_value=None, allow_none=True, help="registries a push may go to").tag(
         config=True
     )
+    state_root = Unicode(
+        "", help="the engine's state root (default $CELLBOX_ROOT or /var/lib/cellbox; the server extension sets its own)"
+    ).tag(config=True)
+    cgroup_parent = Unicode(
+        "", help="parent cgroup of containers (default $CELLBOX_CGROUP_PARENT or cellbox; the server extension sets its own)"
+    ).tag(config=True)
 
     container_id: str | None = None
     owns_container: bool = False
@@ -82,11 +88,12 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
 
     @property
     def engine(self) -> Any:
-        """The engine: $CELLBOX_ROOT and $CELLBOX_CGROUP_PARENT pick root and cgroup parent."""
+        """The engine of `state_root` and `cgroup_parent` (the server extension's own)."""
         if self._engine is None:
             from cellbox.runtime.engine import Engine
 
-            self._engine = Engine(zygote=True)  # a server lives long: pre-forked starts
+            # A server lives long: pre-forked starts (zygote).
+            self._engine = Engine(self.state_root or None, self.cgroup_parent or None, zygote=True)
         return self._engine
 
     def _resolver(self) -> Any:
