@@ -15,7 +15,7 @@ Here, applied when the extension loads:
   socket that met it, one browser's or the activity watcher's, goes quiet) and queues at most
   `Cellbox.kernel_queue_messages` messages (`ZMQ_RCVHWM`: past it the kernel's own
   socket holds them, in the container's memory, and drops them). The kernel's polite
-  side (cellbox.kernel.outstream) cuts its output into smaller messages, so this
+  side (cellbox.kernel.inside.outstream) cuts its output into smaller messages, so this
   only bites output forged on the raw socket.
 - The websocket's rate limits get cellbox's defaults (`Cellbox.iopub_data_rate_limit`,
   ...), unless the admin configured `ZMQChannelsWebsocketConnection` explicitly: the

@@ -2,9 +2,10 @@
 
 A kernel container gets one host directory (its *run dir*) bind-mounted at /run/cellbox:
 the kernel's ZMQ ipc sockets, the container view of the connection file and the control
-socket live there, and the in-container half of cellbox.kernel is mounted read-only at
-/run/cellbox/lib/cellbox/kernel. The run dir name is a random token (a label on the
-container), not the container id, so a container cannot guess another's socket paths.
+socket live there, and the container side of cellbox.kernel (kernel/inside/, nothing of
+the host side) is mounted read-only at /run/cellbox/lib/cellbox/kernel/inside. The run
+dir name is a random token (a label on the container), not the container id, so a
+container cannot guess another's socket paths.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ LABEL_SESSION = "cellbox.kernel.session"  # JPY_SESSION_NAME (notebook path) whe
 IN_CONTAINER = "/run/cellbox"
 CONTROL_SOCKET = "control.sock"
 CONNECTION_FILE = "kernel.json"
-KERNEL_PKG_DIR = Path(__file__).resolve().parent
+INSIDE_DIR = Path(__file__).resolve().parent / "inside"  # the only part a container sees
 MAX_SOCKET_PATH = 100  # sun_path is 108 bytes; ZMQ appends "-N"
 IDLE_COMMAND = ["sleep", "2147483647"]
 # A notebook's processes, and open files per process: together within an eighth of the
@@ -106,16 +107,18 @@ def _make_run_dir(eng: Engine) -> tuple[str, Path]:
         )
     d.mkdir(mode=0o700)  # given to the container's root (its host id) once that is known
     lib = d / "lib" / "cellbox"
-    (lib / "kernel").mkdir(parents=True)
-    (lib / "__init__.py").write_text('"""cellbox, container side: only cellbox.kernel is here."""\n')
+    (lib / "kernel" / "inside").mkdir(parents=True)  # the mount point of INSIDE_DIR
+    (lib / "__init__.py").write_text('"""cellbox, container side: only cellbox.kernel.inside is here."""\n')
+    shutil.copyfile(INSIDE_DIR / "package_init.py", lib / "kernel" / "__init__.py")
     return token, d
 
 
 def create_kernel_container(eng: Engine, opts: RunOptions, start: bool = True) -> Container:
     """Create (and start) a container a cellbox kernel can run in.
 
-    Adds the run dir and the read-only kernel package to `opts.volumes`, the run-dir token
-    to its labels. The extension uses this for the containers it manages.
+    Adds the run dir and the read-only container side of the kernel (kernel/inside/) to
+    `opts.volumes`, the run-dir token to its labels. The extension uses this for the
+    containers it manages.
     """
     if opts.image is None and opts.rootfs is None:
         eng.ensure_default_image()
@@ -127,7 +130,7 @@ def create_kernel_container(eng: Engine, opts: RunOptions, start: bool = True) -
     opts.volumes = [
         *opts.volumes,
         f"{d}:{IN_CONTAINER}:rw,nosuid,nodev",
-        f"{KERNEL_PKG_DIR}:{IN_CONTAINER}/lib/cellbox/kernel:ro,nosuid,nodev",
+        f"{INSIDE_DIR}:{IN_CONTAINER}/lib/cellbox/kernel/inside:ro,nosuid,nodev",
     ]
     if not opts.command:
         opts.command = list(IDLE_COMMAND)

@@ -41,7 +41,7 @@ def _owner_tag(pid: int) -> str:
 
 def kernel_command() -> list[str]:
     inside = f"{containers.IN_CONTAINER}/{containers.CONNECTION_FILE}"
-    return ["python3", "-m", "ipykernel_launcher", "-f", inside, "--IPKernelApp.extra_extensions=cellbox.kernel.extension"]
+    return ["python3", "-m", "ipykernel_launcher", "-f", inside, "--IPKernelApp.extra_extensions=cellbox.kernel.inside.extension"]
 
 
 def kernel_env() -> list[str]:

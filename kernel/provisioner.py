@@ -192,10 +192,10 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
         if out and out[0] == sys.executable:  # jupyter_client swaps "python3" for the host's
             out[0] = "python3"
         if not any(a.startswith("--IPKernelApp.extra_extensions") for a in out):
-            out.append("--IPKernelApp.extra_extensions=cellbox.kernel.extension")
+            out.append("--IPKernelApp.extra_extensions=cellbox.kernel.inside.extension")
         if not any(a.startswith("--IPKernelApp.outstream_class") for a in out):
             # sys.stdout/err in pieces the server accepts (its frame cap), capped per cell
-            out.append("--IPKernelApp.outstream_class=cellbox.kernel.outstream.CappedOutStream")
+            out.append("--IPKernelApp.outstream_class=cellbox.kernel.inside.outstream.CappedOutStream")
         return out
 
     def _container_env(self, env: dict[str, str]) -> list[str]:

@@ -122,3 +122,17 @@ def test_jupyter_parts_enter_the_runtime_only_through_the_engine(path: Path) -> 
         f"{path.relative_to(ROOT)} imports {bad}: kernel/ and extension/ use "
         "cellbox.runtime.engine and cellbox.runtime.errors only (export what they need there)"
     )
+
+
+@pytest.mark.parametrize("path", sources("kernel/inside"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_container_side_imports_nothing_of_the_host(path: Path) -> None:
+    """kernel/inside/ is all a kernel container has of cellbox: it cannot import the runtime
+    or the host side of cellbox.kernel there (tests/jupyter/test_kernel_inside.py)."""
+    bad = sorted(
+        m
+        for m in imports_of(path)
+        if m.startswith("cellbox.") and not m.startswith("cellbox.kernel.inside.")
+    )
+    assert not bad, (
+        f"{path.relative_to(ROOT)} imports {bad}: the container has only cellbox.kernel.inside"
+    )

@@ -10,7 +10,7 @@ pytest.importorskip("ipywidgets")
 def test_degraded_banner(monkeypatch):
     import importlib
 
-    panel_mod = importlib.import_module("cellbox.kernel.panel")
+    panel_mod = importlib.import_module("cellbox.kernel.inside.panel")
 
     monkeypatch.setattr(panel_mod.Panel, "refresh", lambda self: None)
     monkeypatch.setenv("CELLBOX_DEGRADED", "unshare is not allowed here")
@@ -27,7 +27,7 @@ def test_panel_deletes_a_committed_image(monkeypatch):
     """The panel lists the notebook's own images by name and its button removes the chosen one."""
     import importlib
 
-    panel_mod = importlib.import_module("cellbox.kernel.panel")
+    panel_mod = importlib.import_module("cellbox.kernel.inside.panel")
     client = panel_mod.client
     store = {"sha256:" + "a" * 64: ["lab/one:v1", "lab/one:v2"], "sha256:" + "b" * 64: ["lab/two:v1"]}
     removed: list[str] = []

@@ -103,7 +103,7 @@ def install(ip: Any) -> None:
 
     The environment reaches every pip the kernel starts (`!pip` finds a venv's own pip
     script before the image's wrapper, so the wrapper alone would not do); the line is
-    printed after a cell whose `!pip` failed (%pip prints it itself, kernel/magics.py).
+    printed after a cell whose `!pip` failed (%pip prints it itself, kernel/inside/magics.py).
     A container's network is fixed when it is made, so one look at start is enough.
     """
     if has_network():

@@ -142,7 +142,7 @@ class CellboxMagics(Magics):
     def pip(self, line: str) -> None:
         """%pip as IPython's (`sys.executable -m pip LINE`), aware of a notebook without network.
 
-        Without a network, pip fails at once instead of retrying for ~9 s (kernel/pipnet.py)
+        Without a network, pip fails at once instead of retrying for ~9 s (kernel/inside/pipnet.py)
         and, when it fails, one plain line says the notebook has no network and how to
         give it one, instead of pip's misleading "No matching distribution found".
         """

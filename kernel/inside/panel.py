@@ -1,6 +1,6 @@
 """Container side: the ipywidgets panel (usage vs limits, snapshots, restore, commit, images).
 
-Every action goes through cellbox.kernel.client; a failure shows as one plain line in
+Every action goes through cellbox.kernel.inside.client; a failure shows as one plain line in
 the panel's error label, never a traceback.
 """
 
