@@ -118,7 +118,7 @@ class ContainerManager:
         return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
 
     def _save(self) -> None:
-        from cellbox.runtime.state import write_json
+        from cellbox.runtime.engine import atomicfile
 
         with self._lock:
             data = {
@@ -126,7 +126,9 @@ class ContainerManager:
                     m.id: {"path": m.path, "rundir": m.rundir, "capped": m.capped} for m in self._by_id.values()
                 }
             }
-            write_json(self.state_dir / "state.json", data, mode=0o600)
+            atomicfile.write_json(
+                self.state_dir / "state.json", data, 0o600, separators=(",", ":"), sort_keys=True
+            )
 
     def _load_state(self) -> dict[str, dict]:
         try:
