@@ -2,6 +2,12 @@
 
 Runs in the container's first process, single-threaded, as root, before the user's
 process exists. Order follows runc's rootfs_linux.go (see SECURITY-CHECKLIST.md).
+
+Every call that changes the kernel's view (mount, mknod, chown, pivot_root, sysctls) goes
+through a `Syscalls` object, as youki's rootfs goes through its `Syscall` trait: the real
+one (`LINUX`) calls runtime/linux/; tests pass a fake that records the calls, so the
+mount order and `secure_join` are checked without root (tests/unit/test_rootfs.py).
+Reading the rootfs tree (lstat, readlink, mkdir of mount points) stays plain os calls.
 """
 
 from __future__ import annotations
@@ -9,10 +15,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from .linux import syscalls as sc
 from .spec import ANN_IDMAP, ANN_LOWER, ANN_UPPER, ANN_WORK, DEFAULT_DEVICES
+
+T = TypeVar("T")
 
 _FLAGS: dict[str, tuple[bool, int]] = {
     # option: (clear?, flag)
@@ -61,6 +70,106 @@ _ST_TO_MS = {
     os.ST_NODIRATIME: sc.MS_NODIRATIME,
     os.ST_RELATIME: sc.MS_RELATIME,
 }
+
+
+class Syscalls(Protocol):
+    """What building a rootfs asks of the kernel (youki's `Syscall` trait)."""
+
+    def mount(self, source: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None: ...
+
+    def pivot_rootfs(self, root: str) -> None:
+        """pivot_root into root and detach the old root; the cwd ends at the new /."""
+
+    def chdir(self, path: str) -> None: ...
+
+    def mknod(self, path: str, mode: int, device: int) -> None: ...
+
+    def chmod(self, path: str, mode: int) -> None: ...
+
+    def chown(self, path: str, uid: int, gid: int) -> None: ...
+
+    def symlink(self, target: str, link: str) -> None: ...
+
+    def statvfs_flags(self, path: str) -> int:
+        """The ST_* flags of the mount path is on."""
+
+    def mountinfo(self) -> str:
+        """This process's /proc/self/mountinfo."""
+
+    def write_sysctl(self, key: str, value: str) -> None: ...
+
+    def idmapped_clone(self, path: str, userns_fd: int) -> int:
+        """A detached copy of the mount at path, idmapped through the user namespace."""
+
+    def move_mount_fd(self, fd: int, target: str) -> None: ...
+
+    def close(self, fd: int) -> None: ...
+
+    def call_with_fs_ids(self, uid: int, gid: int, fn: Callable[[], T]) -> T:
+        """fn() with this thread's filesystem ids set to uid/gid."""
+
+
+class LinuxSyscalls:
+    """The real kernel, through runtime/linux/ (ctypes) and os."""
+
+    def mount(self, source: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+        sc.mount(source, target, fstype, flags, data)
+
+    def pivot_rootfs(self, root: str) -> None:
+        """pivot_root(".", ".") then detach the old root (runc's pivotRoot)."""
+        oldroot = os.open("/", os.O_DIRECTORY | os.O_RDONLY)
+        newroot = os.open(root, os.O_DIRECTORY | os.O_RDONLY)
+        try:
+            os.fchdir(newroot)
+            sc.pivot_root(".", ".")
+            os.fchdir(oldroot)
+            sc.mount("", ".", None, sc.MS_SLAVE | sc.MS_REC)
+            sc.umount(".", sc.MNT_DETACH)
+            os.chdir("/")
+        finally:
+            os.close(oldroot)
+            os.close(newroot)
+
+    def chdir(self, path: str) -> None:
+        os.chdir(path)
+
+    def mknod(self, path: str, mode: int, device: int) -> None:
+        os.mknod(path, mode, device)
+
+    def chmod(self, path: str, mode: int) -> None:
+        os.chmod(path, mode)
+
+    def chown(self, path: str, uid: int, gid: int) -> None:
+        os.chown(path, uid, gid)
+
+    def symlink(self, target: str, link: str) -> None:
+        os.symlink(target, link)
+
+    def statvfs_flags(self, path: str) -> int:
+        return os.statvfs(path).f_flag
+
+    def mountinfo(self) -> str:
+        with open("/proc/self/mountinfo") as f:
+            return f.read()
+
+    def write_sysctl(self, key: str, value: str) -> None:
+        with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+            f.write(value)
+
+    def idmapped_clone(self, path: str, userns_fd: int) -> int:
+        return sc.idmapped_clone(path, userns_fd)
+
+    def move_mount_fd(self, fd: int, target: str) -> None:
+        sc.move_mount_fd(fd, target)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def call_with_fs_ids(self, uid: int, gid: int, fn: Callable[[], T]) -> T:
+        return sc.call_with_fs_ids(uid, gid, fn)
+
+
+LINUX = LinuxSyscalls()
 
 
 def parse_options(options: list[str]) -> tuple[int, int, str]:
@@ -130,7 +239,7 @@ def _ensure_target(path: str, is_dir: bool) -> None:
 STARTED_IN_PARENT = "/proc/self/cwd"
 
 
-def mount_overlay(root: str, annotations: dict[str, str]) -> None:
+def mount_overlay(root: str, annotations: dict[str, str], syscalls: Syscalls = LINUX) -> None:
     """Mount the image layers and the container's upper dir at root.path."""
     lower = annotations.get(ANN_LOWER)
     if not lower:
@@ -143,10 +252,12 @@ def mount_overlay(root: str, annotations: dict[str, str]) -> None:
         data = f"lowerdir={lower},upperdir={upper},workdir={work},redirect_dir=off,metacopy=off"
     else:
         data = f"lowerdir={lower}"
-    sc.mount("overlay", root, "overlay", 0, data)
+    syscalls.mount("overlay", root, "overlay", 0, data)
 
 
-def mount_idmapped_overlay(root: str, annotations: dict[str, str], userns_fd: int, host_base: int) -> None:
+def mount_idmapped_overlay(
+    root: str, annotations: dict[str, str], userns_fd: int, host_base: int, syscalls: Syscalls = LINUX
+) -> None:
     """The overlay of a container with a user namespace of its own, mounted by the monitor
     (host root, in a mount namespace of its own that the init's is copied from).
 
@@ -157,7 +268,7 @@ def mount_idmapped_overlay(root: str, annotations: dict[str, str], userns_fd: in
     must share one mount, so their parent is idmapped once at <parent>/idmapped.
     """
     try:
-        _mount_idmapped_overlay(root, annotations, userns_fd, host_base)
+        _mount_idmapped_overlay(syscalls, root, annotations, userns_fd, host_base)
     except OSError as e:
         if e.errno in (errno.ENOSYS, errno.EINVAL):
             raise OSError(
@@ -168,32 +279,34 @@ def mount_idmapped_overlay(root: str, annotations: dict[str, str], userns_fd: in
         raise
 
 
-def _mount_idmapped_overlay(root: str, annotations: dict[str, str], userns_fd: int, host_base: int) -> None:
+def _mount_idmapped_overlay(
+    syscalls: Syscalls, root: str, annotations: dict[str, str], userns_fd: int, host_base: int
+) -> None:
     lowers = annotations[ANN_LOWER].split(":")
     upper, work = annotations[ANN_UPPER], annotations[ANN_WORK]
     parent = os.path.dirname(upper)
     if os.path.dirname(work) != parent:
         raise ValueError("an idmapped overlay needs its upper and work dirs side by side")
     for layer in dict.fromkeys(lowers):
-        fd = sc.idmapped_clone(layer, userns_fd)
+        fd = syscalls.idmapped_clone(layer, userns_fd)
         try:
-            sc.move_mount_fd(fd, layer)  # over itself, in this mount namespace only
+            syscalls.move_mount_fd(fd, layer)  # over itself, in this mount namespace only
         finally:
-            os.close(fd)
+            syscalls.close(fd)
     view = os.path.join(parent, "idmapped")
     os.makedirs(view, mode=0o700, exist_ok=True)
-    fd = sc.idmapped_clone(parent, userns_fd)
+    fd = syscalls.idmapped_clone(parent, userns_fd)
     try:
-        sc.move_mount_fd(fd, view)
+        syscalls.move_mount_fd(fd, view)
     finally:
-        os.close(fd)
+        syscalls.close(fd)
     up, wk = (os.path.join(view, os.path.basename(p)) for p in (upper, work))
     data = f"lowerdir={':'.join(lowers)},upperdir={up},workdir={wk},redirect_dir=off,metacopy=off"
     _mkdir_p(root)
-    sc.call_with_fs_ids(host_base, host_base, lambda: sc.mount("overlay", root, "overlay", 0, data))
+    syscalls.call_with_fs_ids(host_base, host_base, lambda: syscalls.mount("overlay", root, "overlay", 0, data))
 
 
-def bind_host_paths(root: str, config: dict[str, Any], host_base: int) -> None:
+def bind_host_paths(root: str, config: dict[str, Any], host_base: int, syscalls: Syscalls = LINUX) -> None:
     """The bind mounts of a container with a user namespace of its own, made by the
     monitor: their sources may lie below dirs closed to container root. Mount points the
     binds need are created as container root (through the idmapped upper dir)."""
@@ -201,25 +314,26 @@ def bind_host_paths(root: str, config: dict[str, Any], host_base: int) -> None:
     def bind_all() -> None:
         for m in config.get("mounts") or []:
             if is_bind(m):
-                mount_one(root, m)
+                mount_one(root, m, syscalls)
 
-    sc.call_with_fs_ids(host_base, host_base, bind_all)
+    syscalls.call_with_fs_ids(host_base, host_base, bind_all)
 
 
-def _mount_cgroup(target: str, flags: int) -> None:
+def _mount_cgroup(syscalls: Syscalls, target: str, flags: int) -> None:
     """Show the container's own cgroups at /sys/fs/cgroup (its cgroup namespace root)."""
     hierarchies = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            fstype, super_opts = fields[sep + 1], fields[sep + 3]
-            if fstype in ("cgroup", "cgroup2"):
-                hierarchies.append((fields[4], fstype, super_opts))
+    for line in syscalls.mountinfo().splitlines():
+        fields = line.split()
+        if not fields:
+            continue
+        sep = fields.index("-")
+        fstype, super_opts = fields[sep + 1], fields[sep + 3]
+        if fstype in ("cgroup", "cgroup2"):
+            hierarchies.append((fields[4], fstype, super_opts))
     if len(hierarchies) == 1 and hierarchies[0][1] == "cgroup2":
-        sc.mount("cgroup2", target, "cgroup2", flags)
+        syscalls.mount("cgroup2", target, "cgroup2", flags)
         return
-    sc.mount("tmpfs", target, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, "mode=755")
+    syscalls.mount("tmpfs", target, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, "mode=755")
     for mountpoint, fstype, super_opts in hierarchies:
         if not mountpoint.startswith("/sys/fs/cgroup/"):
             continue
@@ -228,17 +342,17 @@ def _mount_cgroup(target: str, flags: int) -> None:
         _mkdir_p(sub)
         opts = ",".join(o for o in super_opts.split(",") if o not in ("rw", "ro"))
         try:
-            sc.mount("cgroup", sub, fstype, flags, None if fstype == "cgroup2" else opts)
+            syscalls.mount("cgroup", sub, fstype, flags, None if fstype == "cgroup2" else opts)
         except OSError:
             os.rmdir(sub)
-    sc.mount("", target, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+    syscalls.mount("", target, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
 
 
 def is_bind(m: dict[str, Any]) -> bool:
     return m.get("type") == "bind" or bool(parse_options(list(m.get("options") or []))[0] & sc.MS_BIND)
 
 
-def mount_one(root: str, m: dict[str, Any]) -> None:
+def mount_one(root: str, m: dict[str, Any], syscalls: Syscalls = LINUX) -> None:
     dest = secure_join(root, m["destination"])
     mtype = m.get("type") or ""
     source = m.get("source") or mtype or "none"
@@ -248,36 +362,36 @@ def mount_one(root: str, m: dict[str, Any]) -> None:
         flags |= sc.MS_BIND
         src_is_dir = os.path.isdir(source)
         _ensure_target(dest, src_is_dir)
-        sc.mount(source, dest, None, flags & (sc.MS_BIND | sc.MS_REC))
+        syscalls.mount(source, dest, None, flags & (sc.MS_BIND | sc.MS_REC))
         # A bind takes no other flags until it is remounted.
         extra = flags & ~(sc.MS_BIND | sc.MS_REC | sc.MS_REMOUNT)
         if extra:
-            sc.mount(source, dest, None, extra | sc.MS_BIND | sc.MS_REMOUNT | _locked_flags(dest))
+            syscalls.mount(source, dest, None, extra | sc.MS_BIND | sc.MS_REMOUNT | _locked_flags(syscalls, dest))
     elif mtype == "cgroup":
         _ensure_target(dest, True)
-        _mount_cgroup(dest, flags)
+        _mount_cgroup(syscalls, dest, flags)
     elif mtype == "sysfs":
         _ensure_target(dest, True)
         try:
-            sc.mount(source, dest, "sysfs", flags, data or None)
+            syscalls.mount(source, dest, "sysfs", flags, data or None)
         except PermissionError:
             # No network namespace of our own: a read-only bind of the host's /sys.
-            sc.mount("/sys", dest, None, sc.MS_BIND | sc.MS_REC)
-            sc.mount("/sys", dest, None, sc.MS_BIND | sc.MS_REMOUNT | flags | _locked_flags(dest))
+            syscalls.mount("/sys", dest, None, sc.MS_BIND | sc.MS_REC)
+            syscalls.mount("/sys", dest, None, sc.MS_BIND | sc.MS_REMOUNT | flags | _locked_flags(syscalls, dest))
     else:
         _ensure_target(dest, True)
-        sc.mount(source, dest, mtype or None, flags, data or None)
+        syscalls.mount(source, dest, mtype or None, flags, data or None)
     if prop:
-        sc.mount("", dest, None, prop)
+        syscalls.mount("", dest, None, prop)
 
 
-def _locked_flags(path: str) -> int:
+def _locked_flags(syscalls: Syscalls, path: str) -> int:
     """The flags a remount must keep (the kernel refuses to clear locked ones)."""
-    f = os.statvfs(path).f_flag
+    f = syscalls.statvfs_flags(path)
     return sum(ms for st, ms in _ST_TO_MS.items() if f & st and ms != sc.MS_RDONLY)
 
 
-def create_devices(root: str, devices: list[dict[str, Any]]) -> None:
+def create_devices(root: str, devices: list[dict[str, Any]], syscalls: Syscalls = LINUX) -> None:
     dev = secure_join(root, "/dev")
     for d in [*DEFAULT_DEVICES, *devices]:
         path = secure_join(root, d["path"])
@@ -287,15 +401,15 @@ def create_devices(root: str, devices: list[dict[str, Any]]) -> None:
         if os.path.lexists(path):
             os.unlink(path)
         try:
-            os.mknod(path, kind | mode, os.makedev(d.get("major", 0), d.get("minor", 0)))
+            syscalls.mknod(path, kind | mode, os.makedev(d.get("major", 0), d.get("minor", 0)))
         except PermissionError:
             # In a user namespace mknod is refused: bind the host's node instead (as runc does).
             with open(path, "a"):
                 pass
-            sc.mount(d["path"], path, None, sc.MS_BIND)
+            syscalls.mount(d["path"], path, None, sc.MS_BIND)
             continue
-        os.chmod(path, mode)  # mknod applies the umask
-        os.chown(path, d.get("uid", 0), d.get("gid", 0))
+        syscalls.chmod(path, mode)  # mknod applies the umask
+        syscalls.chown(path, d.get("uid", 0), d.get("gid", 0))
     for name, target in (
         ("fd", "/proc/self/fd"),
         ("stdin", "/proc/self/fd/0"),
@@ -305,15 +419,15 @@ def create_devices(root: str, devices: list[dict[str, Any]]) -> None:
     ):
         link = os.path.join(dev, name)
         if not os.path.lexists(link):
-            os.symlink(target, link)
+            syscalls.symlink(target, link)
     ptmx = os.path.join(dev, "ptmx")
     if os.path.isdir(os.path.join(dev, "pts")):
         if os.path.lexists(ptmx):
             os.unlink(ptmx)
-        os.symlink("pts/ptmx", ptmx)
+        syscalls.symlink("pts/ptmx", ptmx)
 
 
-def mask_paths(root: str, paths: list[str]) -> None:
+def mask_paths(root: str, paths: list[str], syscalls: Syscalls = LINUX) -> None:
     null = secure_join(root, "/dev/null")
     for p in paths:
         target = secure_join(root, p)
@@ -322,52 +436,35 @@ def mask_paths(root: str, paths: list[str]) -> None:
         except OSError:
             continue
         if stat.S_ISDIR(st.st_mode):
-            sc.mount("tmpfs", target, "tmpfs", sc.MS_RDONLY, "size=0,nr_blocks=1")
+            syscalls.mount("tmpfs", target, "tmpfs", sc.MS_RDONLY, "size=0,nr_blocks=1")
         else:
-            sc.mount(null, target, None, sc.MS_BIND)
+            syscalls.mount(null, target, None, sc.MS_BIND)
 
 
-def readonly_paths(root: str, paths: list[str]) -> None:
+def readonly_paths(root: str, paths: list[str], syscalls: Syscalls = LINUX) -> None:
     for p in paths:
         target = secure_join(root, p)
         if not os.path.lexists(target):
             continue
-        sc.mount(target, target, None, sc.MS_BIND | sc.MS_REC)
-        sc.mount(target, target, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | _locked_flags(target))
+        syscalls.mount(target, target, None, sc.MS_BIND | sc.MS_REC)
+        syscalls.mount(target, target, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | _locked_flags(syscalls, target))
 
 
-def prepare_root(root: str, propagation: str | None) -> None:
+def prepare_root(root: str, propagation: str | None, syscalls: Syscalls = LINUX) -> None:
     """Keep our mounts from reaching the host, and make root.path a mount point."""
-    sc.mount("", "/", None, _PROPAGATION.get(propagation or "rslave", sc.MS_SLAVE | sc.MS_REC))
+    syscalls.mount("", "/", None, _PROPAGATION.get(propagation or "rslave", sc.MS_SLAVE | sc.MS_REC))
     # The parent of the rootfs must not be shared, or pivot_root fails and mounts leak.
-    sc.mount(root, root, None, sc.MS_BIND | sc.MS_REC)
-    sc.mount("", root, None, sc.MS_PRIVATE)
+    syscalls.mount(root, root, None, sc.MS_BIND | sc.MS_REC)
+    syscalls.mount("", root, None, sc.MS_PRIVATE)
 
 
-def pivot(root: str) -> None:
-    """pivot_root(".", ".") then detach the old root (runc's pivotRoot)."""
-    oldroot = os.open("/", os.O_DIRECTORY | os.O_RDONLY)
-    newroot = os.open(root, os.O_DIRECTORY | os.O_RDONLY)
-    try:
-        os.fchdir(newroot)
-        sc.pivot_root(".", ".")
-        os.fchdir(oldroot)
-        sc.mount("", ".", None, sc.MS_SLAVE | sc.MS_REC)
-        sc.umount(".", sc.MNT_DETACH)
-        os.chdir("/")
-    finally:
-        os.close(oldroot)
-        os.close(newroot)
-
-
-def write_sysctls(sysctls: dict[str, str]) -> None:
+def write_sysctls(sysctls: dict[str, str], syscalls: Syscalls = LINUX) -> None:
     """Set namespaced sysctls (validated by spec.validate) through our namespaces' /proc/sys."""
     for key, value in sysctls.items():
-        with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
-            f.write(str(value))
+        syscalls.write_sysctl(key, str(value))
 
 
-def setup(config: dict[str, Any]) -> str:
+def setup(config: dict[str, Any], syscalls: Syscalls = LINUX) -> str:
     """Everything up to (not including) pivot_root. Returns the absolute root path."""
     linux = config.get("linux") or {}
     monitor_mounted = (config.get("annotations") or {}).get(ANN_IDMAP) == "true"
@@ -376,28 +473,28 @@ def setup(config: dict[str, Any]) -> str:
         # may be closed to container root; its parent, the container's dir, is not).
         # Through the parent, so that the name crosses the self-bind prepare_root makes
         # (pivot_root refuses the copied, locked mount itself).
-        os.chdir("..")
+        syscalls.chdir("..")
         root = os.path.join(STARTED_IN_PARENT, os.path.basename(config["root"]["path"].rstrip("/")))
     else:
         root = os.path.realpath(config["root"]["path"])
-        mount_overlay(root, config.get("annotations") or {})
+        mount_overlay(root, config.get("annotations") or {}, syscalls)
     if not os.path.isdir(root):
         raise FileNotFoundError(errno.ENOENT, f"rootfs {root} does not exist")
-    prepare_root(root, linux.get("rootfsPropagation"))
+    prepare_root(root, linux.get("rootfsPropagation"), syscalls)
     for m in config.get("mounts") or []:
         if monitor_mounted and is_bind(m):
             continue  # made by the monitor (bind_host_paths)
-        mount_one(root, m)
-    create_devices(root, linux.get("devices") or [])
-    write_sysctls(linux.get("sysctl") or {})
+        mount_one(root, m, syscalls)
+    create_devices(root, linux.get("devices") or [], syscalls)
+    write_sysctls(linux.get("sysctl") or {}, syscalls)
     return root
 
 
-def finish(config: dict[str, Any], root: str) -> None:
+def finish(config: dict[str, Any], root: str, syscalls: Syscalls = LINUX) -> None:
     """After the mounts: mask, protect, pivot, and make root read-only if asked."""
     linux = config.get("linux") or {}
-    mask_paths(root, linux.get("maskedPaths") or [])
-    readonly_paths(root, linux.get("readonlyPaths") or [])
-    pivot(root)
+    mask_paths(root, linux.get("maskedPaths") or [], syscalls)
+    readonly_paths(root, linux.get("readonlyPaths") or [], syscalls)
+    syscalls.pivot_rootfs(root)
     if (config.get("root") or {}).get("readonly"):
-        sc.mount("", "/", None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | _locked_flags("/"))
+        syscalls.mount("", "/", None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | _locked_flags(syscalls, "/"))

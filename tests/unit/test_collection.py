@@ -1,5 +1,10 @@
-"""`pytest` and `python3 -m pytest` collect the same tests (the second also puts the
-current directory on sys.path, so an import that only works with it breaks the first)."""
+"""How the suite is collected.
+
+`pytest` and `python3 -m pytest` collect the same tests (the second also puts the
+current directory on sys.path, so an import that only works with it breaks the first;
+shared code comes from tests/helpers through pyproject's pythonpath, in both). Every
+test that uses a fixture needing root carries the one root marker, and a run that is
+not root skips exactly those, each with its reason."""
 
 from __future__ import annotations
 
