@@ -44,6 +44,10 @@ IDLE_COMMAND = ["sleep", "2147483647"]
 # host's file table (runtime/filetable.py says why both are bounded).
 DEFAULT_PIDS = 512
 DEFAULT_DISK = "10g"  # the notebook's writable layer, a filesystem of its own (runtime/storage.py)
+# What a notebook's snapshots may keep (the server's c.Cellbox.max_snapshots/snapshot_quota
+# replace these; a kernel started from the kernelspec alone keeps them).
+DEFAULT_MAX_SNAPSHOTS = 20
+DEFAULT_SNAPSHOT_QUOTA = 5 << 30
 
 
 def run_base(eng: Engine) -> Path:
@@ -137,6 +141,7 @@ def create_kernel_container(eng: Engine, opts: RunOptions, start: bool = True) -
     ctr = None
     try:
         ctr = eng.create(opts)
+        eng.snapshot_limits(ctr.id, DEFAULT_MAX_SNAPSHOTS, DEFAULT_SNAPSHOT_QUOTA)
         base = ctr.host_base()
         owner = 0 if base is None else base
         os.chown(d, owner, owner)  # the kernel makes its sockets here as container root

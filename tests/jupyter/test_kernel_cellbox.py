@@ -101,6 +101,8 @@ def test_magics_status_snapshot_diff(kernel):
     assert reply["status"] == "ok" and "cellbox:" in text and "Traceback" not in text
     text, _ = run_cell(kc, "%cellbox commit cellbox/python:3.11")
     assert "not committed from this container" in text
+    # a kernel started from the kernelspec alone (no server config) keeps the default caps
+    assert engine().snapshots(km.provisioner.container_id).limits() == (20, 5 << 30)
 
 
 def test_interrupt_signal_mode(kernel):
