@@ -32,6 +32,11 @@ class Cellbox(Configurable):
     max_cpus = Float(2.0, help="Highest CPUs a notebook's metadata may ask for.").tag(config=True)
     pids_limit = Int(512, help="Most processes in a notebook's container.").tag(config=True)
     max_pids = Int(1024, help="Highest pids limit a notebook's metadata may ask for.").tag(config=True)
+    require_limits = Bool(
+        False,
+        help="Refuse to start a notebook's container without cgroup limits (a server run by an ordinary "
+        "user with no cgroup delegated to them: `cellbox system delegate USER`, as root, gives one).",
+    ).tag(config=True)
     disk_limit = Unicode(
         "10g", help="Size of a notebook's writable layer, a filesystem of its own ('' = the host's disk, unlimited)."
     ).tag(config=True)

@@ -238,6 +238,8 @@ class ContainerManager:
         """The notebook's container, running: created on first use, restarted if stopped."""
         if not self.isolation.isolated:
             raise Conflict(f"containers are not available: {self.isolation.reason}")
+        if self.config.require_limits and not (limits := self.engine.limits_status()).available:
+            raise Conflict(f"no container without limits (c.Cellbox.require_limits): {limits.reason}")
         path = check_path(path)
         # One creation per path at a time: a second caller waits for the first.
         while path in self._starting:

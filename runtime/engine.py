@@ -37,6 +37,7 @@ from .runconfig import RunOptions, merge_env, parse_env, parse_user
 from .state import CREATED, PAUSED, RUNNING, STOPPED, proc_start_time
 
 if TYPE_CHECKING:
+    from .cgroups.delegate import LimitsStatus
     from .images.store import ImageStore
     from .network import NetworkManager
 
@@ -107,12 +108,24 @@ class Engine(ImageOps):
         self.containers_dir = self.root / "containers"
         self.containers_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o711)
-        self.cgroup_parent = cgroup_parent or os.environ.get("CELLBOX_CGROUP_PARENT") or "cellbox"
+        parent = cgroup_parent or os.environ.get("CELLBOX_CGROUP_PARENT")
+        if not parent and os.geteuid() != 0:
+            from .cgroups import default_parent  # the group root delegated to this user, if any
+
+            parent = default_parent()
+        self.cgroup_parent = parent or "cellbox"
         self._images: ImageStore | None = None
         self._network: NetworkManager | None = None
         self._monitors: dict[str, Any] = {}  # id -> monitor Popen, for a fast wait()
         # A long-lived caller (server, kernel) starts containers through a pre-forked zygote.
         self.use_zygote = zygote if zygote is not None else os.environ.get("CELLBOX_ZYGOTE") == "1"
+
+    def limits_status(self) -> LimitsStatus:
+        """Whether this engine's containers get cgroup limits (.available), and one line why
+        not (.reason): an ordinary user gets them only in a cgroup root delegated to them."""
+        from .cgroups.delegate import limits_status
+
+        return limits_status(self.cgroup_parent)
 
     # ------------------------------------------------------------------ helpers
 

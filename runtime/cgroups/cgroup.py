@@ -27,8 +27,13 @@ WAIT_TIMEOUT = 5.0
 
 
 def default_parent() -> str:
-    """The group all containers go under, at the top of each hierarchy (like Docker's /docker)."""
-    return DEFAULT_PARENT
+    """The group all containers go under, at the top of each hierarchy (like Docker's /docker);
+    for an ordinary user, the group root delegated to them (delegate.py), if any."""
+    if os.geteuid() == 0:
+        return DEFAULT_PARENT
+    from .delegate import delegated_parent
+
+    return delegated_parent() or DEFAULT_PARENT
 
 
 def _inside(path: str, own: str) -> bool:
@@ -116,8 +121,22 @@ class Cgroup:
                 prev = cur
 
     def apply(self, resources: dict) -> None:
-        """Write OCI linux.resources (memory, cpu, pids, devices); v1 controllers when mounted."""
+        """Write OCI linux.resources (memory, cpu, pids, devices); v1 controllers when mounted.
+
+        An ordinary user's group (delegate.py) skips device rules: they need CAP_SYS_ADMIN,
+        and the container's user namespace keeps device nodes out anyway.
+        """
+        if os.geteuid() != 0 and resources.get("devices"):
+            resources = {k: v for k, v in resources.items() if k != "devices"}
+            log.info("%s: device rules skipped (rootless)", self.path)
         res = normalize(resources)
+        mem = res.memory
+        asked = mem is not None and (mem.limit, mem.reservation, mem.swap) != (None, None, None)
+        if not self._v1 and not self._v2 and (asked or res.cpu is not None or res.pids is not None):
+            from .delegate import limits_status
+
+            why = limits_status(os.path.dirname(self.path) or None).reason or "none is delegated"
+            raise CellboxError(f"limits were asked for, but {why}")
         if self._v1:
             v1.apply(self._v1, res)
         elif self._v2:
@@ -330,8 +349,18 @@ class Cgroup:
 
 
 def open_cgroup(path: str, layout: Layout | None = None, self_cgroup: str | None = None) -> Cgroup:
-    """The group at path (e.g. "cellbox/abc123") in every hierarchy; nothing is created yet."""
-    return Cgroup(path, layout or detect_layout(), self_cgroup)
+    """The group at path (e.g. "cellbox/abc123") in every hierarchy; nothing is created yet.
+
+    For an ordinary user, every hierarchy where the group is not theirs to make is left out
+    (delegate.delegated_layout): without delegation the group is in none.
+    """
+    if layout is None:
+        layout = detect_layout()
+        if os.geteuid() != 0:
+            from .delegate import delegated_layout
+
+            layout = delegated_layout(path, layout)
+    return Cgroup(path, layout, self_cgroup)
 
 
 def _has_members(d: str) -> bool:

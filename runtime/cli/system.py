@@ -1,4 +1,4 @@
-"""System commands: system check, system df, system prune, info, version."""
+"""System commands: system check, system df, system delegate, info, version."""
 
 from __future__ import annotations
 
@@ -64,10 +64,25 @@ def cmd_info(a: argparse.Namespace) -> int:
     print(f"Root Dir: {eng.root}")
     print(f"Cgroup Version: {layout.mode}")
     print(f"Cgroup Parent: {eng.cgroup_parent}")
+    limits = eng.limits_status()
+    print(f"Cgroup Limits: {'yes' if limits.available else 'no (' + limits.reason + ')'}")
     print(f"Containers: {len(ctrs)}")
     print(f"Images: {len(eng.images.list())}")
     print("Storage Driver: overlay")
     print("Runtimes: cellbox (built in), cellbox-runc (OCI)")
+    return 0
+
+
+def cmd_delegate(a: argparse.Namespace) -> int:
+    """Give a user cgroups of their own (or take them back), so their containers get limits."""
+    from ..cgroups import delegate
+
+    if a.remove:
+        for d in delegate.undelegate(a.user):
+            print(f"removed {d}")
+        return 0
+    for d in delegate.delegate(a.user):
+        print(f"delegated {d}")
     return 0
 
 
@@ -90,6 +105,14 @@ def register(sub: Any) -> None:
     sp = ssub.add_parser("df", help="Show disk usage", usage="cellbox system df [OPTIONS]")
     sp.add_argument("--format", help="Format output: json")
     sp.set_defaults(func=cmd_df)
+    sp = ssub.add_parser(
+        "delegate",
+        help="Give USER cgroups of their own so their rootless containers get limits (root only)",
+        usage="cellbox system delegate [--remove] USER",
+    )
+    sp.add_argument("user", metavar="USER", help="User name or uid")
+    sp.add_argument("--remove", action="store_true", help="Remove the user's groups (kills what runs in them)")
+    sp.set_defaults(func=cmd_delegate)
     p = sub.add_parser("info", help="Display system-wide information", usage="cellbox info")
     p.set_defaults(func=cmd_info)
     p = sub.add_parser("version", help="Show the cellbox version", usage="cellbox version")
