@@ -1,0 +1,288 @@
+"""`cellbox system delegate USER` against the real kernel (issue 13): root hands an ordinary
+user a cgroup of their own in each v1 hierarchy, and the user's processes can make groups
+below it, move themselves in and set limits there, but not touch the delegated group's own
+limits, root's groups or another user's.
+
+Real users made with useradd (no home) and removed afterwards; everything the user does
+runs through setpriv in a clean environment. Groups are made only at the top of each
+hierarchy (cellbox-user-<uid>), never inside the cgroup pytest sits in, and the fixture
+checks none is left.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from cellbox.runtime.cgroups import detect_layout
+from cellbox.runtime.cgroups.delegate import SKIPPED_V1, limits_status, user_group
+from helpers.cgroups import remove_cgroup_tree
+
+pytestmark = pytest.mark.root("makes users and hands them host cgroups")
+
+LAYOUT = detect_layout()
+CLI = [sys.executable, "-m", "cellbox.runtime.cli"]
+
+
+@dataclass
+class User:
+    name: str
+    uid: int
+    gid: int
+
+    def run(self, argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
+        """argv as this user: every id and capability dropped, a clean environment."""
+        cmd = [
+            "setpriv",
+            f"--reuid={self.uid}",
+            f"--regid={self.gid}",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--",
+        ]
+        env = {"PATH": "/usr/bin:/bin", "HOME": "/", "LANG": "C.UTF-8"}
+        return subprocess.run(
+            cmd + argv, env=env, cwd="/", capture_output=True, text=True, timeout=timeout
+        )
+
+    def python(self, code: str) -> subprocess.CompletedProcess:
+        return self.run([sys.executable, "-c", textwrap.dedent(code)])
+
+    def dirs(self) -> list[str]:
+        """Where this user's delegated group is, one path per hierarchy."""
+        group = user_group(self.uid)
+        return [
+            os.path.join(h.mountpoint, group)
+            for h in LAYOUT.hierarchies()
+            if os.path.isdir(os.path.join(h.mountpoint, group))
+        ]
+
+
+def _make_user() -> User:
+    name = "cbdg" + secrets.token_hex(4)
+    subprocess.run(
+        ["useradd", "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin", name],
+        check=True,
+    )
+    pw = pwd.getpwnam(name)
+    return User(name, pw.pw_uid, pw.pw_gid)
+
+
+def _remove_user(u: User) -> None:
+    subprocess.run(
+        CLI + ["system", "delegate", "--remove", u.name], capture_output=True, timeout=60
+    )
+    remove_cgroup_tree(user_group(u.uid))
+    left = u.dirs()
+    subprocess.run(["userdel", u.name], capture_output=True)
+    assert left == [], f"delegated cgroup of {u.name} left behind in {left}"
+
+
+@pytest.fixture
+def user() -> Iterator[User]:
+    u = _make_user()
+    try:
+        yield u
+    finally:
+        _remove_user(u)
+
+
+@pytest.fixture
+def other() -> Iterator[User]:
+    u = _make_user()
+    try:
+        yield u
+    finally:
+        _remove_user(u)
+
+
+def delegate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        CLI + ["system", "delegate", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def expected_dirs(u: User) -> list[str]:
+    return sorted(
+        os.path.join(h.mountpoint, user_group(u.uid))
+        for h in LAYOUT.v1
+        if not h.controllers <= SKIPPED_V1
+    )
+
+
+def test_delegate_makes_groups_owned_by_the_user(user):
+    if not LAYOUT.v1:
+        pytest.skip("no cgroup v1 hierarchy (a v2 host uses systemd's delegation)")
+    r = delegate(user.name)
+    assert r.returncode == 0, r.stderr
+    want = expected_dirs(user)
+    assert sorted(user.dirs()) == want  # not in devices, not in a hybrid host's unified one
+    for d in want:
+        for path in (d, os.path.join(d, "cgroup.procs"), os.path.join(d, "tasks")):
+            st = os.stat(path)
+            assert (st.st_uid, st.st_gid) == (user.uid, user.gid), path
+    mem = LAYOUT.v1_for("memory")
+    limit = os.path.join(mem.mountpoint, user_group(user.uid), "memory.limit_in_bytes")
+    assert os.stat(limit).st_uid == 0  # root may cap the user's total; the user may not lift it
+    # idempotent: again, and after someone took a file back
+    os.chown(os.path.join(want[0], "cgroup.procs"), 0, 0)
+    r = delegate(user.name)
+    assert r.returncode == 0, r.stderr
+    assert sorted(user.dirs()) == want
+    assert os.stat(os.path.join(want[0], "cgroup.procs")).st_uid == user.uid
+    # by uid as well as by name
+    assert delegate(str(user.uid)).returncode == 0
+
+
+USER_CODE = """
+import errno, os, sys
+group = sys.argv[1] if len(sys.argv) > 1 else {group!r}
+mem = {mem!r} + "/" + group
+pids = {pids!r} + "/" + group
+child_mem, child_pids = mem + "/c1", pids + "/c1"
+os.mkdir(child_mem)
+os.mkdir(child_pids)
+for d in (child_mem, child_pids):
+    with open(d + "/cgroup.procs", "w") as f:
+        f.write(str(os.getpid()))
+with open(child_mem + "/memory.limit_in_bytes", "w") as f:
+    f.write(str(32 << 20))
+with open(child_pids + "/pids.max", "w") as f:
+    f.write("7")
+print(open(child_mem + "/memory.limit_in_bytes").read().strip(), open(child_pids + "/pids.max").read().strip())
+print([l for l in open("/proc/self/cgroup").read().splitlines() if ":memory:" in l or ":pids:" in l])
+def refused(fn):
+    try:
+        fn()
+    except PermissionError:
+        return "EACCES"
+    except OSError as e:
+        return errno.errorcode[e.errno]
+    return "allowed"
+def write(path, value):
+    def go():
+        with open(path, "w") as f:
+            f.write(value)
+    return go
+print(refused(write(mem + "/memory.limit_in_bytes", str(1 << 40))))
+print(refused(write(pids + "/pids.max", "max")))
+print(refused(lambda: os.mkdir({mem!r} + "/cellbox-escape")))
+print(refused(lambda: os.mkdir({mem!r} + "/{other}/x")))
+print(refused(write({mem!r} + "/{other}/cgroup.procs", str(os.getpid()))))
+"""
+
+
+def test_user_makes_child_groups_and_sets_limits_but_not_above(user, other):
+    mem, pids = LAYOUT.v1_for("memory"), LAYOUT.v1_for("pids")
+    if mem is None or pids is None:
+        pytest.skip("cgroup v1 memory and pids controllers not mounted")
+    for u in (user, other):
+        r = delegate(u.name)
+        assert r.returncode == 0, r.stderr
+    code = USER_CODE.format(
+        group=user_group(user.uid),
+        mem=mem.mountpoint,
+        pids=pids.mountpoint,
+        other=user_group(other.uid),
+    )
+    r = user.python(code)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == f"{32 << 20} 7"
+    assert (
+        f"/{user_group(user.uid)}/c1" in lines[1]
+        and ":memory:" in lines[1]
+        and ":pids:" in lines[1]
+    )
+    # the delegated group's own limits, the top of the hierarchy, another user's group
+    assert lines[2:] == ["EACCES", "EACCES", "EACCES", "EACCES", "EACCES"], lines
+    assert os.path.isdir(os.path.join(mem.mountpoint, user_group(user.uid), "c1"))
+
+
+def test_engine_of_the_user_picks_the_delegated_parent(user):
+    if LAYOUT.v1_for("memory") is None or LAYOUT.v1_for("pids") is None:
+        pytest.skip("cgroup v1 memory and pids controllers not mounted")
+    code = """
+        from cellbox.runtime.cgroups import default_parent
+        from cellbox.runtime.cgroups.delegate import limits_status
+        s = limits_status()
+        print(default_parent())
+        print(s.available)
+        print(s.reason)
+    """
+    r = user.python(code)
+    assert r.returncode == 0, r.stderr
+    parent, available, reason = r.stdout.splitlines()
+    assert (parent, available) == ("cellbox", "False")
+    assert reason == (
+        f"no cgroup is delegated to {user.name}: containers run without memory, cpu and pids limits "
+        f"(root can run `cellbox system delegate {user.name}`)"
+    )
+    assert delegate(user.name).returncode == 0
+    r = user.python(code)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [user_group(user.uid), "True", ""]
+    # root's own view is unchanged
+    assert limits_status().available and limits_status().parent == "cellbox"
+
+
+def test_remove_kills_and_cleans_up(user):
+    mem = LAYOUT.v1_for("memory")
+    if mem is None:
+        pytest.skip("cgroup v1 memory controller not mounted")
+    assert delegate(user.name).returncode == 0
+    child = os.path.join(mem.mountpoint, user_group(user.uid), "c1")
+    # the user makes a child group and leaves a process in it
+    p = subprocess.Popen(
+        ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups", "--",
+         sys.executable, "-c",
+         f"import os, time; os.mkdir({child!r}); open({child!r} + '/cgroup.procs', 'w').write(str(os.getpid())); "
+         "print('in', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    try:
+        assert p.stdout.readline().strip() == "in"
+        r = delegate("--remove", user.name)
+        assert r.returncode == 0, r.stderr
+        assert p.wait(timeout=10) == -9
+        assert user.dirs() == []
+        r = delegate("--remove", user.name)  # nothing left to remove: fine
+        assert r.returncode == 0 and r.stdout == "", r
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_bad_input_is_one_plain_line(user):
+    r = delegate("cbdg-no-such-user")
+    assert (r.returncode, r.stdout, r.stderr) == (
+        125,
+        "",
+        "cellbox: no such user: 'cbdg-no-such-user'\n",
+    )
+    r = delegate("999999")
+    assert r.returncode == 125 and r.stderr == "cellbox: no such user: '999999'\n"
+    r = user.run(CLI + ["system", "delegate", user.name])
+    assert r.returncode == 125
+    assert (
+        r.stderr
+        == "cellbox: cellbox system delegate must be run as root (it changes who owns host cgroups)\n"
+    )
+    r = user.run(CLI + ["system", "delegate", "--remove", user.name])
+    assert r.stderr.splitlines() == [
+        "cellbox: cellbox system delegate --remove must be run as root (it changes who owns host cgroups)"
+    ]
+    assert user.dirs() == []
+    r = delegate()
+    assert (r.returncode, r.stderr.splitlines()[0]) == (
+        125,
+        "cellbox: the following arguments are required: USER",
+    )
