@@ -286,3 +286,87 @@ def test_bad_input_is_one_plain_line(user):
         125,
         "cellbox: the following arguments are required: USER",
     )
+
+
+def test_without_delegation_asked_limits_are_refused_and_devices_skipped(user):
+    if LAYOUT.v1_for("memory") is None:
+        pytest.skip("cgroup v1 memory controller not mounted")
+    code = """
+        from cellbox.runtime.cgroups import open_cgroup
+        from cellbox.runtime.errors import CellboxError
+        import sys
+        cg = open_cgroup(sys.argv[1] + "/c1")
+        print(len(cg.dirs()))
+        cg.create()
+        cg.apply({"devices": [{"allow": False, "access": "rwm"}], "memory": {}})  # nothing asked
+        try:
+            cg.apply({"memory": {"limit": 33554432}})
+        except CellboxError as e:
+            print(e)
+        else:
+            print("applied", cg.stats()["memory"]["limit"])
+    """
+    group = user_group(user.uid)
+    r = user.run([sys.executable, "-c", textwrap.dedent(code), group])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "0",
+        f"limits were asked for, but no cgroup is delegated to {user.name}: containers run without "
+        f"memory, cpu and pids limits (root can run `cellbox system delegate {user.name}`)",
+    ]
+    # root's own parent is never the user's, whatever the user names
+    r = user.run([sys.executable, "-c", textwrap.dedent(code), "cellbox"])
+    assert r.returncode == 0 and r.stdout.splitlines()[0] == "0", r
+    assert delegate(user.name).returncode == 0
+    r = user.run([sys.executable, "-c", textwrap.dedent(code), group])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [str(len(expected_dirs(user))), "applied 33554432"]
+
+
+def _v2_host(tmp_path, uid: int, owner: int | None):
+    """A fake cgroup2 mount with systemd's user@UID.service, owned by owner (None: absent)."""
+    from cellbox.runtime.cgroups import Hierarchy, Layout
+
+    mnt = tmp_path / "unified"
+    sub = mnt / f"user.slice/user-{uid}.slice/user@{uid}.service"
+    sub.mkdir(parents=True) if owner is not None else mnt.mkdir()
+    if owner is not None:
+        os.chown(sub, owner, owner)
+    return Layout("v2", (), Hierarchy(2, str(mnt), "/", frozenset({"memory", "pids", "cpu"}))), str(
+        sub
+    )
+
+
+def test_v2_host_uses_systemds_delegated_subtree(user, tmp_path):
+    from cellbox.runtime.cgroups import delegate as dg
+
+    layout, sub = _v2_host(tmp_path, user.uid, user.uid)
+    assert dg.delegate(user.name, layout) == [sub]  # found, nothing made
+    inside = f"0::/user.slice/user-{user.uid}.slice/user@{user.uid}.service/app.slice/x.scope\n"
+    outside = f"0::/user.slice/user-{user.uid}.slice/session-1.scope\n"
+    parent = dg.systemd_subtree(user.uid) + "/cellbox"
+    assert dg.delegated_parent(user.uid, layout, inside) == parent
+    assert dg.delegated_parent(user.uid, layout, outside) is None
+    assert dg._status(user.uid, layout, outside).reason == (
+        f"this process is not inside {dg.systemd_subtree(user.uid)}, the cgroup systemd delegates to "
+        f"{user.name}: containers run without limits (run cellbox under `systemd-run --user --scope`)"
+    )
+    mine = dg.delegated_layout(parent + "/c1", layout, user.uid)
+    assert mine.unified is not None
+    assert dg.delegated_layout(parent + "/c1", layout, user.uid + 1).unified is None
+
+
+@pytest.mark.parametrize("owner", [None, 0])
+def test_v2_host_without_delegation_is_one_line(user, tmp_path, owner):
+    from cellbox.runtime.cgroups import delegate as dg
+    from cellbox.runtime.errors import CellboxError
+
+    layout, sub = _v2_host(tmp_path, user.uid, owner)
+    with pytest.raises(CellboxError) as e:
+        dg.delegate(user.name, layout)
+    state = "is missing" if owner is None else "is not theirs"
+    assert str(e.value) == (
+        f"no delegated cgroup v2 subtree for {user.name} ({sub} {state}): systemd makes it for "
+        f"user@{user.uid}.service with Delegate=yes; `loginctl enable-linger {user.name}` starts it"
+    )
+    assert dg.delegated_parent(user.uid, layout, "0::/\n") is None
