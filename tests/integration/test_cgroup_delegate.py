@@ -18,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -65,42 +66,38 @@ class User:
         ]
 
 
-def _make_user() -> User:
+@contextmanager
+def temp_user() -> Iterator[User]:
+    """A new user (no home); afterwards its delegation undone, checked gone, user deleted."""
     name = "cbdg" + secrets.token_hex(4)
     subprocess.run(
         ["useradd", "--no-create-home", "--user-group", "--shell", "/usr/sbin/nologin", name],
         check=True,
     )
     pw = pwd.getpwnam(name)
-    return User(name, pw.pw_uid, pw.pw_gid)
-
-
-def _remove_user(u: User) -> None:
-    subprocess.run(
-        CLI + ["system", "delegate", "--remove", u.name], capture_output=True, timeout=60
-    )
-    remove_cgroup_tree(user_group(u.uid))
-    left = u.dirs()
-    subprocess.run(["userdel", u.name], capture_output=True)
-    assert left == [], f"delegated cgroup of {u.name} left behind in {left}"
+    u = User(name, pw.pw_uid, pw.pw_gid)
+    try:
+        yield u
+    finally:
+        subprocess.run(
+            CLI + ["system", "delegate", "--remove", name], capture_output=True, timeout=60
+        )
+        remove_cgroup_tree(user_group(u.uid))
+        left = u.dirs()
+        subprocess.run(["userdel", name], capture_output=True)
+        assert left == [], f"delegated cgroup of {name} left behind in {left}"
 
 
 @pytest.fixture
 def user() -> Iterator[User]:
-    u = _make_user()
-    try:
+    with temp_user() as u:
         yield u
-    finally:
-        _remove_user(u)
 
 
 @pytest.fixture
 def other() -> Iterator[User]:
-    u = _make_user()
-    try:
+    with temp_user() as u:
         yield u
-    finally:
-        _remove_user(u)
 
 
 def delegate(*args: str) -> subprocess.CompletedProcess:
