@@ -14,8 +14,10 @@ from __future__ import annotations
 import os
 import pwd
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -367,3 +369,39 @@ def test_v2_host_without_delegation_is_one_line(user, tmp_path, owner):
         f"user@{user.uid}.service with Delegate=yes; `loginctl enable-linger {user.name}` starts it"
     )
     assert dg.delegated_parent(user.uid, layout, "0::/\n") is None
+
+
+def test_extension_require_limits_refuses_without_delegation(user):
+    """c.Cellbox.require_limits: a server run by a user with no delegated cgroup starts no
+    notebook container, and says why in one line; with delegation it goes on."""
+    code = """
+        import asyncio, sys
+        from cellbox.extension.config import Cellbox
+        from cellbox.extension.manager import ContainerManager
+        from cellbox.runtime.engine import Engine, Isolation
+        engine = Engine(root=sys.argv[1])
+        m = ContainerManager(Cellbox(require_limits=True), Isolation(True), engine=engine)
+        m.settings = lambda meta: (_ for _ in ()).throw(RuntimeError("went on to settings"))
+        try:
+            asyncio.run(m.ensure("nb.ipynb"))
+        except Exception as e:
+            print(type(e).__name__, e)
+    """
+    root = tempfile.mkdtemp(
+        prefix="cellbox-delegate-", dir="/var/tmp"
+    )  # /tmp/pytest-of-root is 0700
+    os.chown(root, user.uid, user.gid)
+    try:
+        r = user.run([sys.executable, "-c", textwrap.dedent(code), root])
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines() == [
+            f"Conflict no container without limits (c.Cellbox.require_limits): no cgroup is delegated "
+            f"to {user.name}: containers run without memory, cpu and pids limits (root can run "
+            f"`cellbox system delegate {user.name}`)"
+        ]
+        assert delegate(user.name).returncode == 0
+        r = user.run([sys.executable, "-c", textwrap.dedent(code), root])
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines() == ["RuntimeError went on to settings"]
+    finally:
+        shutil.rmtree(root)
