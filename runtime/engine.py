@@ -44,8 +44,57 @@ if TYPE_CHECKING:
 DEFAULT_ROOT = "/var/lib/cellbox"
 
 
+def rootless() -> bool:
+    """Whether cellbox runs as an ordinary user (issue 13): a store of the user's own, a
+    user namespace mapped through newuidmap, and no cgroup limits without delegation."""
+    return os.geteuid() != 0
+
+
 def default_root() -> Path:
-    return Path(os.environ.get("CELLBOX_ROOT") or DEFAULT_ROOT)
+    """The store: $CELLBOX_ROOT; else /var/lib/cellbox for root; else the user's
+    $XDG_DATA_HOME/cellbox (default ~/.local/share/cellbox), as podman's rootless store."""
+    if os.environ.get("CELLBOX_ROOT"):
+        return Path(os.environ["CELLBOX_ROOT"])
+    if not rootless():
+        return Path(DEFAULT_ROOT)
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
+    return Path(data) / "cellbox"
+
+
+def default_run_dir() -> Path:
+    """Where a user's sockets and run dirs go: $XDG_RUNTIME_DIR/cellbox, else a private
+    0700 dir under /tmp (checked to be the user's own). Root: /run/cellbox."""
+    if not rootless():
+        return Path("/run/cellbox")
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(os.environ["XDG_RUNTIME_DIR"]) / "cellbox"
+    return Path(f"/tmp/cellbox-run-{os.geteuid()}")
+
+
+def _own_dir(path: Path, mode: int) -> None:
+    """Make path (parents as needed) or accept it only if it is the caller's own and no
+    one else can enter it: another user's store or run dir is a plain error, nothing made."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        parent = path.parent
+        while not parent.exists():
+            parent = parent.parent
+        pst = os.stat(parent)
+        if rootless() and pst.st_uid not in (os.geteuid(), 0):
+            raise CellboxError(
+                f"{parent} belongs to uid {pst.st_uid}, not to you: set CELLBOX_ROOT to a dir of your own"
+            ) from None
+        path.mkdir(parents=True, mode=mode, exist_ok=True)
+        os.chmod(path, mode)
+        return
+    import stat as stat_mod
+
+    if not stat_mod.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise CellboxError(
+            f"{path} belongs to uid {st.st_uid}, not to you (uid {os.geteuid()}): "
+            "set CELLBOX_ROOT to a dir of your own"
+        )
 
 
 @dataclass
@@ -98,6 +147,51 @@ class Container:
         return self.dir / "container.log"
 
 
+class NoCgroup:
+    """The cgroup of a container that has none (rootless, nothing delegated): its pid
+    namespace stands in; killing its init ends every process in it."""
+
+    def __init__(self, ctr: Container) -> None:
+        self.ctr = ctr
+
+    def _init(self) -> int:
+        st = self.ctr.state()
+        return st.pid if st.status != state.STOPPED and st.pid else 0
+
+    def exists(self) -> bool:
+        return False
+
+    def frozen(self) -> bool:
+        return False
+
+    def procs(self) -> list[int]:
+        """The init and every process below it (an exec's process hangs below its helper)."""
+        pid = self._init()
+        return userns.descendants(pid) if pid else []
+
+    def kill_all(self, sig: int = signal_mod.SIGKILL, timeout: float = 10) -> None:
+        if pid := self._init():
+            try:
+                os.kill(pid, signal_mod.SIGKILL)  # PID 1 gone: the kernel kills the rest
+            except ProcessLookupError:
+                pass
+
+    def freeze(self, timeout: float = 10) -> None:
+        raise CellboxError(
+            f"container {self.ctr.short_id} has no cgroup (rootless without delegation): it cannot be "
+            "paused or frozen for a copy; stop it first, or ask root for `cellbox system delegate`"
+        )
+
+    def thaw(self) -> None:
+        pass
+
+    def stats(self) -> dict[str, Any]:
+        return {"memory": {}, "cpu": {}, "pids": {"current": len(self.procs())}}
+
+    def destroy(self) -> None:
+        pass
+
+
 class Engine(ImageOps):
     """Containers (and, through `images`, the image store) under one root."""
 
@@ -106,8 +200,10 @@ class Engine(ImageOps):
     ) -> None:
         self.root = Path(root) if root else default_root()
         self.containers_dir = self.root / "containers"
+        if rootless():
+            _own_dir(self.root, 0o700)  # the user's store is theirs alone
         self.containers_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, 0o711)
+        os.chmod(self.root, 0o700 if rootless() else 0o711)
         parent = cgroup_parent or os.environ.get("CELLBOX_CGROUP_PARENT")
         if not parent and os.geteuid() != 0:
             from .cgroups import default_parent  # the group root delegated to this user, if any
@@ -126,6 +222,21 @@ class Engine(ImageOps):
         from .cgroups.delegate import limits_status
 
         return limits_status(self.cgroup_parent)
+
+    @property
+    def run_dir(self) -> Path:
+        """The dir for this user's sockets and run dirs (default_run_dir), made 0700 on
+        first use; refused if another user holds it. Without XDG_RUNTIME_DIR (no login
+        session) an ordinary user's goes under /tmp, said in one warning line."""
+        d = default_run_dir()
+        if rootless() and not os.environ.get("XDG_RUNTIME_DIR"):
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "cellbox: XDG_RUNTIME_DIR is not set (no login session): sockets go to %s", d
+            )
+        _own_dir(d, 0o700)
+        return d
 
     # ------------------------------------------------------------------ helpers
 
@@ -262,13 +373,64 @@ class Engine(ImageOps):
                 raise Conflict(f"cannot join network of container {net.container}: it is not running")
             joined = f"/proc/{ost.pid}/ns/net"
         base = None
-        if userns.parse_mode(opts.userns) == "auto":
+        if userns.parse_mode(opts.userns) == "auto" and not rootless():
             base = userns.allocate(b for c in self._all() if (b := c.host_base()) is not None)
         cfg = runconfig.build_config(
             ctr_dir, cid, opts, image_config=img_cfg, lowers=lowers, cgroup_parent=self.cgroup_parent,
             joined_netns=joined, userns_base=base, writable=writable,
         )  # fmt: skip
+        if rootless():
+            self._rootless_config(cfg, runconfig.limits(opts))
         return cfg, image_ref, image_id
+
+    def _rootless_config(self, cfg: dict[str, Any], lim: Limits) -> None:
+        """An ordinary user's container: a user namespace whose root is the user (the
+        user's subordinate ranges map the rest), the overlay mounted inside it, and no
+        cgroup unless one is delegated to the user (then no limit can be asked for)."""
+        linux = cfg["linux"]
+        maps, ranges = userns.rootless_mappings(os.getuid(), os.getgid())
+        linux.update(maps)
+        if not ranges:  # only root is mapped: devpts cannot give its tty group (gid 5)
+            for m in cfg.get("mounts") or []:
+                if m.get("type") == "devpts":
+                    m["options"] = [o for o in m.get("options") or [] if not o.startswith("gid=")]
+        if not any(n["type"] == "user" for n in linux["namespaces"]):
+            linux["namespaces"].append({"type": "user"})
+        if any(n["type"] == "network" and n.get("path") for n in linux["namespaces"]):
+            raise InvalidArgument("--network container: is not supported rootless yet")
+        last = sum(m["size"] for m in maps["gidMappings"]) - 1
+        if "net.ipv4.ping_group_range" in linux.get("sysctl", {}):
+            linux["sysctl"]["net.ipv4.ping_group_range"] = f"0 {last}"
+        cfg["annotations"][userns.ANN_ROOTLESS] = "true"
+        cfg["annotations"].pop(spec.ANN_IDMAP, None)
+        if not self._delegated_cgroup():
+            asked = (lim.memory, lim.memory_swap, lim.cpus, lim.cpu_shares, lim.pids_limit)
+            if any(v is not None for v in asked):
+                raise InvalidArgument(
+                    "limits (--memory, --cpus, --pids-limit, ...) need a cgroup delegated to you: "
+                    "ask root to run `cellbox system delegate "
+                    f"{userns.user_name(os.getuid())}`, or run without limits"
+                )
+            linux.pop("cgroupsPath", None)
+            linux["resources"] = {}
+
+    def _delegated_cgroup(self) -> bool:
+        """Whether this user may make cgroups below the engine's parent (delegated by root
+        with `cellbox system delegate USER`, runtime/cgroups/delegate.py)."""
+        return self.limits_status().available
+
+    def rootless_warnings(self) -> list[str]:
+        """One line for each thing a rootless container here will not have (printed by
+        `cellbox run` and `create`); none for root."""
+        if not rootless():
+            return []
+        out = []
+        if not userns.rootless_mappings(os.getuid(), os.getgid())[1]:
+            out.append(userns.NO_SUBIDS_WARNING.format(user=userns.user_name(os.getuid())))
+        limits = self.limits_status()
+        if not limits.available:
+            out.append(f"cellbox: warning: {limits.reason}")
+        return out
 
     def create(
         self,
@@ -285,7 +447,8 @@ class Engine(ImageOps):
         """
         from .cgroups import check_parent
 
-        check_parent(self.cgroup_parent)
+        if not rootless() or self._delegated_cgroup():
+            check_parent(self.cgroup_parent)
         if opts.name is not None:
             validate_name(opts.name)
         import secrets  # here: `cellbox ps` and friends never need it (hmac, hashlib, base64)
@@ -304,12 +467,14 @@ class Engine(ImageOps):
             ctr_dir.mkdir(mode=0o700)
             try:
                 size = runconfig.limits(opts).disk
+                if size and rootless():
+                    raise InvalidArgument("--storage-opt size= needs root (a loop-mounted filesystem)")
                 writable = storage.create(ctr_dir, size) if size else ctr_dir
                 for sub in ("upper", "work", "merged"):
                     (writable if sub != "merged" else ctr_dir).joinpath(sub).mkdir(exist_ok=True)
                 cfg, image_ref, image_id = self.build_config(ctr_dir, cid, opts, writable)
                 base = userns.host_base(cfg)
-                if base is not None:
+                if base is not None and not rootless():
                     # The init, already container root, must reach its rootfs: its
                     # group may pass through this dir; nobody else on the host.
                     os.chown(ctr_dir, 0, base)
@@ -431,7 +596,25 @@ class Engine(ImageOps):
         from .cgroups import open_cgroup
 
         path = (ctr.config().get("linux") or {}).get("cgroupsPath", "")
+        if not path.strip("/"):
+            return NoCgroup(ctr)  # rootless without delegation: never the root group
         return open_cgroup(path.strip("/"))
+
+    def charge_memory(self, ref: str, pid: int) -> None:
+        """Move host process `pid` into the container's memory cgroup only (v2: its group).
+
+        For a host helper that holds what the container sends it (the kernel's relay):
+        that memory counts against the container's limit, and an OOM there kills the
+        helper, never the process that started it. Not its freezer or pids group.
+        """
+        from .cgroups import fsio
+
+        cg = self._cgroup(self.get(ref))
+        h = cg.layout.v1_for("memory")
+        d = os.path.join(h.mountpoint, cg.path) if h else (cg.dirs()[-1] if cg.layout.mode == "v2" else None)
+        if d is None or not os.path.isdir(d):
+            raise CellboxError(f"container {ref[:12]} has no memory cgroup")
+        fsio.write(os.path.join(d, "cgroup.procs"), str(int(pid)))
 
     def kill(self, ref: str, sig: int | str = "KILL") -> None:
         ctr = self.get(ref)
@@ -571,7 +754,7 @@ class Engine(ImageOps):
         except Exception as e:  # noqa: BLE001
             errors.append(f"storage: {e}")
         with self._lock():
-            shutil.rmtree(ctr.dir, ignore_errors=True)
+            userns.rmtree(ctr.dir)  # rootless: files of the user's subordinate ids too
         if errors:
             raise CellboxError(f"container {ctr.short_id} removed, but: {'; '.join(errors)}")
 
@@ -783,6 +966,8 @@ __all__ = [
     "Limits",
     "RunOptions",
     "default_root",
+    "default_run_dir",
+    "rootless",
     "parse_signal",
     "probe_isolation",
 ]

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from . import launcher, spec, state
+from . import launcher, spec, state, userns
 from .errors import CellboxError, NotFound
 
 if TYPE_CHECKING:
@@ -260,7 +260,9 @@ class ImageOps:
                     self.snapshots(ctr.id).materialize(self.snapshots(ctr.id).get(snapshot).id, tree)
                     return self.images.commit(tree, base, **common)
             with self._frozen(ctr, pause):
-                return self._commit_upper(ctr, base, common)
+                # rootless: read and tar the upper dir inside the user's namespace (its
+                # files may belong to their subordinate ids; ids are packed as inside)
+                return userns.call(lambda: self._commit_upper(ctr, base, common))
         except OSError as e:  # a full disk, most often: the store is left as it was
             raise CellboxError(f"commit of {ctr.short_id} failed: {e.strerror or e}") from None
 

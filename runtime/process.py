@@ -128,7 +128,8 @@ def _prepare_and_exec(process: dict[str, Any], annotations: dict[str, str], secc
         seccomp_filter = None
     # Keep capabilities across the uid change, then set exactly the configured sets.
     sc.prctl(sc.PR_SET_KEEPCAPS, 1)
-    os.setgroups(extra)
+    if extra or not _setgroups_denied():
+        os.setgroups(extra)  # (rootless with only root mapped: the kernel denies setgroups)
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
     if nnp:
@@ -152,3 +153,12 @@ def _prepare_and_exec(process: dict[str, Any], annotations: dict[str, str], secc
         seccomp_filter.load()
     sys.stdout.flush()
     os.execvpe(args[0], args, envd)
+
+
+def _setgroups_denied() -> bool:
+    """Whether this user namespace refuses setgroups (a single-id map written unprivileged)."""
+    try:
+        with open("/proc/self/setgroups") as f:
+            return f.read().strip() == "deny"
+    except OSError:
+        return False

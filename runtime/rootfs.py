@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 from .linux import syscalls as sc
 from .spec import ANN_IDMAP, ANN_LOWER, ANN_UPPER, ANN_WORK, DEFAULT_DEVICES
+from .userns import ANN_ROOTLESS
 
 T = TypeVar("T")
 
@@ -252,7 +253,19 @@ def mount_overlay(root: str, annotations: dict[str, str], syscalls: Syscalls = L
         data = f"lowerdir={lower},upperdir={upper},workdir={work},redirect_dir=off,metacopy=off"
     else:
         data = f"lowerdir={lower}"
-    syscalls.mount("overlay", root, "overlay", 0, data)
+    if annotations.get(ANN_ROOTLESS) == "true":
+        # Mounted inside an ordinary user's namespace (Linux 5.11): whiteouts and opaque
+        # dirs live in user.overlay.* xattrs, as the user may set no trusted.* ones. The
+        # kernel refuses redirect_dir/metacopy options there (both are off in it anyway).
+        data = data.replace(",redirect_dir=off,metacopy=off", "") + ",userxattr"
+    try:
+        syscalls.mount("overlay", root, "overlay", 0, data)
+    except PermissionError as e:
+        if annotations.get(ANN_ROOTLESS) != "true":
+            raise
+        raise PermissionError(
+            e.errno, "the kernel refused overlayfs in a user namespace (rootless needs Linux 5.11 or newer)"
+        ) from None
 
 
 def mount_idmapped_overlay(

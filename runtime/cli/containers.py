@@ -166,6 +166,12 @@ def _forward_signals(eng: Engine, cid: str) -> None:
         signal.signal(s, forward)
 
 
+def _warn_rootless(eng: Engine) -> None:
+    """An ordinary user's container: one line for each thing it lacks (limits, ids)."""
+    for line in eng.rootless_warnings():
+        print(line, file=sys.stderr)
+
+
 def cmd_run(a: argparse.Namespace, create_only: bool = False) -> int:
     import subprocess
 
@@ -174,6 +180,7 @@ def cmd_run(a: argparse.Namespace, create_only: bool = False) -> int:
     _pull_image(eng, opts.image, a.pull)
     if create_only or a.detach:
         ctr = eng.create(opts)
+        _warn_rootless(eng)
         if not create_only:
             eng.start(ctr.id)
         print(ctr.id)
@@ -187,6 +194,7 @@ def cmd_run(a: argparse.Namespace, create_only: bool = False) -> int:
             opts, stdin=subprocess.DEVNULL, stdout=sys.stdout, stderr=sys.stderr, console_fd=theirs.fileno()
         )
         theirs.close()
+        _warn_rootless(eng)
         master = tty_mod.receive_master(ours)
         eng.start(ctr.id)
         _forward_signals(eng, ctr.id)
@@ -194,6 +202,7 @@ def cmd_run(a: argparse.Namespace, create_only: bool = False) -> int:
     else:
         stdin = sys.stdin if opts.interactive else subprocess.DEVNULL
         ctr = eng.create(opts, stdin=stdin, stdout=sys.stdout, stderr=sys.stderr)
+        _warn_rootless(eng)
         eng.start(ctr.id)
         _forward_signals(eng, ctr.id)
     code = eng.wait(ctr.id)
@@ -327,6 +336,7 @@ def cmd_exec(a: argparse.Namespace) -> int:
             stdin=subprocess.DEVNULL, stdout=sys.stdout, stderr=sys.stderr, console_fd=theirs.fileno(),
         )  # fmt: skip
         theirs.close()
+        _warn_rootless(eng)
         master = tty_mod.receive_master(ours)
         tty_mod.attach(master, a.interactive, lambda: helper.poll() is not None)
         return helper.wait()

@@ -200,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     except PermissionError as e:
         if args.debug:
             raise
-        sys.stderr.write(f"cellbox: permission denied: {e.filename or e} (cellbox needs root)\n")
+        why = "cellbox needs root" if os.geteuid() == 0 else "not yours: set CELLBOX_ROOT to a dir of your own"
+        sys.stderr.write(f"cellbox: permission denied: {e.filename or e} ({why})\n")
         raise SystemExit(125) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None

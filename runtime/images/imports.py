@@ -33,14 +33,14 @@ def import_rootfs(
                 tree = work / "rootfs"
                 tree.mkdir()
                 with open(p, "rb") as f:
-                    tarsafe.extract_tar(f, tree, whiteouts="keep")
+                    _extract(f, tree)
                 created_by = f"cellbox import {p.name}"
             else:
                 raise NotFound(f"{p}: no such file or directory")
         elif hasattr(src, "read"):
             tree = work / "rootfs"
             tree.mkdir()
-            tarsafe.extract_tar(src, tree, whiteouts="keep")
+            _extract(src, tree)
             created_by = "cellbox import -"
         else:
             raise InvalidArgument(f"cannot import from {src!r}")
@@ -52,3 +52,11 @@ def import_rootfs(
         cdesc = store.layout.write_json(cfg, cfgmod.MT_CONFIG)
         manifest = cfgmod.make_manifest(cdesc, [blob.descriptor()])
         return store.add_image(manifest, cfg, ref)
+
+
+def _extract(src: BinaryIO, tree: Path) -> None:
+    """Rootless, inside the user's namespace: the tar's owners land in their range and the
+    re-tar (create_layer, in the namespace too) reads them back as the tar had them."""
+    from cellbox.runtime import userns
+
+    userns.call(lambda: tarsafe.extract_tar(src, tree, whiteouts="keep"))

@@ -20,6 +20,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cellbox.runtime.errors import CellboxError, InvalidArgument
 from cellbox.runtime.images import safewalk
@@ -284,7 +285,16 @@ def beneath_command(root: Path, cmd: list[str]) -> list[str]:
     return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh", str(root), *cmd]
 
 
-def create_layer(
+def create_layer(src: Path, layout: Layout, **kw: Any) -> LayerBlob:
+    """Write `src` as a layer blob into `layout` (see _create_layer). Rootless, the tar is
+    taken inside the user's namespace, so it holds ids as the container sees them (root
+    is 0, not the user's uid) and a commit gives the same digests as one made by root."""
+    from cellbox.runtime import userns
+
+    return userns.call(lambda: _create_layer(src, layout, **kw))
+
+
+def _create_layer(
     src: Path,
     layout: Layout,
     *,

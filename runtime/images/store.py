@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -136,7 +135,7 @@ class ImageStore:
             try:
                 yield d
             finally:
-                shutil.rmtree(d, ignore_errors=True)
+                _rmtree(d)
 
     # reading -----------------------------------------------------------------------
     def _image(self, manifest_digest: str, refs: list[str]) -> Image:
@@ -257,17 +256,23 @@ class ImageStore:
             if final.is_dir():
                 return final
             # here, not at the top: listing images needs no tar code
+            from cellbox.runtime import userns
             from cellbox.runtime.images import tarsafe
 
             tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{hexid[:12]}-", dir=self.root / "layers"))
-            try:
+
+            def extract() -> str:
                 with self.layout.open_blob(desc["digest"]) as blob:
                     with tarsafe.open_decompressed(blob) as raw:
                         hr = _HashingReader(raw)
                         tarsafe.extract_tar(hr, tmp, whiteouts="overlay", decompress=False)  # type: ignore[arg-type]
                         while hr.read(1 << 20):
                             pass
-                got = "sha256:" + hr.h.hexdigest()
+                return "sha256:" + hr.h.hexdigest()
+
+            try:
+                # rootless: inside the user's namespace, so owners land in their range
+                got = userns.call(extract)
                 if got != diff_id:
                     raise CellboxError(
                         f"layer {desc['digest']}: uncompressed digest {got} != diff_id {diff_id}"
@@ -275,7 +280,7 @@ class ImageStore:
                 os.chmod(tmp, 0o755)
                 os.replace(tmp, final)
             except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
+                userns.rmtree(tmp)
                 raise
         finally:
             os.close(lockfd)
@@ -548,7 +553,7 @@ class ImageStore:
                 if p.name.startswith("."):
                     continue  # unpacks in progress or left by a crash: _remove_temp
                 if "sha256:" + p.name not in diffs:
-                    shutil.rmtree(p, ignore_errors=True)
+                    _rmtree(p)
             self._remove_temp()
         return freed
 
@@ -566,7 +571,7 @@ class ImageStore:
                     continue
                 done.append(f"removed {p.relative_to(self.root)} ({_du(p)} bytes)")
                 if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p, ignore_errors=True)
+                    _rmtree(p)
                 else:
                     p.unlink(missing_ok=True)
         layers = self.root / "layers"
@@ -577,7 +582,7 @@ class ImageStore:
             if any(_held(lk) for lk in layers.glob(f".{prefix}*.lock")):
                 continue  # being unpacked now
             done.append(f"removed layers/{p.name} ({_du(p)} bytes)")
-            shutil.rmtree(p, ignore_errors=True)
+            _rmtree(p)
         return done
 
     def recover(self) -> list[str] | None:
@@ -681,3 +686,11 @@ class ImageStore:
         from cellbox.runtime.images.archive import load_archive
 
         return load_archive(self, src)
+
+
+def _rmtree(path: Path) -> None:
+    """Remove an unpacked tree; rootless, from inside the user namespace (its files may
+    belong to the user's subordinate ids)."""
+    from cellbox.runtime import userns
+
+    userns.rmtree(path)

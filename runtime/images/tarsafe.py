@@ -18,7 +18,7 @@ import stat
 import subprocess
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -348,9 +348,18 @@ class _Extractor:
         walk(ptuple)
 
     # metadata ----------------------------------------------------------------------
+    def _chown(self, fn: Callable[[], None]) -> None:
+        """An owner that the user namespace does not map (rootless with only the user's
+        own id) is refused with EINVAL: the file keeps root, as the warning says."""
+        try:
+            fn()
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+
     def _meta_fd(self, fd: int, m: tarfile.TarInfo) -> None:
         if self.is_root:
-            os.fchown(fd, m.uid, m.gid)
+            self._chown(lambda: os.fchown(fd, m.uid, m.gid))
         os.fchmod(fd, m.mode & 0o7777)
         for k, v in m.pax_headers.items():
             if k.startswith("SCHILY.xattr."):
@@ -362,7 +371,7 @@ class _Extractor:
 
     def _meta_link(self, parent: int, base: str, m: tarfile.TarInfo, chmod: bool = False) -> None:
         if self.is_root:
-            os.chown(base, m.uid, m.gid, dir_fd=parent, follow_symlinks=False)
+            self._chown(lambda: os.chown(base, m.uid, m.gid, dir_fd=parent, follow_symlinks=False))
         if chmod:
             os.chmod(base, m.mode & 0o7777, dir_fd=parent)
         with contextlib.suppress(OSError):

@@ -12,7 +12,7 @@ import os
 import signal
 
 from .. import process as process_mod
-from .. import state
+from .. import state, userns
 from ..linux import syscalls as sc
 from ..protocol import Exited, Failed, Spawned, encode, write_sync
 from . import console as console_mod
@@ -40,6 +40,8 @@ def exec_in(
         if st.status not in (state.RUNNING, state.CREATED):
             raise RuntimeError(f"container {st.id} is not running")
         pid = st.pid
+        if (config.get("annotations") or {}).get(userns.ANN_ROOTLESS) == "true" and os.geteuid() != 0:
+            pid = userns.namespace_holder(pid)
         cg_path = (config.get("linux") or {}).get("cgroupsPath")
         fds = []
         present = {n["type"] for n in ns_list(config)}
@@ -60,7 +62,7 @@ def exec_in(
         # root is where we would stand, which is the host's when cellbox itself runs in
         # a chroot (a build root, a schroot); the init's root is always the container's.
         root_fd = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        if st.pid_start != state.proc_start_time(pid):
+        if st.pid_start != state.proc_start_time(st.pid):
             raise RuntimeError(f"container {st.id} is not running")
         for fd, flag in fds:
             sc.setns(fd, flag)

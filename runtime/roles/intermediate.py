@@ -31,6 +31,9 @@ def write_id_map(pid: int, kind: str, mappings: list[dict]) -> None:
 
 
 def _write_maps(pid: int, config: dict) -> None:
+    if (config.get("annotations") or {}).get(userns.ANN_ROOTLESS) == "true":
+        userns.write_rootless_maps(pid, config)  # an ordinary user: newuidmap/newgidmap
+        return
     linux = config.get("linux") or {}
     write_id_map(pid, "uid", linux.get("uidMappings") or [])
     write_id_map(pid, "gid", linux.get("gidMappings") or [])
@@ -65,17 +68,24 @@ def fork_in_user_namespace(
                 os.close(fd)
             else:
                 owner = userns.host_base(config)
-                if owner:
+                if owner and os.geteuid() == 0:
                     # The kernel charges per-user quotas (inotify, mqueue, processes)
                     # made in a namespace to its creator too: let that be the
                     # container's own host id, not host root.
                     os.setgroups([])
                     os.setresgid(owner, owner, owner)
                     os.setresuid(owner, owner, owner)
+                rootless = os.geteuid() != 0
+                if rootless:
+                    # Its owner writes our maps (only a single-id one without newuidmap):
+                    # a non-dumpable process's /proc files are root's, closed to the owner.
+                    sc.set_dumpable(True)
                 sc.unshare(sc.CLONE_NEWUSER)
                 os.write(from_mid_w, USERNS_MADE)
                 if os.read(to_mid_r, 1) != MAPS_WRITTEN:
                     os._exit(1)
+                if rootless:
+                    sc.set_dumpable(False)  # the init, forked below, must not be dumpable
             os.setresgid(0, 0, 0)
             os.setresuid(0, 0, 0)
             enter_pid_namespace(pid_ns)

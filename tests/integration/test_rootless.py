@@ -1,0 +1,231 @@
+"""cellbox as an ordinary user (issue 13): a real user made for the module (useradd, its
+own subordinate ranges) runs the CLI through setpriv in a clean environment: run, exec,
+ps, top, rm, image owners, bind mounts of root's files, the store's privacy, commit
+digests equal to root's, and each bad input as one plain line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from helpers.busybox import make_busybox_rootfs
+from helpers.users import leftover_ids, make_user, remove_user
+
+pytestmark = pytest.mark.root("makes real users (useradd) and runs cellbox as them")
+
+LIMITS_LINE = "no cgroup is delegated to"
+# A change made the same way as root and rootless; fixed times, so only owners could differ.
+CHANGE = (
+    "echo hi > /x; mkdir -p /d/e; echo y > /d/e/f; chown -R 5:6 /d; chmod 700 /d; rm /bin/cat; "
+    "touch -d @1000000 /x /d /d/e /d/e/f /bin /"
+)
+
+
+def _chown_tree(path: Path, uid: int, gid: int) -> None:
+    subprocess.run(["chown", "-R", "-h", f"{uid}:{gid}", str(path)], check=True)
+
+
+@pytest.fixture(scope="module")
+def user(tmp_path_factory):
+    u = make_user(subids=True)
+    try:
+        rootfs = make_busybox_rootfs(u.home / "rootfs")
+        _chown_tree(rootfs, u.uid, u.gid)
+        # An image tar as any registry would hold it: root's files, and one of uid 1000.
+        src = tmp_path_factory.mktemp("image") / "rootfs"
+        make_busybox_rootfs(src)
+        (src / "home" / "user" / "f").write_text("x\n")
+        _chown_tree(src, 0, 0)
+        _chown_tree(src / "home" / "user", 1000, 1000)
+        with tarfile.open(u.home / "bb.tar", "w", format=tarfile.GNU_FORMAT) as tf:
+            tf.add(src, arcname=".")
+        os.chown(u.home / "bb.tar", u.uid, u.gid)
+        r = u.cellbox("import", str(u.home / "bb.tar"), "bb:1")
+        assert r.returncode == 0, r.stderr
+        yield u
+    finally:
+        remove_user(u.name)
+
+
+def _one_line(stderr: str, needle: str) -> str:
+    lines = [ln for ln in stderr.splitlines() if needle in ln]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def test_run_as_user_exit_code_output_and_one_limits_warning(user):
+    r = user.cellbox(
+        "run", "--rm", "--rootfs", str(user.home / "rootfs"), "sh", "-c", "id -u; echo out; exit 3"
+    )
+    assert r.returncode == 3, r.stderr
+    assert r.stdout.split() == ["0", "out"]
+    line = _one_line(r.stderr, LIMITS_LINE)
+    assert f"cellbox system delegate {user.name}" in line
+    assert "subordinate" not in r.stderr  # this user has ranges
+
+
+def test_exec_ps_top_rm_leave_nothing(user):
+    r = user.cellbox("run", "-d", "--name", "life", "bb:1", "sleep", "60")
+    assert r.returncode == 0, r.stderr
+    try:
+        r = user.cellbox("exec", "life", "sh", "-c", "id -u; cat /proc/self/uid_map")
+        assert r.returncode == 0, r.stderr
+        uid, *maps = r.stdout.splitlines()
+        assert uid == "0"
+        assert maps[0].split() == ["0", str(user.uid), "1"]
+        assert maps[1].split() == ["1", str(user.subid_base), "65535"]
+        r = user.cellbox("ps")
+        assert "life" in r.stdout and "Up" in r.stdout
+        r = user.cellbox("top", "life")
+        assert r.returncode == 0 and "sleep 60" in r.stdout, r.stderr
+    finally:
+        r = user.cellbox("rm", "-f", "life")
+    assert r.returncode == 0, r.stderr
+    assert "life" not in user.cellbox("ps", "-a").stdout
+    assert not list((user.home / ".local/share/cellbox/containers").glob("[0-9a-f]*"))
+    assert leftover_ids(user) == []
+
+
+def test_image_owners_land_in_the_users_range(user):
+    r = user.cellbox(
+        "run", "--rm", "bb:1", "sh", "-c", "stat -c '%u:%g %n' /bin/busybox /home/user/f"
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == ["0:0 /bin/busybox", "1000:1000 /home/user/f"]
+    layers = user.home / ".local/share/cellbox/images/layers"
+    owners = {(p.stat().st_uid, p.stat().st_gid) for p in layers.glob("*/home/user/f")}
+    assert owners == {(user.subid_base + 999, user.subid_base + 999)}
+    busybox = {p.stat().st_uid for p in layers.glob("*/bin/busybox")}
+    assert busybox == {user.uid}
+
+
+def test_container_root_cannot_write_a_host_file_of_root(user):
+    shared = user.home / "rootowned"
+    shared.mkdir()
+    (shared / "f").write_text("root's\n")
+    os.chmod(shared, 0o755)
+    try:
+        r = user.cellbox(
+            "run", "--rm", "-v", f"{shared}:/mnt", "--rootfs", str(user.home / "rootfs"), "sh", "-c",
+            "stat -c '%u' /mnt/f; echo x > /mnt/f && echo WROTE; touch /mnt/new && echo MADE; "
+            "chmod 777 /mnt/f && echo CHMOD; true",
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split("\n")[0] == "65534"  # root of the host is nobody inside
+        assert "WROTE" not in r.stdout and "MADE" not in r.stdout and "CHMOD" not in r.stdout
+        assert (shared / "f").read_text() == "root's\n"
+        assert sorted(os.listdir(shared)) == ["f"]
+    finally:
+        subprocess.run(["rm", "-rf", str(shared)], check=True)
+
+
+def test_the_store_is_the_users_alone(user):
+    store = user.home / ".local/share/cellbox"
+    st = store.stat()
+    assert (st.st_uid, st.st_mode & 0o777) == (user.uid, 0o700)
+
+
+def test_a_store_of_another_user_is_one_line_and_nothing_made(user):
+    import tempfile
+
+    other = Path(tempfile.mkdtemp(prefix="cellbox-rootless-", dir="/var/tmp"))
+    os.chmod(other, 0o755)  # root's, and open to look at
+    try:
+        r = user.cellbox("ps", env=user.env(CELLBOX_ROOT=str(other)))
+        assert r.returncode == 125
+        assert r.stderr.strip().count("\n") == 0 and "not to you" in r.stderr, r.stderr
+        assert list(other.iterdir()) == []
+    finally:
+        os.rmdir(other)
+
+
+def test_a_limit_without_delegation_is_a_plain_error(user):
+    r = user.cellbox(
+        "run", "--rm", "--memory", "64m", "--rootfs", str(user.home / "rootfs"), "true"
+    )
+    assert r.returncode == 125
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"cellbox system delegate {user.name}" in lines[0], r.stderr
+    assert not list((user.home / ".local/share/cellbox/containers").glob("[0-9a-f]*"))
+
+
+def _layer_ids(env: dict[str, str] | None, user=None, ref: str = "out:1") -> list[str]:
+    code = (
+        "import json,sys; from cellbox.runtime.engine import Engine; i=Engine().images.resolve(sys.argv[1]); "
+        "print(json.dumps([i.diff_ids, [l['digest'] for l in i.manifest['layers']]]))"
+    )
+    cmd = [sys.executable, "-c", code, ref]
+    r = user.run(cmd) if user else subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_commit_rootless_gives_roots_layer_digests(user, tmp_path):
+    r = user.cellbox("run", "--name", "c1", "bb:1", "sh", "-c", CHANGE)
+    assert r.returncode == 0, r.stderr
+    r = user.cellbox("commit", "-q", "--reproducible", "c1", "out:1")
+    assert r.returncode == 0, r.stderr
+    user.cellbox("rm", "c1")
+    rootless = _layer_ids(None, user)
+
+    env = {**os.environ, "CELLBOX_ROOT": str(tmp_path / "root-store")}
+
+    def cellbox(*args: str) -> None:
+        r = subprocess.run(
+            [sys.executable, "-m", "cellbox.runtime.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 0, r.stderr
+
+    cellbox("import", str(user.home / "bb.tar"), "bb:1")
+    cellbox("run", "--name", "c1", "bb:1", "sh", "-c", CHANGE)
+    cellbox("commit", "-q", "--reproducible", "c1", "out:1")
+    cellbox("rm", "c1")
+    assert _layer_ids(env) == rootless
+    assert len(rootless[0]) == 2  # the image's layer and the change
+
+
+def test_newuidmap_missing_is_one_line(user):
+    env = user.env(PATH="/nonexistent")
+    r = user.cellbox("run", "--rm", "--rootfs", str(user.home / "rootfs"), "true", env=env)
+    assert r.returncode == 125
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "apt-get install uidmap" in lines[0], r.stderr
+
+
+def test_run_dir_without_xdg_runtime_dir(user):
+    code = "from cellbox.runtime.engine import Engine; print(Engine().run_dir)"
+    r = user.run([sys.executable, "-c", code], env=user.env(XDG_RUNTIME_DIR=""))
+    assert r.returncode == 0, r.stderr
+    d = Path(r.stdout.strip())
+    assert d == Path(f"/tmp/cellbox-run-{user.uid}")
+    assert (d.stat().st_uid, d.stat().st_mode & 0o777) == (user.uid, 0o700)
+    _one_line(r.stderr, "XDG_RUNTIME_DIR is not set")
+    r = user.run([sys.executable, "-c", code])
+    assert r.stdout.strip() == f"{user.run_dir}/cellbox", r.stderr
+    assert r.stderr == ""
+
+
+def test_without_subordinate_ids_a_warning_and_a_working_run():
+    u = make_user(subids=False)
+    try:
+        rootfs = make_busybox_rootfs(u.home / "rootfs")
+        _chown_tree(rootfs, u.uid, u.gid)
+        r = u.cellbox(
+            "run", "--rm", "--rootfs", str(rootfs), "sh", "-c", "id -u; cat /proc/self/uid_map"
+        )
+        assert r.returncode == 0, r.stderr
+        out = r.stdout.splitlines()
+        assert out[0] == "0" and out[1].split() == ["0", str(u.uid), "1"] and len(out) == 2
+        line = _one_line(r.stderr, "no subordinate ids")
+        assert "files of other owners" in line and "--add-subuids" in line
+        _one_line(r.stderr, LIMITS_LINE)
+    finally:
+        remove_user(u.name)
