@@ -34,10 +34,8 @@ Targets (issue 3): commit <= 0.5x podman and <= 1.3x the floor; snapshot <= 100 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import os
-import secrets
 import shutil
 import signal
 import statistics
@@ -48,10 +46,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import benchlib
+from benchlib import MiB
 from cellbox.runtime.engine import Engine, RunOptions
 
-MiB = 1 << 20
-BUSYBOX = "/bin/busybox"
 LOREM = (
     "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor "
     "incididunt ut labore et dolore magna aliqua.\n"
@@ -59,21 +57,6 @@ LOREM = (
 
 
 # ------------------------------------------------------------------ trees
-
-
-def make_rootfs(dest: Path) -> Path:
-    """A busybox-static root filesystem with every applet linked."""
-    for d in ("bin", "etc", "proc", "sys", "dev", "tmp", "root", "var"):
-        (dest / d).mkdir(parents=True, exist_ok=True)
-    os.chmod(dest / "tmp", 0o1777)
-    shutil.copy2(BUSYBOX, dest / "bin" / "busybox")
-    applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True, check=True)
-    for a in applets.stdout.split():
-        if not (dest / "bin" / a).exists():
-            (dest / "bin" / a).symlink_to("busybox")
-    (dest / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-    (dest / "etc" / "group").write_text("root:x:0:\n")
-    return dest
 
 
 def text_block(n: int, size: int) -> bytes:
@@ -104,79 +87,7 @@ def copy_into(src: Path, dest_root: str) -> None:
     subprocess.run(["cp", "-a", str(src / "data"), dest_root.rstrip("/") + "/data"], check=True)
 
 
-# ------------------------------------------------------------------ podman
-
-
-class Podman:
-    """podman on throwaway storage (short runroot: podman refuses long paths)."""
-
-    def __init__(self, base: Path, cgroup_parent: str) -> None:
-        self.root = base / "proot"
-        self.run_root = base / "prun"
-        self.cgroup_parent = "/" + cgroup_parent
-        self.argv = [
-            "podman", "--root", str(self.root), "--runroot", str(self.run_root),
-            "--runtime", "runc", "--storage-driver", "overlay", "--cgroup-manager", "cgroupfs",
-            "--events-backend", "none",
-        ]  # fmt: skip
-
-    def __call__(self, *args: str, check: bool = True) -> str:
-        r = subprocess.run([*self.argv, *args], capture_output=True, text=True, timeout=600)
-        if check and r.returncode != 0:
-            raise RuntimeError(f"podman {' '.join(args[:2])} failed: {r.stderr.strip()[-400:]}")
-        return r.stdout.strip()
-
-    def container(self, image: str, name: str) -> str:
-        return self(
-            "run", "-d", "--name", name, "--network", "none", "--cgroup-parent", self.cgroup_parent,
-            "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", image, "sleep", "1000",
-        )  # fmt: skip
-
-    def cleanup(self) -> None:
-        if not self.root.exists():
-            return
-        for cid in self("ps", "-aq", check=False).split():
-            self("rm", "-f", "-t", "0", cid, check=False)
-        self("system", "reset", "-f", check=False)
-
-
-# ------------------------------------------------------------------ cleanup helpers
-
-
-def remove_cgroup_tree(name: str) -> list[str]:
-    """Remove a parent cgroup (children first) in every hierarchy; what is left."""
-    left = []
-    for top in Path("/sys/fs/cgroup").iterdir():
-        d = top / name
-        if not d.is_dir():
-            continue
-        for root, dirs, _files in os.walk(d, topdown=False):
-            for sub in dirs:
-                with contextlib.suppress(OSError):
-                    os.rmdir(os.path.join(root, sub))
-        try:
-            d.rmdir()
-        except OSError:
-            left.append(str(d))
-    return left
-
-
-def unmount_under(base: Path) -> None:
-    """Unmount anything still mounted below base (deepest first)."""
-    prefix = str(base) + "/"
-    with open("/proc/self/mountinfo") as f:
-        points = [ln.split()[4] for ln in f]
-    for p in sorted({p for p in points if p.startswith(prefix)}, key=len, reverse=True):
-        subprocess.run(["umount", "-l", p], capture_output=True)
-
-
 # ------------------------------------------------------------------ measuring
-
-
-def timed(fn: Callable[[], object]) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def tar_sha256sum(tree: Path) -> None:
@@ -225,8 +136,8 @@ class Bench:
     def __init__(self, args: argparse.Namespace, base: Path, cg: str) -> None:
         self.args, self.base, self.cg = args, base, cg
         self.eng = Engine(root=base / "eng", cgroup_parent=cg)
-        self.podman = None if args.no_podman else Podman(base, cg + "-podman")
-        self.rootfs = make_rootfs(base / "rootfs")
+        self.podman = None if args.no_podman else benchlib.Podman(base, cg + "-podman")
+        self.rootfs = benchlib.make_rootfs(base / "rootfs")
         self.n = 0
 
     def start_cellbox(self) -> tuple[str, Path, str]:
@@ -286,9 +197,8 @@ class Bench:
         results: dict[str, list[float]] = {k: [] for k in contenders}
         names = list(contenders)
         for r in range(self.args.rounds + 1):  # round 0 warms caches, not counted
-            order = names[r % len(names) :] + names[: r % len(names)]
-            for name in order:
-                dt = timed(contenders[name]())
+            for name in benchlib.rotated(names, r):
+                dt = benchlib.timed(contenders[name]())
                 if r:
                     results[name].append(dt)
                 self.drop_images()
@@ -336,12 +246,15 @@ class Bench:
         from cellbox.runtime.images.snapshots import Snapshots
 
         direct = Snapshots(ctr.dir / "snapshots")
-        res: dict[str, list[float]] = {"engine snapshot_create (freeze incl.)": [], "Snapshots.create (no freeze)": []}
+        res: dict[str, list[float]] = {
+            "engine snapshot_create (freeze incl.)": [],
+            "Snapshots.create (no freeze)": [],
+        }
         sizes: list[int] = []
         freeze: list[float] = []
         k = 10
         for r in range(self.args.snap_rounds):
-            for name in (list(res) if r % 2 == 0 else list(res)[::-1]):
+            for name in list(res) if r % 2 == 0 else list(res)[::-1]:
                 change(k)
                 k += 1
                 t = time.perf_counter()
@@ -363,18 +276,18 @@ class Bench:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=7)
+    ap = benchlib.parser(__doc__, rounds=7)
     ap.add_argument("--snap-rounds", type=int, default=7)
     ap.add_argument("--snap-files", type=int, default=1000)
     ap.add_argument("--shapes", default="big,small")
     ap.add_argument("--no-podman", action="store_true")
     ap.add_argument("--no-snapshot", action="store_true")
-    args = ap.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("bench_commit: needs root (containers, overlay, cgroups)")
-    if not args.no_podman and not shutil.which("podman"):
-        sys.exit("bench_commit: podman not installed (or pass --no-podman)")
+    args = benchlib.parse_args(
+        ap,
+        "bench_commit: needs root (containers, overlay, cgroups)",
+        "bench_commit: podman not installed (or pass --no-podman)",
+    )
+
     def on_signal(signum: int, _frame: object) -> None:
         print(f"bench_commit: stopped by signal {signum}, cleaning up", file=sys.stderr)
         sys.exit(128 + signum)
@@ -382,28 +295,37 @@ def main() -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     base = Path(tempfile.mkdtemp(prefix="cbc-", dir="/tmp"))
-    cg = f"cellbox-bench-{secrets.token_hex(4)}"
+    cg = benchlib.new_cgroup_parent()
     bench = None
     try:
         bench = Bench(args, base, cg)
         if bench.podman:
-            tar = base / "rootfs.tar"
-            subprocess.run(["tar", "-C", str(bench.rootfs), "-cf", str(tar), "."], check=True)
-            bench.podman("import", "-q", str(tar), "localhost/bb:1")
-        t = timed(lambda: bench.eng.images.import_rootfs(bench.rootfs, None))
-        print(f"import of the busybox rootfs (paid by every commit of a --rootfs container): {t * 1000:.0f} ms")
+            bench.podman.import_rootfs(bench.rootfs, "localhost/bb:1")
+        t = benchlib.timed(lambda: bench.eng.images.import_rootfs(bench.rootfs, None))
+        print(
+            f"import of the busybox rootfs (paid by every commit of a --rootfs container): {t * 1000:.0f} ms"
+        )
         for shape in filter(None, args.shapes.split(",")):
-            label = "one 100 MiB file (random)" if shape == "big" else "25,600 x 4 KiB (half random, half text)"
+            label = (
+                "one 100 MiB file (random)"
+                if shape == "big"
+                else "25,600 x 4 KiB (half random, half text)"
+            )
             print(f"\n### Commit of 100 MiB: {label}, {args.rounds} rounds\n", flush=True)
             res = bench.commit_shape(shape)
             pod = "podman commit (overlay)" if bench.podman else None
             print("\n" + table(res, pod, "floor: tar -> hashlib"), flush=True)
         if not args.no_snapshot:
-            print(f"\n### Incremental snapshot: 1 MiB changed over {args.snap_files} MiB\n", flush=True)
+            print(
+                f"\n### Incremental snapshot: 1 MiB changed over {args.snap_files} MiB\n",
+                flush=True,
+            )
             res, sizes, first, freeze = bench.snapshot()
             print("\n| step | median ms | min–max ms | n |\n|---|---:|---:|---:|")
             for name, xs in res.items():
-                print(f"| {name} | {statistics.median(xs) * 1000:.1f} | {min(xs) * 1000:.1f}–{max(xs) * 1000:.1f} | {len(xs)} |")
+                print(
+                    f"| {name} | {statistics.median(xs) * 1000:.1f} | {min(xs) * 1000:.1f}–{max(xs) * 1000:.1f} | {len(xs)} |"
+                )
             print(f"| freeze + thaw alone | {freeze * 1000:.1f} | | |")
             print(
                 f"\nstored per snapshot: median {statistics.median(sizes) / MiB:.2f} MiB; "
@@ -429,12 +351,7 @@ def cleanup(bench: Bench | None, base: Path, cg: str) -> list[str]:
                 bench.podman.cleanup()
             except Exception as e:  # noqa: BLE001
                 problems.append(f"podman: {e}")
-    unmount_under(base)
-    shutil.rmtree(base, ignore_errors=True)
-    if base.exists():
-        problems.append(f"{base} not removed")
-    problems += remove_cgroup_tree(cg) + remove_cgroup_tree(cg + "-podman")
-    return problems
+    return problems + benchlib.remove_all(base, cg, cg + "-podman")
 
 
 if __name__ == "__main__":

@@ -21,10 +21,7 @@ containers-storage overlay dir + images).
 
 from __future__ import annotations
 
-import argparse
 import os
-import secrets
-import shutil
 import statistics
 import subprocess
 import sys
@@ -32,10 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_commit import Podman, make_rootfs, remove_cgroup_tree, unmount_under  # noqa: E402
-
-MiB = 1 << 20
+import benchlib
+from benchlib import MiB
 
 
 def du(path: Path) -> int:
@@ -52,32 +47,32 @@ def write_random(root: str, rel: str, size: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=20)
+    ap = benchlib.parser(__doc__, rounds=20)
     ap.add_argument("--no-podman", action="store_true")
-    args = ap.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("bench_commit_chain: needs root (containers, overlay, cgroups)")
-    if not args.no_podman and not shutil.which("podman"):
-        sys.exit("bench_commit_chain: podman not installed (or pass --no-podman)")
+    args = benchlib.parse_args(
+        ap,
+        "bench_commit_chain: needs root (containers, overlay, cgroups)",
+        "bench_commit_chain: podman not installed (or pass --no-podman)",
+    )
     from cellbox.runtime.engine import Engine, RunOptions
     from cellbox.runtime.images import commitbase
 
     base = Path(tempfile.mkdtemp(prefix="cbch-", dir="/var/tmp"))
-    cg = f"cellbox-bench-{secrets.token_hex(4)}"
+    cg = benchlib.new_cgroup_parent()
     eng = Engine(root=base / "eng", cgroup_parent=cg)
-    podman = None if args.no_podman else Podman(base, cg + "-podman")
+    podman = None if args.no_podman else benchlib.Podman(base, cg + "-podman")
     try:
-        rootfs = make_rootfs(base / "rootfs")
+        rootfs = benchlib.make_rootfs(base / "rootfs")
         roots: dict[str, str] = {}
         ids: dict[str, str] = {}
         for name in ("cellbox (chained)", "cellbox (full)"):
-            ctr = eng.run(RunOptions(rootfs=str(rootfs), command=["sleep", "100000"]), stdout=subprocess.DEVNULL)
+            ctr = eng.run(
+                RunOptions(rootfs=str(rootfs), command=["sleep", "100000"]),
+                stdout=subprocess.DEVNULL,
+            )
             ids[name], roots[name] = ctr.id, f"/proc/{ctr.state().pid}/root"
         if podman:
-            tar = base / "rootfs.tar"
-            subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tar), "."], check=True)
-            podman("import", "-q", str(tar), "localhost/bb:1")
+            podman.import_rootfs(rootfs, "localhost/bb:1")
             podman.container("localhost/bb:1", "chain")
             roots["podman commit"] = podman("mount", "chain")
         for root in roots.values():  # 64 MiB of earlier work, the same shape for all
@@ -90,8 +85,7 @@ def main() -> None:
         times: dict[str, list[float]] = {k: [] for k in roots}
         names = list(roots)
         for r in range(1, args.rounds + 1):
-            order = names[r % len(names) :] + names[: r % len(names)]
-            for name in order:
+            for name in benchlib.rotated(names, r):
                 write_random(roots[name], f"work/new/{r:03d}.bin", MiB)
                 os.sync()
                 if name == "cellbox (full)":
@@ -115,11 +109,16 @@ def main() -> None:
                 for d in img.manifest["layers"][1:]:  # above the shared busybox layer
                     if d["digest"] not in seen:
                         seen.add(d["digest"])
-                        grown[name] = grown.get(name, 0) + eng.images.layout.blob_path(d["digest"]).stat().st_blocks * 512
+                        grown[name] = (
+                            grown.get(name, 0)
+                            + eng.images.layout.blob_path(d["digest"]).stat().st_blocks * 512
+                        )
         if podman:
             grown["podman commit"] = du(podman.root) - before["podman"]
         print(f"\n### {args.rounds} commits, 1 MiB new each, over 64 MiB of earlier work\n")
-        print("| contender | median commit ms (rounds 2..N) | store growth after N | vs podman (time) |")
+        print(
+            "| contender | median commit ms (rounds 2..N) | store growth after N | vs podman (time) |"
+        )
         print("|---|---:|---:|---:|")
         pod = statistics.median(times["podman commit"]) if podman else None
         for name in names:
@@ -131,9 +130,7 @@ def main() -> None:
             eng.remove(c.id, force=True)
         if podman:
             podman.cleanup()
-        unmount_under(base)
-        left = remove_cgroup_tree(cg) + remove_cgroup_tree(cg + "-podman")
-        shutil.rmtree(base, ignore_errors=True)
+        left = benchlib.remove_all(base, cg, cg + "-podman")
         if left:
             print("cleanup left: " + ", ".join(left), file=sys.stderr)
 

@@ -19,16 +19,13 @@ timed (remove is not timed). Cgroups go under a parent made for the run and remo
 
 from __future__ import annotations
 
-import argparse
-import secrets
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_start import make_rootfs  # noqa: E402
+import benchlib
 
 CONTENDERS = {
     "plain": {},
@@ -39,50 +36,49 @@ CONTENDERS = {
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=30)
-    args = ap.parse_args()
+    args = benchlib.parse_args(
+        benchlib.parser(__doc__, rounds=30),
+        "bench_defences: needs root (containers, mounts, cgroups)",
+    )
     from cellbox.runtime.engine import Engine, RunOptions
 
-    parent = f"cellbox-bench-{secrets.token_hex(4)}"
-    with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
-        rootfs = make_rootfs(Path(tmp) / "rootfs")
-        eng = Engine(root=Path(tmp) / "root", cgroup_parent=parent, zygote=True)
-        times: dict[str, list[float]] = {k: [] for k in CONTENDERS}
-        creates: dict[str, list[float]] = {k: [] for k in CONTENDERS}
-        try:
-            for _ in range(args.rounds + 1):  # the first round warms caches and the zygote
-                for name, extra in CONTENDERS.items():
-                    opts = RunOptions(rootfs=str(rootfs), command=["/bin/true"], **extra)
-                    t0 = time.perf_counter()
-                    ctr = eng.create(opts)
-                    t1 = time.perf_counter()
-                    eng.start(ctr.id)
-                    code = eng.wait(ctr.id, timeout=60)
-                    t2 = time.perf_counter()
-                    eng.remove(ctr.id, force=True)
-                    if code != 0:
-                        raise SystemExit(f"{name}: /bin/true exited {code}")
-                    times[name].append(t2 - t0)
-                    creates[name].append(t1 - t0)
-            base = statistics.median(times["plain"][1:])
-            print(f"start-to-exit of /bin/true through the zygote, {args.rounds} alternating rounds, medians")
-            print(f"{'contender':<8} {'start-to-exit':>14} {'create':>10} {'ratio':>7}")
-            for name in CONTENDERS:
-                m = statistics.median(times[name][1:])
-                c = statistics.median(creates[name][1:])
-                print(f"{name:<8} {m * 1000:>11.1f} ms {c * 1000:>7.1f} ms {m / base:>6.2f}x")
-        finally:
-            for ctr in eng.list(all=True):
+    parent = benchlib.new_cgroup_parent()
+    tmp = Path(tempfile.mkdtemp(dir="/var/tmp"))
+    rootfs = benchlib.make_rootfs(tmp / "rootfs")
+    eng = Engine(root=tmp / "root", cgroup_parent=parent, zygote=True)
+    times: dict[str, list[float]] = {k: [] for k in CONTENDERS}
+    creates: dict[str, list[float]] = {k: [] for k in CONTENDERS}
+    try:
+        for _ in range(args.rounds + 1):  # the first round warms caches and the zygote
+            for name, extra in CONTENDERS.items():
+                opts = RunOptions(rootfs=str(rootfs), command=["/bin/true"], **extra)
+                t0 = time.perf_counter()
+                ctr = eng.create(opts)
+                t1 = time.perf_counter()
+                eng.start(ctr.id)
+                code = eng.wait(ctr.id, timeout=60)
+                t2 = time.perf_counter()
                 eng.remove(ctr.id, force=True)
-            eng.close() if hasattr(eng, "close") else None
-            for top in Path("/sys/fs/cgroup").iterdir():
-                d = top / parent
-                if d.is_dir():
-                    for sub in sorted(d.rglob("*"), reverse=True):
-                        if sub.is_dir():
-                            sub.rmdir()
-                    d.rmdir()
+                if code != 0:
+                    raise SystemExit(f"{name}: /bin/true exited {code}")
+                times[name].append(t2 - t0)
+                creates[name].append(t1 - t0)
+        base = statistics.median(times["plain"][1:])
+        print(
+            f"start-to-exit of /bin/true through the zygote, {args.rounds} alternating rounds, medians"
+        )
+        print(f"{'contender':<8} {'start-to-exit':>14} {'create':>10} {'ratio':>7}")
+        for name in CONTENDERS:
+            m = statistics.median(times[name][1:])
+            c = statistics.median(creates[name][1:])
+            print(f"{name:<8} {m * 1000:>11.1f} ms {c * 1000:>7.1f} ms {m / base:>6.2f}x")
+    finally:
+        for ctr in eng.list(all=True):
+            eng.remove(ctr.id, force=True)
+        eng.close() if hasattr(eng, "close") else None
+        left = benchlib.remove_all(tmp, parent)
+        if left:
+            print("cleanup left: " + "; ".join(left), file=sys.stderr)
 
 
 if __name__ == "__main__":

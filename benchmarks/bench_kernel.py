@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import benchlib
 
 
 def start_and_roundtrip(kernel_name: str, rounds: int) -> tuple[float, float]:
@@ -42,13 +43,11 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=5, help="kernel starts per kind")
     ap.add_argument("-r", type=int, default=500, help="round trips per kernel")
     a = ap.parse_args()
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from cellbox.kernel.kernelspec import install_kernelspec
     from cellbox.runtime.engine import Engine
-    from helpers.cgroups import remove_cgroup_tree
 
     os.environ.setdefault("CELLBOX_ROOT", "/var/tmp/cellbox-kernel-tests")
-    parent = f"cellbox-bench-{secrets.token_hex(4)}"
+    parent = benchlib.new_cgroup_parent()
     os.environ["CELLBOX_CGROUP_PARENT"] = parent
     prefix = tempfile.mkdtemp(prefix="cbk-bench-")
     spec_dir = install_kernelspec(prefix=prefix)
@@ -74,10 +73,15 @@ def main() -> int:
 
         for pool in KernelPool._instances.values():
             pool.close()
-        remove_cgroup_tree(parent)
-    med = {k: (statistics.median(s for s, _ in v), statistics.median(r for _, r in v)) for k, v in res.items()}
+        left = benchlib.remove_all(Path(prefix), parent)  # the kernelspecs, the cgroups
+        if left:
+            print("cleanup left: " + "; ".join(left), file=sys.stderr)
+    med = {
+        k: (statistics.median(s for s, _ in v), statistics.median(r for _, r in v))
+        for k, v in res.items()
+    }
     ps, pr = med["python3"]
-    print("| kernel | start ms | vs plain | \"1+1\" round trip ms | vs plain |")
+    print('| kernel | start ms | vs plain | "1+1" round trip ms | vs plain |')
     print("|---|---:|---:|---:|---:|")
     for k, (s, r) in med.items():
         print(f"| {k} | {s * 1000:.0f} | {s / ps:.2f}x | {r * 1000:.2f} | {r / pr:.2f}x |")

@@ -22,8 +22,9 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
+
+import benchlib
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))  # helpers.registry
@@ -51,18 +52,20 @@ def make_layer(mb: int) -> tuple[bytes, str]:
 
 def write_image(layout: Layout, blob: bytes, diff_id: str, label: str) -> tuple[dict, dict, dict]:
     digest, size = layout.write_blob(blob)
-    config = {"architecture": "amd64", "os": "linux", "config": {"Labels": {"b": label}},
-              "rootfs": {"type": "layers", "diff_ids": [diff_id]}}
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Labels": {"b": label}},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    }
     cdesc = layout.write_json(config, OCI_CONFIG)
-    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": cdesc,
-                "layers": [{"mediaType": OCI_LAYER_GZ, "digest": digest, "size": size}]}
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": cdesc,
+        "layers": [{"mediaType": OCI_LAYER_GZ, "digest": digest, "size": size}],
+    }
     return manifest, config, layout.write_json(manifest, OCI_MANIFEST)
-
-
-def timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def main() -> None:
@@ -83,9 +86,9 @@ def main() -> None:
             manifest, config, mdesc = write_image(store.layout, blob, diff_id, str(mb))
             write_image(src, blob, diff_id, str(mb))
             src.set_ref("img", mdesc)
-            times: dict[str, list[float]] = {k: [] for k in
-                                             ("push cellbox", "push skopeo", "pull cellbox",
-                                              "pull skopeo")}
+            times: dict[str, list[float]] = {
+                k: [] for k in ("push cellbox", "push skopeo", "pull cellbox", "pull skopeo")
+            }
             for t in range(args.trials):
                 reg = start_registry(tmp / f"registry-{mb}-{t}")
                 ours_ref = f"{reg.host}/bench/c{mb}-{t}:1"
@@ -100,25 +103,45 @@ def main() -> None:
                     push(store, ref, progress=False)
 
                 def skopeo_push(ref=theirs_ref, env=env, src=src):
-                    subprocess.run([skopeo, "copy", "-q", "--dest-tls-verify=false",
-                                    f"oci:{src.root}:img", f"docker://{ref}"],
-                                   check=True, env=env, capture_output=True)
+                    subprocess.run(
+                        [
+                            skopeo,
+                            "copy",
+                            "-q",
+                            "--dest-tls-verify=false",
+                            f"oci:{src.root}:img",
+                            f"docker://{ref}",
+                        ],
+                        check=True,
+                        env=env,
+                        capture_output=True,
+                    )
 
                 def ours_pull(ref=ours_ref, d=tmp / f"pull-c-{mb}-{t}"):
                     pull(ImageStore(d), ref, progress=False)
 
                 def skopeo_pull(ref=theirs_ref, env=env, d=tmp / f"pull-s-{mb}-{t}"):
-                    subprocess.run([skopeo, "copy", "-q", "--src-tls-verify=false",
-                                    f"docker://{ref}", f"oci:{d}:img"],
-                                   check=True, env=env, capture_output=True)
+                    subprocess.run(
+                        [
+                            skopeo,
+                            "copy",
+                            "-q",
+                            "--src-tls-verify=false",
+                            f"docker://{ref}",
+                            f"oci:{d}:img",
+                        ],
+                        check=True,
+                        env=env,
+                        capture_output=True,
+                    )
 
                 order = [("cellbox", ours_push, ours_pull), ("skopeo", skopeo_push, skopeo_pull)]
                 if t % 2:
                     order.reverse()
                 for name, p, _ in order:
-                    times[f"push {name}"].append(timed(p))
+                    times[f"push {name}"].append(benchlib.timed(p))
                 for name, _, q in order:
-                    times[f"pull {name}"].append(timed(q))
+                    times[f"pull {name}"].append(benchlib.timed(q))
                 reg.stop()
                 for d in [*tmp.glob(f"pull-*-{mb}-{t}"), tmp / f"registry-{mb}-{t}"]:
                     shutil.rmtree(d, ignore_errors=True)

@@ -18,9 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import MiB
 from cellbox.runtime.images.snapshots import Snapshots
-
-MiB = 1 << 20
 
 
 def change_one_mib(upper: Path, round_no: int, partial: bool) -> None:
