@@ -179,7 +179,8 @@ class NoCgroup:
     def freeze(self, timeout: float = 10) -> None:
         raise CellboxError(
             f"container {self.ctr.short_id} has no cgroup (rootless without delegation): it cannot be "
-            "paused or frozen for a copy; stop it first, or ask root for `cellbox system delegate`"
+            "paused or frozen for a copy (commit --pause false, or stop it first; as root: "
+            "cellbox system delegate USER)"
         )
 
     def thaw(self) -> None:

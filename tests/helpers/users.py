@@ -170,6 +170,11 @@ def remove_user(name: str) -> None:
         _drop_subids(name)
         return
     _kill_processes_of(pw.pw_uid)
+    if list(Path("/sys/fs/cgroup").glob(f"*/cellbox-user-{pw.pw_uid}")):  # a test delegated one
+        subprocess.run(
+            [sys.executable, "-m", "cellbox.runtime.cli", "system", "delegate", "--remove", name],
+            capture_output=True,
+        )
     for d in (
         Path(pw.pw_dir),
         Path(f"/run/user/{pw.pw_uid}"),

@@ -192,6 +192,71 @@ def test_commit_rootless_gives_roots_layer_digests(user, tmp_path):
     assert len(rootless[0]) == 2  # the image's layer and the change
 
 
+def _root_cli(env: dict[str, str], *args: str) -> str:
+    r = subprocess.run(
+        [sys.executable, "-m", "cellbox.runtime.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_pull_and_push_through_a_real_registry(user, registry, tmp_path):
+    """root pushes an image, the user pulls and runs it, commits a change and pushes it,
+    and root pulls that back and runs it: images move freely between the two modes."""
+    env = {**os.environ, "CELLBOX_ROOT": str(tmp_path / "root-store"), "HOME": str(tmp_path)}
+    ref = f"{registry.host}/rootless/bb:1"
+    _root_cli(env, "import", str(user.home / "bb.tar"), ref)
+    _root_cli(env, "push", ref)
+    r = user.cellbox("run", "--rm", ref, "stat", "-c", "%u", "/home/user/f")
+    assert (r.returncode, r.stdout.strip()) == (0, "1000"), r.stderr
+    assert f"Unable to find image '{ref}' locally" in r.stderr
+    r = user.cellbox(
+        "run", "--name", "p1", ref, "sh", "-c", "echo from-user > /msg; chown 7:7 /msg"
+    )
+    assert r.returncode == 0, r.stderr
+    back = f"{registry.host}/rootless/bb:2"
+    for args in (("commit", "-q", "p1", back), ("rm", "p1"), ("push", back)):
+        r = user.cellbox(*args)
+        assert r.returncode == 0, r.stderr
+    out = _root_cli(
+        env, "run", "--rm", "--pull", "always", back, "sh", "-c", "cat /msg; stat -c %u /msg"
+    )
+    assert out.split() == ["from-user", "7"]
+
+
+def test_limits_in_a_delegated_cgroup(user):
+    """With `cellbox system delegate USER` (runtime/cgroups/delegate.py) the user's
+    container gets its limits and no warning."""
+    subprocess.run(
+        [sys.executable, "-m", "cellbox.runtime.cli", "system", "delegate", user.name], check=True
+    )
+    try:
+        r = user.cellbox(
+            "run", "--rm", "--memory", "32m", "--pids-limit", "40", "--rootfs", str(user.home / "rootfs"),
+            "sh", "-c", "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max",
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == [str(32 << 20), "40"]
+        assert LIMITS_LINE not in r.stderr
+    finally:
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cellbox.runtime.cli",
+                "system",
+                "delegate",
+                "--remove",
+                user.name,
+            ],
+            check=True,
+        )
+
+
 def test_newuidmap_missing_is_one_line(user):
     env = user.env(PATH="/nonexistent")
     r = user.cellbox("run", "--rm", "--rootfs", str(user.home / "rootfs"), "true", env=env)
