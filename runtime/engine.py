@@ -381,10 +381,10 @@ class Engine(ImageOps):
             joined_netns=joined, userns_base=base, writable=writable,
         )  # fmt: skip
         if rootless():
-            self._rootless_config(cfg, runconfig.limits(opts))
+            self._rootless_config(cfg, runconfig.limits(opts), bridged=net.mode == "bridge" or bool(opts.publish))
         return cfg, image_ref, image_id
 
-    def _rootless_config(self, cfg: dict[str, Any], lim: Limits) -> None:
+    def _rootless_config(self, cfg: dict[str, Any], lim: Limits, bridged: bool = False) -> None:
         """An ordinary user's container: a user namespace whose root is the user (the
         user's subordinate ranges map the rest), the overlay mounted inside it, and no
         cgroup unless one is delegated to the user (then no limit can be asked for)."""
@@ -399,6 +399,8 @@ class Engine(ImageOps):
             linux["namespaces"].append({"type": "user"})
         if any(n["type"] == "network" and n.get("path") for n in linux["namespaces"]):
             raise InvalidArgument("--network container: is not supported rootless yet")
+        if bridged:  # veths and nft rules need root; slirp4netns/pasta are not wired in yet
+            raise InvalidArgument("--network bridge and -p need root: rootless containers have --network none or host")
         last = sum(m["size"] for m in maps["gidMappings"]) - 1
         if "net.ipv4.ping_group_range" in linux.get("sysctl", {}):
             linux["sysctl"]["net.ipv4.ping_group_range"] = f"0 {last}"

@@ -257,6 +257,23 @@ def test_limits_in_a_delegated_cgroup(user):
         )
 
 
+def test_bridge_network_is_one_line_and_nothing_made(user):
+    r = user.cellbox(
+        "run",
+        "--rm",
+        "--network",
+        "bridge",
+        "--rootfs",
+        str(user.home / "rootfs"),
+        "true",
+        timeout=30,
+    )
+    assert r.returncode == 125
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--network bridge" in lines[0], r.stderr
+    assert not list((user.home / ".local/share/cellbox/containers").glob("[0-9a-f]*"))
+
+
 def test_newuidmap_missing_is_one_line(user):
     env = user.env(PATH="/nonexistent")
     r = user.cellbox("run", "--rm", "--rootfs", str(user.home / "rootfs"), "true", env=env)
