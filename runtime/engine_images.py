@@ -284,7 +284,7 @@ class ImageOps:
         from .images.diff import changes
 
         ctr = self.get(ref)
-        return changes(ctr.upper, self.lowers(ctr))
+        return userns.call(lambda: changes(ctr.upper, self.lowers(ctr)))  # rootless: as its owner sees it
 
     def snapshots(self, ref: str) -> Snapshots:
         from .images.snapshots import Snapshots
@@ -295,7 +295,7 @@ class ImageOps:
     def snapshot_create(self, ref: str, message: str = "") -> SnapshotInfo:
         ctr = self.get(ref)
         with self._frozen(ctr, True, "snapshot"):
-            return self.snapshots(ctr.id).create(ctr.upper, message)
+            return userns.call(lambda: self.snapshots(ctr.id).create(ctr.upper, message))
 
     def snapshot_remove(self, ref: str, snap: str) -> SnapshotInfo:
         """Remove one of the container's snapshots and free what only it kept."""
@@ -321,9 +321,9 @@ class ImageOps:
         from .images import commitbase
 
         commitbase.forget(ctr.dir)  # the upper dir is replaced: the next commit is a full one
-        snaps.restore(info.id, ctr.upper)
+        userns.call(lambda: snaps.restore(info.id, ctr.upper))
         # overlay's work dir may hold state about the old upper: start it afresh
-        shutil.rmtree(ctr.dir / "work", ignore_errors=True)
+        userns.rmtree(ctr.dir / "work")
         (ctr.dir / "work").mkdir()
         if was_running:
             self._recreate(ctr)

@@ -311,3 +311,34 @@ def test_without_subordinate_ids_a_warning_and_a_working_run():
         _one_line(r.stderr, LIMITS_LINE)
     finally:
         remove_user(u.name)
+
+
+def test_diff_snapshot_restore_of_files_the_user_cannot_open(user):
+    """A dir of a subordinate owner with mode 700 is closed to the user on the host: diff,
+    snapshot and restore read it from inside the user's namespace."""
+    r = user.cellbox(
+        "run",
+        "--name",
+        "sn",
+        "bb:1",
+        "sh",
+        "-c",
+        "mkdir /d; echo 1 > /d/f; chown -R 4:4 /d; chmod 700 /d",
+    )
+    assert r.returncode == 0, r.stderr
+    try:
+        r = user.cellbox("diff", "sn")
+        assert r.returncode == 0 and "A /d/f" in r.stdout.splitlines(), r.stderr
+        r = user.cellbox("snapshot", "create", "sn")
+        assert r.returncode == 0, r.stderr
+        snap = r.stdout.strip()
+        upper = next((user.home / ".local/share/cellbox/containers").glob("*/upper"))
+        subprocess.run(
+            ["rm", "-rf", str(upper / "d")], check=True
+        )  # lost, as far as the container knows
+        r = user.cellbox("snapshot", "restore", "sn", snap)
+        assert r.returncode == 0, r.stderr
+        st = (upper / "d" / "f").stat()
+        assert (st.st_uid, (upper / "d" / "f").read_text()) == (user.subid_base + 3, "1\n")
+    finally:
+        user.cellbox("rm", "-f", "sn")
