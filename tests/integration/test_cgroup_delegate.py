@@ -405,3 +405,57 @@ def test_extension_require_limits_refuses_without_delegation(user):
         assert r.stdout.splitlines() == ["RuntimeError went on to settings"]
     finally:
         shutil.rmtree(root)
+
+
+@pytest.fixture(scope="module")
+def rootless_user():
+    """A user with subordinate ranges, a home and a busybox rootfs of their own (helpers.users)."""
+    from helpers.busybox import make_busybox_rootfs
+    from helpers.users import make_user, remove_user
+
+    u = make_user(subids=True)
+    try:
+        rootfs = make_busybox_rootfs(u.home / "rootfs")
+        subprocess.run(["chown", "-R", "-h", f"{u.uid}:{u.gid}", str(rootfs)], check=True)
+        yield u, rootfs
+    finally:
+        delegate("--remove", u.name)
+        remove_user(u.name)
+        assert not any(
+            os.path.isdir(os.path.join(h.mountpoint, user_group(u.uid)))
+            for h in LAYOUT.hierarchies()
+        )
+
+
+def test_rootless_run_gets_limits_in_the_delegated_group(rootless_user):
+    """End to end: as the user, `cellbox run --memory 32m` of a busybox that allocates 64m
+    exits 137, and the limits are the container's own, below cellbox-user-<uid>."""
+    u, rootfs = rootless_user
+    if LAYOUT.v1_for("memory") is None or LAYOUT.v1_for("pids") is None:
+        pytest.skip("cgroup v1 memory and pids controllers not mounted")
+    r = u.cellbox("run", "--rm", "--memory", "32m", "--rootfs", str(rootfs), "true")
+    assert r.returncode != 0 and "cellbox system delegate" in r.stderr  # asked, none delegated
+    assert delegate(u.name).returncode == 0
+    hog = "x=$(head -c 64000000 /dev/zero | tr '\\0' a); echo survived"
+    r = u.cellbox("run", "--rm", "--memory", "32m", "--rootfs", str(rootfs), "sh", "-c", hog)
+    assert r.returncode == 137, r.stderr
+    assert "survived" not in r.stdout
+    assert "no cgroup is delegated" not in r.stderr
+    show = "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max"
+    r = u.cellbox(
+        "run",
+        "--rm",
+        "--memory",
+        "32m",
+        "--pids-limit",
+        "9",
+        "--rootfs",
+        str(rootfs),
+        "sh",
+        "-c",
+        show,
+    )
+    assert (r.returncode, r.stdout.split()) == (0, [str(32 << 20), "9"]), r.stderr
+    # the containers' groups went with them; the user's own group stays for the next run
+    mem = os.path.join(LAYOUT.v1_for("memory").mountpoint, user_group(u.uid))
+    assert os.path.isdir(mem) and [e for e in os.scandir(mem) if e.is_dir()] == []
