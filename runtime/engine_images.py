@@ -337,26 +337,41 @@ class ImageOps:
 
         ctr = self.get(ref)
         st = ctr.state()
-        if st.status in (state.RUNNING, state.PAUSED) and st.alive():
-            root = f"/proc/{st.pid}/root"
+        # rootless: in the user's namespace (its files may belong to subordinate ids, the
+        # overlay needs userxattr there, and the init's /proc/PID/root is closed to them)
+        rootless = userns.in_user_namespace()
+        running = st.status in (state.RUNNING, state.PAUSED) and st.alive()
+        if running:
+            pid = userns.namespace_holder(st.pid) if rootless else st.pid
+            root = f"/proc/{pid}/root"
             cmd = ["tar", "--numeric-owner", "--xattrs", "-C", root, "-cf", "-", "--exclude=./proc/*", "--exclude=./sys/*", "--exclude=./dev/*", "."]
+            if rootless:  # as the container's own root: its ids, and every file readable
+                cmd = ["nsenter", "--user", f"--target={pid}", "--", *cmd]
         else:
             lower = ":".join(str(p) for p in reversed(self.lowers(ctr)))
             script = (
                 'set -e; m=$(mktemp -d); mount --make-rprivate /; '
-                f'mount -t overlay overlay -o "lowerdir={ctr.upper}:{lower}" "$m"; '
+                f'mount -t overlay overlay -o "lowerdir={ctr.upper}:{lower}{",userxattr" if rootless else ""}" "$m"; '
                 'tar --numeric-owner --xattrs -C "$m" -cf - .; umount "$m"; rmdir "$m"'
             )
             cmd = ["unshare", "--mount", "sh", "-c", script]
-        with tempfile.TemporaryFile() as err:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
-            assert proc.stdout is not None
-            while chunk := proc.stdout.read(1 << 20):
-                out.write(chunk)
-            code = proc.wait()
-            if code not in (0, 1):  # GNU tar: 1 = some files changed while read
-                err.seek(0)
-                raise CellboxError(f"export failed: {err.read().decode(errors='replace').strip()}")
+
+        def run() -> None:
+            with tempfile.TemporaryFile() as err:
+                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
+                assert proc.stdout is not None
+                while chunk := proc.stdout.read(1 << 20):
+                    out.write(chunk)
+                out.flush()  # a forked helper (userns.call) ends without flushing
+                code = proc.wait()
+                if code not in (0, 1):  # GNU tar: 1 = some files changed while read
+                    err.seek(0)
+                    raise CellboxError(f"export failed: {err.read().decode(errors='replace').strip()}")
+
+        if running:
+            run()
+        else:
+            userns.call(run)
 
     def pull(
         self, ref: str, *, insecure: bool = False, platform: str | None = None, progress: Any = None

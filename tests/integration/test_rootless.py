@@ -342,3 +342,26 @@ def test_diff_snapshot_restore_of_files_the_user_cannot_open(user):
         assert (st.st_uid, (upper / "d" / "f").read_text()) == (user.subid_base + 3, "1\n")
     finally:
         user.cellbox("rm", "-f", "sn")
+
+
+@pytest.mark.parametrize("running", [False, True])
+def test_export_holds_ids_as_the_container_sees_them(user, running):
+    cmd = "mkdir /d; echo 1 > /d/f; chown -R 4:4 /d; chmod 700 /d; rm /bin/cat" + (
+        "; sleep 60" if running else ""
+    )
+    r = user.cellbox("run", *(["-d"] if running else []), "--name", "ex", "bb:1", "sh", "-c", cmd)
+    assert r.returncode == 0, r.stderr
+    try:
+        if running:
+            for _ in range(100):
+                if "A /d/f" in user.cellbox("diff", "ex").stdout:
+                    break
+        out = user.home / "ex.tar"
+        r = user.cellbox("export", "-o", str(out), "ex")
+        assert r.returncode == 0, r.stderr
+        with tarfile.open(out) as tf:
+            owners = {m.name: (m.uid, m.gid) for m in tf}
+        assert owners["./d/f"] == (4, 4) and owners["./bin/busybox"] == (0, 0)
+        assert "./bin/cat" not in owners
+    finally:
+        user.cellbox("rm", "-f", "ex")
