@@ -34,6 +34,9 @@ def _chown_tree(path: Path, uid: int, gid: int) -> None:
 def user(tmp_path_factory):
     u = make_user(subids=True)
     try:
+        # The user runs this repo's venv (Debian's /usr/bin/python3, world-readable tree).
+        r = u.run([sys.executable, "-c", "import cellbox.runtime.engine"])
+        assert r.returncode == 0, f"{u.name} cannot run {sys.executable} with cellbox: {r.stderr}"
         rootfs = make_busybox_rootfs(u.home / "rootfs")
         _chown_tree(rootfs, u.uid, u.gid)
         # An image tar as any registry would hold it: root's files, and one of uid 1000.
@@ -104,11 +107,13 @@ def test_image_owners_land_in_the_users_range(user):
     assert busybox == {user.uid}
 
 
-def test_container_root_cannot_write_a_host_file_of_root(user):
+@pytest.mark.parametrize("owner", [0, 4242], ids=["root", "another-user"])
+def test_container_root_cannot_write_a_host_file_of_root_or_another_user(user, owner):
     shared = user.home / "rootowned"
     shared.mkdir()
     (shared / "f").write_text("root's\n")
     os.chmod(shared, 0o755)
+    _chown_tree(shared, owner, owner)
     try:
         r = user.cellbox(
             "run", "--rm", "-v", f"{shared}:/mnt", "--rootfs", str(user.home / "rootfs"), "sh", "-c",
