@@ -7,16 +7,27 @@ decoded, then, only then, dropped by the websocket's rate limit (`limit_rate`,
 is in memory). Output made while no browser is connected is buffered in a plain list
 (`MappingKernelManager.start_buffering`, whose own TODO says it should be bounded).
 
-Here, applied when the extension loads:
+What holds now:
 
-- Every ZMQ socket the server opens to a kernel refuses a frame over
-  `Cellbox.max_message_bytes` (`ZMQ_MAXMSGSIZE`: libzmq reads the frame's length and drops
-  the connection before allocating; that connection is not made again, so only the
-  socket that met it, one browser's or the activity watcher's, goes quiet) and queues at most
-  `Cellbox.kernel_queue_messages` messages (`ZMQ_RCVHWM`: past it the kernel's own
-  socket holds them, in the container's memory, and drops them). The kernel's polite
-  side (cellbox.kernel.inside.outstream) cuts its output into smaller messages, so this
-  only bites output forged on the raw socket.
+- The server never reads a kernel's socket. libzmq delivers a multipart message whole,
+  so a per-frame cap (`ZMQ_MAXMSGSIZE`) and a per-message queue (`ZMQ_RCVHWM`) bound
+  nothing against one message of many frames each under the cap (forty 15 MiB frames
+  took a server from 94 MB to 1430 MB), or one whose last frame never comes. A cellbox
+  kernel's sockets are read by its relay (cellbox.kernel.relay): a host process per
+  kernel, moved into the container's memory cgroup before it reads anything, that
+  forwards between the kernel and the sockets the server connects to and drops every
+  message from the kernel over `Cellbox.max_message_bytes` in total (read here, from the
+  context's MAXMSGSIZE) or of more than 1024 frames. What it assembles is charged to the
+  notebook's memory limit; an OOM kills the relay, never the server, and the provisioner
+  then reports the kernel dead: the server restarts it and the notebook shows its usual
+  "kernel restarting" notice (the server's log says why).
+- Every ZMQ socket the server opens to a kernel (to its relay, for a cellbox kernel)
+  still refuses a frame over `Cellbox.max_message_bytes` (`ZMQ_MAXMSGSIZE`: libzmq drops
+  the connection before allocating; that connection is not made again) and queues at
+  most `Cellbox.kernel_queue_messages` messages (`ZMQ_RCVHWM`): a second line for
+  kernels that are not cellbox's. The kernel's polite side
+  (cellbox.kernel.inside.outstream) cuts its output into smaller messages, so neither
+  bites ordinary output.
 - The websocket's rate limits get cellbox's defaults (`Cellbox.iopub_data_rate_limit`,
   ...), unless the admin configured `ZMQChannelsWebsocketConnection` explicitly: the
   notebook then shows jupyter's "IOPub data rate exceeded" message.

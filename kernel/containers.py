@@ -196,13 +196,14 @@ def ensure_running(eng: Engine, ctr: Container) -> None:
         eng.restart(ctr.id)
 
 
-def kill_strays(eng: Engine, ctr: Container) -> int:
-    """SIGKILL every process in the container but its init and its main (idle) process.
+def kill_strays(eng: Engine, ctr: Container, keep: tuple[int, ...] = ()) -> int:
+    """SIGKILL every process in the container but its init, its main (idle) process and `keep`.
 
     What a dead kernel left behind (its children), so a restart leaves no orphans. The
     main process is told by pid, never by its command line (a cell can start its own
     `sleep 2147483647`): it is the init's child started first; anything else the init is
-    parent of was reparented to it later (an orphan of a kernel or an exec).
+    parent of was reparented to it later (an orphan of a kernel or an exec). `keep`: host
+    processes charged to the container's memory cgroup (the kernel's relay), listed too.
     """
     import signal
 
@@ -213,7 +214,7 @@ def kill_strays(eng: Engine, ctr: Container) -> int:
     n = 0
     for row in rows:
         pid = row["PID"]
-        if pid in (init, main):
+        if pid in (init, main) or pid in keep:
             continue
         try:
             os.kill(pid, signal.SIGKILL)

@@ -10,6 +10,8 @@ container never sees, to `/proc/<server pid>/fd/<fd>`: that magic link reaches e
 the inode that was checked, whatever the container does to the name afterwards. Until a
 socket is checked, its fd is a placeholder (/dev/null: connects are refused and ZMQ
 retries); after a restart the new kernel's sockets replace the old ones in the same fds.
+The one host client of these links is the kernel's relay (kernel/relay.py); the server
+connects to the relay's sockets beside them (`relay-<port>`), never to the kernel.
 """
 
 from __future__ import annotations
@@ -38,8 +40,13 @@ class IpcPins:
 
     @property
     def ip(self) -> str:
-        """The `ip` of the host's connection info."""
+        """Where the pinned sockets are reached: `<ip>-<port>` (the kernel's relay connects there)."""
         return str(self.host_dir / "kernel")
+
+    @property
+    def relay_ip(self) -> str:
+        """The `ip` of the server's connection info: the relay's sockets (kernel/relay.py)."""
+        return str(self.host_dir / "relay")
 
     def prepare(self, ports: list[int]) -> None:
         """The host dir (root only), a placeholder fd and a symlink for each port."""

@@ -9,6 +9,11 @@ Selected by kernel.json metadata {"kernel_provisioner": {"provisioner_name":
 - ZMQ over ipc: the sockets live in the container's run dir (bind-mounted at
   /run/cellbox); the host connection file names the host path, the container's the
   in-container path; the transport crosses the network namespace.
+- The server never connects to the kernel: a relay process per kernel (kernel/relay.py),
+  charged to the container's memory cgroup, reads the kernel's sockets and drops any
+  message over the server's ZMQ_MAXMSGSIZE (Cellbox.max_message_bytes) in total; the
+  host connection file names the relay's sockets. A relay that dies (an OOM of a
+  message too big) is a dead kernel: poll() says so and the restart starts a new one.
 - Interrupt: SIGINT to the exec helper, which forwards it (signal mode); message mode
   needs nothing here. Kill: SIGKILL to the kernel and its helper; on restart every
   process the old kernel left in the container is killed.
@@ -83,6 +88,8 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
     _engine: Any = None
     _warm: Any = None
     _pins: Any = None  # ipcpins.IpcPins: the host's ends of the kernel's sockets
+    _relay: Any = None  # relay.RelayProcess: what the server connects to instead
+    _relay_death_logged: Any = None
 
     # ---------------------------------------------------------------- engine / container
 
@@ -159,13 +166,14 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
             self._pins = containers.ipc_pins(self.engine, ctr)
         if km is not None:
             km.transport = "ipc"
-            km.ip = self._pins.ip  # the host connects only through sockets it checked
+            km.ip = self._pins.relay_ip  # the server reaches the kernel only through its relay
             km.cache_ports = False
             if self._warm is not None:  # a pre-started kernel: the client adopts its sockets and key
-                km.load_connection_info({**self._warm.info, "ip": self._pins.ip})
+                km.load_connection_info({**self._warm.info, "ip": self._pins.relay_ip})
         kwargs = await super().pre_launch(**kwargs)
         info = self.connection_info
         self._pins.prepare([int(info[k]) for k in containers.PORT_KEYS if info.get(k)])
+        await asyncio.to_thread(self._ensure_relay)
         self._write_container_connection_file()
         if self.serve_control and self._control is None:
             from .control import ControlServer
@@ -180,6 +188,55 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
             )
             self._control.start()
         return kwargs
+
+    def _max_message_bytes(self) -> int:
+        """The server's cap (extension/limits.py sets ZMQ_MAXMSGSIZE on its context), else 16 MiB."""
+        import zmq
+
+        ctx = getattr(self.parent, "context", None)
+        cap = (getattr(ctx, "sockopts", None) or {}).get(zmq.MAXMSGSIZE)
+        return int(cap) if cap and int(cap) > 0 else 16 << 20
+
+    def _ensure_relay(self) -> None:
+        """A running relay for the kernel's sockets (a new one if it died or the ports changed:
+        the server's restarter may pick new ones)."""
+        from .relay import RelayProcess
+
+        info = self.connection_info
+        ports = {k[: -len("_port")]: int(info[k]) for k in containers.PORT_KEYS if info.get(k)}
+        if self._relay is not None and self._relay.poll() is None and self._relay.ports == ports:
+            return
+        if self._relay is not None:
+            self._relay.close()
+        self._relay = RelayProcess(
+            self.engine, self.container_id, str(self._pins.host_dir), ports, self._max_message_bytes()
+        )
+        self._relay.start()
+        self._relay_death_logged = None
+        if not self._relay.charged:
+            self.log.warning("cellbox: the kernel's relay is not in container %s's memory cgroup", self.container_id[:12])
+
+    def _stop_relay(self) -> None:
+        if self._relay is not None:
+            self._relay.close()
+            self._relay = None
+
+    def _relay_dead(self) -> int | None:
+        """The relay's exit code if it died (logged once, with the likely reason)."""
+        r = self._relay
+        code = r.poll() if r is not None else None
+        if code is None:
+            return None
+        if self._relay_death_logged is not r:
+            self._relay_death_logged = r
+            why = "killed (the container's memory limit: a message too big)" if code == -signal.SIGKILL else f"exit {code}"
+            self.log.error(
+                "cellbox: the relay between the server and the kernel of container %s died (%s): "
+                "the kernel is restarted",
+                (self.container_id or "?")[:12],
+                why,
+            )
+        return code or 1
 
     def _write_container_connection_file(self) -> None:
         containers.write_connection_file(self.run_dir, dict(self.connection_info))
@@ -268,7 +325,8 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
         code = self._helper.poll()
         if code is not None:
             self._log_startup_failure(code)
-        return code
+            return code
+        return self._relay_dead()  # no relay, no kernel: the server restarts it
 
     def _log_startup_failure(self, code: int) -> None:
         """Once per kernel process (poll() is called many times a second), with the reason
@@ -354,6 +412,7 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
         if self._control is not None:
             self._control.close()
             self._control = None
+        await asyncio.to_thread(self._stop_relay)
         if self._pins is not None:
             self._pins.close()
             self._pins = None
@@ -368,7 +427,8 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
 
     def _kill_strays(self) -> None:
         try:
-            containers.kill_strays(self.engine, self.engine.get(self.container_id))
+            keep = (self._relay.pid,) if self._relay is not None and self._relay.pid else ()
+            containers.kill_strays(self.engine, self.engine.get(self.container_id), keep=keep)
         except Exception as e:  # noqa: BLE001 - best effort; the container may be gone
             self.log.debug("cellbox: kill_strays: %s", e)
 
@@ -389,6 +449,7 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
             self._helper = self._exec_kernel()
             if self._pins is not None:
                 self._pins.expect_new()
+                self._ensure_relay()  # the container's stop took its cgroup's relay with it
             self.process = self._helper
             self.pid = self._helper.pid
         finally:

@@ -224,3 +224,89 @@ def test_kernel_fd_1_and_2_stay_out_of_the_server_log(lab):
         assert b"w" * 1000 in kept
     finally:
         s.stop()
+
+
+FRAMES_ON_IOPUB = (
+    "k = get_ipython().kernel\n"
+    "frames = [b'x' * (15 << 20)] * 40\n"
+    "k.iopub_thread.schedule(lambda: k.iopub_thread.socket.send_multipart([b'', b'<IDS|MSG>'] + frames))\n"
+    "del k"
+)
+# a forged execute_reply of many frames to the client that asked (the shell socket's thread
+# sends it; copy=False: the kernel holds one 15 MiB buffer, the relay would hold 600 MB)
+FRAMES_ON_SHELL = (
+    "k = get_ipython().kernel\n"
+    "ids = list(k._parent_ident['shell'])\n"
+    "frames = [b'x' * (15 << 20)] * 40\n"
+    "sock = k.shell_stream.socket\n"
+    "loop = k.shell_channel_thread.io_loop if k.shell_channel_thread else k.io_loop\n"
+    "loop.add_callback(lambda: sock.send_multipart(ids + [b'<IDS|MSG>', b'', b'{\"msg_type\": \"execute_reply\"}'] + frames, copy=False))\n"
+    "del k, sock, loop"
+)
+
+
+def _wait_for_42(s: Server, kid: str, timeout: float = 120) -> tuple[str, str]:
+    """A new browser connection runs a cell (through a kernel restart if there is one)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            return s.run_cell(kid, "print(6 * 7)", timeout=15)
+        except Exception as e:  # noqa: BLE001 - the kernel is restarting: try again
+            last = e
+            time.sleep(1)
+    raise AssertionError(f"the attacked kernel did not answer a new connection: {last}")
+
+
+@pytest.mark.parametrize(
+    ("channel", "code", "memory_limit"),
+    [
+        # 600 MB assembled by the relay (and up to as much copied by the kernel's send) fit
+        # the notebook's 2g: dropped, the kernel lives on
+        ("iopub", FRAMES_ON_IOPUB, "2g"),
+        # the same under 256m: the relay is OOM-killed, the kernel is restarted, the notebook told
+        ("shell", FRAMES_ON_SHELL, "256m"),
+    ],
+)
+def test_a_message_of_many_frames_never_reaches_the_server(lab, channel: str, code: str, memory_limit: str):
+    """One multipart message of forty 15 MiB frames (each under ZMQ_MAXMSGSIZE) from a cell:
+    libzmq assembles a message whole before anyone reads it, so only the kernel's relay
+    (in the container's memory cgroup) may hold it; the server's memory does not move."""
+    s = lab.server(f"frames-{channel}-{secrets.token_hex(2)}")
+    try:
+        write_notebook(s.notebooks / "a.ipynb", cellbox={"memory": memory_limit})
+        write_notebook(s.notebooks / "b.ipynb")
+        kid, other = s.start_kernel("a.ipynb"), s.start_kernel("b.ipynb")
+        for k in (kid, other):
+            status, out = s.run_cell(k, "print('warm')")
+            assert status == "ok", out
+        before = memory(s)
+        b = Browser(s, kid)
+        b.execute(code)
+        seen: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 20  # the relay reads 600 MB, then drops it (or dies of it)
+        while time.monotonic() < deadline:
+            b.ws.settimeout(1)
+            try:
+                seen.append(json.loads(b.ws.recv()))
+            except Exception:  # noqa: BLE001 - timeout
+                pass
+        b.close()
+        after = memory(s)
+        grew = after["VmHWM"] - before["VmRSS"]
+        print(f"{channel}: server RSS {before['VmRSS'] / MB:.0f} MB, peak {after['VmHWM'] / MB:.0f} MB")
+        assert grew < 50 * MB, f"the server's peak RSS grew by {grew / MB:.0f} MB"
+        # the server serves the other kernel, and a new connection to the attacked one works
+        assert s.run_cell(other, "print(6 * 7)")[1].strip() == "42"
+        status, out = _wait_for_42(s, kid)
+        assert (status, out.strip()) == ("ok", "42")
+        log = s.logtext()
+        states = [m["content"].get("execution_state") for m in seen if m.get("msg_type") == "status"]
+        if channel == "shell":  # the relay held it in the notebook's 256m: OOM-killed, and said so
+            assert "relay between the server and the kernel" in log and "memory limit" in log, log[-3000:]
+            assert "restarting" in states, states
+        else:
+            assert "relay between the server and the kernel" not in log
+            assert "restarting" not in states
+    finally:
+        s.stop()
