@@ -198,13 +198,15 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
         return int(cap) if cap and int(cap) > 0 else 16 << 20
 
     def _ensure_relay(self) -> None:
-        """A running relay for the kernel's sockets (a new one if it died or the ports changed:
-        the server's restarter may pick new ones)."""
+        """A running relay for the kernel's sockets: a new one if it died, the ports changed
+        (the server's restarter may pick new ones) or its socket files are gone (a restart's
+        cleanup_ipc_files removes `<ip>-<port>`)."""
         from .relay import RelayProcess
 
         info = self.connection_info
         ports = {k[: -len("_port")]: int(info[k]) for k in containers.PORT_KEYS if info.get(k)}
-        if self._relay is not None and self._relay.poll() is None and self._relay.ports == ports:
+        r = self._relay
+        if r is not None and r.poll() is None and r.ports == ports and r.bound():
             return
         if self._relay is not None:
             self._relay.close()

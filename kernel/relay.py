@@ -190,6 +190,10 @@ class RelayProcess:
             raise
         os.write(w, b"1")
 
+    def bound(self) -> bool:
+        """Whether every socket file the server connects to is still there."""
+        return all(os.path.exists(f"{self.host_dir}/relay-{p}") for p in self.ports.values())
+
     def poll(self) -> int | None:
         """The relay's exit code (a negative signal number), None while it runs or if never started."""
         return None if self.proc is None else self.proc.poll()
