@@ -17,6 +17,17 @@ from .common import ago, engine, human_size, print_json, print_json_line, table
 def _output(path: str | None) -> Iterator[IO[bytes]]:
     """-o FILE, or stdout when it is not a terminal (Docker refuses to write a tar to a tty)."""
     if path and path != "-":
+        import os
+        import stat
+
+        try:
+            special = not stat.S_ISREG(os.stat(path).st_mode)
+        except FileNotFoundError:
+            special = False
+        if special:  # -o /dev/null, a fifo: written into, never replaced by a file (as root!)
+            with open(path, "wb") as f:
+                yield f
+            return
         from ..atomicfile import replacing
 
         # No fsync, as `docker save`: a big tar; the rename still hides a half-written one.
