@@ -2,9 +2,11 @@
 
 Everything runs inside a network namespace made for the run (playing the host), so the
 machine's interfaces and firewall are untouched. In it: an iperf3 server; a container
-(`unshare --net sleep`) set up by NetworkManager on a bridge with MTU 1500, then 65535;
-client runs alternate between the container (to the bridge gateway, through the veth and
-bridge) and the host itself (to 127.0.0.1, loopback MTU 65536). Medians and the ratio.
+(`unshare --net sleep`) set up by NetworkManager on a bridge with MTU 1500, then 65535,
+running an iperf3 server of its own; client runs alternate between the host to the
+container (`-R`: the container sends, through the veth and bridge, to the host) and the
+host to itself (127.0.0.1, loopback MTU 65536). The host starts each connection: a
+container may not open one to a host service (bridge isolation). Medians and the ratio.
 
     sudo python benchmarks/bench_network.py [--time 3] [--reps 5] [--mtu 1500 65535]
 """
@@ -25,11 +27,11 @@ from pathlib import Path
 PORT = 15201
 
 
-def iperf(prefix: list[str], server: str, seconds: float) -> float:
-    """Gbit/s received by the server in one run."""
+def iperf(server: str, seconds: float, reverse: bool = False) -> float:
+    """Gbit/s received in one run (by the client with `reverse`)."""
     for _ in range(3):  # the server refuses a run while it still finishes the previous one
         res = subprocess.run(
-            [*prefix, "iperf3", "-c", server, "-p", str(PORT), "-t", str(seconds), "-J"],
+            ["iperf3", "-c", server, "-p", str(PORT), "-t", str(seconds), "-J", *(["-R"] if reverse else [])],
             capture_output=True,
             text=True,
             timeout=seconds + 30,
@@ -62,11 +64,20 @@ def inner(args: argparse.Namespace) -> dict:
                         time.sleep(0.005)
                     info = mgr.setup("bench0001", f"/proc/{c.pid}/ns/net", parse_network("bridge"))
                     nsenter = ["nsenter", f"--net=/proc/{c.pid}/ns/net"]
-                    iperf(nsenter, info.gateway, 1)  # warm-up
-                    host, cont = [], []
-                    for _ in range(args.reps):
-                        host.append(iperf([], "127.0.0.1", args.time))
-                        cont.append(iperf(nsenter, info.gateway, args.time))
+                    inside = subprocess.Popen(
+                        [*nsenter, "iperf3", "-s", "-p", str(PORT)],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    )  # fmt: skip
+                    time.sleep(0.3)
+                    try:
+                        iperf(info.ip, 1, reverse=True)  # warm-up
+                        host, cont = [], []
+                        for _ in range(args.reps):
+                            host.append(iperf("127.0.0.1", args.time))
+                            cont.append(iperf(info.ip, args.time, reverse=True))
+                    finally:
+                        inside.kill()
+                        inside.wait()
                     h, k = statistics.median(host), statistics.median(cont)
                     results[mtu] = {
                         "veth_mtu": info.mtu,
