@@ -269,7 +269,9 @@ class Cgroup:
                 self.freeze()
                 froze = True
             except CellboxError as e:
-                if self.exists():  # else the last member left and the monitor removed the group
+                # A freezer dir that is gone: the last member left and the monitor is removing
+                # the exited container's groups, one hierarchy at a time. Nothing to freeze.
+                if os.path.isdir(self._freezer()[1]):
                     log.warning("%s: signalling without freezing: %s", self.path, e)
         if not froze and not self.exists():
             return  # the group is gone, so are its members: the pids may be someone else's now
