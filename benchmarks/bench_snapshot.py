@@ -22,18 +22,18 @@ from benchlib import MiB
 from cellbox.runtime.images.snapshots import Snapshots
 
 
-def change_one_mib(upper: Path, round_no: int, partial: bool) -> None:
+def change_one_mib(upper: Path, round_no: int, partial: bool, files: int = 1000) -> None:
     """1 MiB of changes: one existing 1 MiB file rewritten in place, or (partial) eight
     64 KiB writes into eight 1 MiB files plus eight new 64 KiB files; snapshots work at
     file granularity, so the partial case stores the eight whole files."""
     chunk = os.urandom(64 * 1024)
     if not partial:
-        with open(upper / "data" / f"f{round_no % 1000:04d}.bin", "r+b") as f:
+        with open(upper / "data" / f"f{round_no % files:04d}.bin", "r+b") as f:
             f.write(os.urandom(MiB))
         return
     for i in range(8):
         (upper / "data" / f"small-{round_no}-{i}.bin").write_bytes(chunk)
-        with open(upper / "data" / f"f{(round_no * 8 + i) % 1000:04d}.bin", "r+b") as f:
+        with open(upper / "data" / f"f{(round_no * 8 + i) % files:04d}.bin", "r+b") as f:
             f.write(chunk)
 
 
@@ -58,12 +58,12 @@ def main() -> None:
         first = snaps.create(upper, "base")
         print(f"snapshot 1 (full): {time.perf_counter() - t:.2f} s, {first.size / MiB:.0f} MiB")
         for n in range(2, 10):
-            change_one_mib(upper, n, False)
+            change_one_mib(upper, n, False, args.files)
             snaps.create(upper, f"snap {n}")
         for partial in (False, True):
             times, sizes = [], []
             for r in range(args.rounds):
-                change_one_mib(upper, 10 + r + 100 * partial, partial)
+                change_one_mib(upper, 10 + r + 100 * partial, partial, args.files)
                 os.sync()  # the changes' own writeback is not the snapshot's cost
                 t = time.perf_counter()
                 info = snaps.create(upper, f"snap {10 + r}")
