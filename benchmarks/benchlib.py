@@ -10,12 +10,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import pwd
 import secrets
 import shutil
+import signal
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 MiB = 1 << 20
@@ -211,3 +215,122 @@ def rotated(names: list[str], r: int) -> list[str]:
     first (after the previous round's cleanup) or last."""
     k = r % len(names)
     return names[k:] + names[:k]
+
+
+# ------------------------------------------------------------------ an unprivileged user
+
+SUBID_SIZE = 65536
+_SUBID_FIRST = 0x20000000  # below cellbox's own userns pool, above useradd's own ranges
+
+
+@dataclass
+class BenchUser:
+    """A throwaway ordinary user for rootless rows: a home, a 0700 run dir, 65536
+    subordinate uids and gids. The same steps as the rootless tests' fixture (a benchmark
+    does not import from tests/)."""
+
+    name: str
+    uid: int
+    gid: int
+    home: Path
+    run_dir: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """A clean login-like environment: nothing of root's run leaks in."""
+        return {
+            "HOME": str(self.home), "USER": self.name, "LOGNAME": self.name, "LANG": "C.UTF-8",
+            "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+            "XDG_RUNTIME_DIR": str(self.run_dir), **extra,
+        }  # fmt: skip
+
+    def argv(self, cmd: Sequence[str]) -> list[str]:
+        """cmd as this user: setpriv drops every id and capability."""
+        return [
+            "setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--init-groups",
+            "--inh-caps=-all", "--", *cmd,
+        ]  # fmt: skip
+
+
+def _subid_ranges() -> list[tuple[int, int]]:
+    out = []
+    for path in ("/etc/subuid", "/etc/subgid"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(path).read_text().splitlines():
+                f = line.split(":")
+                if len(f) == 3 and f[1].isdigit() and f[2].isdigit():
+                    out.append((int(f[1]), int(f[1]) + int(f[2])))
+    return out
+
+
+def _drop_subids(name: str) -> None:
+    for p in (Path("/etc/subuid"), Path("/etc/subgid")):
+        if p.exists():
+            keep = [ln for ln in p.read_text().splitlines(True) if ln.split(":")[0] != name]
+            p.write_text("".join(keep))
+
+
+def make_user(prefix: str = "cbbench") -> BenchUser:
+    """useradd a new user with a home, a free subordinate range and /run/user/UID (0700)."""
+    name = prefix + secrets.token_hex(3)
+    subprocess.run(
+        ["useradd", "--create-home", "--shell", "/bin/sh", "--user-group", name], check=True
+    )
+    try:
+        pw = pwd.getpwnam(name)
+        _drop_subids(name)  # useradd may hand out ranges itself (SUB_UID_COUNT): ours only
+        base, taken = _SUBID_FIRST, _subid_ranges()
+        while any(a < base + SUBID_SIZE and base < b for a, b in taken):
+            base += SUBID_SIZE
+        span = f"{base}-{base + SUBID_SIZE - 1}"
+        subprocess.run(["usermod", "--add-subuids", span, "--add-subgids", span, name], check=True)
+        run_dir = Path(f"/run/user/{pw.pw_uid}")
+        run_dir.mkdir(parents=True, mode=0o700)
+        os.chown(run_dir, pw.pw_uid, pw.pw_gid)
+        return BenchUser(name, pw.pw_uid, pw.pw_gid, Path(pw.pw_dir), run_dir)
+    except BaseException:
+        remove_user(name)
+        raise
+
+
+def _pids_of(uid: int) -> list[int]:
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            with contextlib.suppress(OSError):
+                if os.stat(f"/proc/{d}").st_uid == uid:
+                    pids.append(int(d))
+    return pids
+
+
+def remove_user(name: str) -> list[str]:
+    """Remove the user and all it made (processes, mounts, home, run dirs, subid lines);
+    what is left, for a `cleanup left:` line."""
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        _drop_subids(name)
+        return []
+    for _ in range(50):
+        pids = _pids_of(pw.pw_uid)
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+    left = [f"process {p} of {name}" for p in _pids_of(pw.pw_uid)]
+    for d in (
+        Path(pw.pw_dir),
+        Path(f"/run/user/{pw.pw_uid}"),
+        Path(f"/tmp/cellbox-run-{pw.pw_uid}"),
+    ):
+        unmount_under(d)
+        shutil.rmtree(d, ignore_errors=True)
+        if d.exists():
+            left.append(f"{d} not removed")
+    subprocess.run(["userdel", "--remove", name], capture_output=True)
+    _drop_subids(name)
+    with contextlib.suppress(KeyError):
+        pwd.getpwnam(name)
+        left.append(f"user {name}")
+    return left
