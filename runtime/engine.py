@@ -399,8 +399,10 @@ class Engine(ImageOps):
             linux["namespaces"].append({"type": "user"})
         if any(n["type"] == "network" and n.get("path") for n in linux["namespaces"]):
             raise InvalidArgument("--network container: is not supported rootless yet")
-        if bridged:  # veths and nft rules need root; slirp4netns/pasta are not wired in yet
-            raise InvalidArgument("--network bridge and -p need root: rootless containers have --network none or host")
+        if bridged:  # veths and nft rules need root: slirp4netns instead (network/slirp.py)
+            from .network import slirp
+
+            slirp.executable()
         last = sum(m["size"] for m in maps["gidMappings"]) - 1
         if "net.ipv4.ping_group_range" in linux.get("sysctl", {}):
             linux["sysctl"]["net.ipv4.ping_group_range"] = f"0 {last}"
@@ -527,19 +529,29 @@ class Engine(ImageOps):
             raise
         return ctr
 
-    def _setup_network(self, ctr: Container, opts: RunOptions) -> None:
+    def _setup_network(self, ctr: Container, opts: RunOptions, started: bool = False) -> None:
         from .network import parse_network, parse_publish
 
         net = parse_network(opts.network)
-        publish = [parse_publish(p) for p in opts.publish]
         if net.mode != "bridge":
-            if publish:
+            if opts.publish:
                 raise InvalidArgument(f"ports can only be published with --network bridge, not {net.mode}")
             return
+        if rootless() and not started:
+            return  # at start (_start)
         st = ctr.state()
-        info = self.network.setup(ctr.id, f"/proc/{st.pid}/ns/net", net, publish, hostname=ctr.config()["hostname"])
+        if rootless():
+            from .network import slirp
+
+            sock = self.run_dir / f"{ctr.id[:12]}.slirp.sock"
+            info = slirp.setup(ctr.dir, sock, st.pid, list(opts.publish), ctr.config()["hostname"])
+        else:
+            publish = [parse_publish(p) for p in opts.publish]
+            info = self.network.setup(
+                ctr.id, f"/proc/{st.pid}/ns/net", net, publish, hostname=ctr.config()["hostname"]
+            )
         ctr.network = {
-            "mode": info.mode,
+            "mode": "bridge" if rootless() else info.mode,
             "ip": info.ip,
             "gateway": info.gateway,
             "ports": [str(p) for p in info.ports],
@@ -552,16 +564,32 @@ class Engine(ImageOps):
             with open(ctr.dir / "resolv.conf", "w") as f:
                 f.write(info.resolv_conf)
 
+    def _teardown_network(self, ctr: Container) -> None:
+        if rootless():
+            from .network import slirp
+
+            slirp.teardown(ctr.dir)
+        else:
+            self.network.teardown(ctr.id)
+
+    def _start(self, ctr: Container) -> None:
+        """Open the gate; rootless, then slirp4netns: it can enter the namespaces only
+        through the user's process (the init is not dumpable), so only once that exists."""
+        launcher.start(ctr.dir)
+        if rootless() and not ctr.network:
+            opts = RunOptions(**{k: v for k, v in ctr.options.items() if k in RunOptions.__dataclass_fields__})
+            self._setup_network(ctr, opts, started=True)
+
     def start(self, ref: str) -> Container:
         ctr = self.get(ref)
-        launcher.start(ctr.dir)
+        self._start(ctr)
         return ctr
 
     def run(self, opts: RunOptions, **stdio: Any) -> Container:
         """create + start; the caller waits with wait()."""
         ctr = self.create(opts, **stdio)
         try:
-            launcher.start(ctr.dir)
+            self._start(ctr)
         except BaseException:
             self._destroy(ctr)
             raise
@@ -744,7 +772,7 @@ class Engine(ImageOps):
             errors.append(f"cgroup: {e}")
         if ctr.network or (ctr.options or {}).get("network") == "bridge":
             try:
-                self.network.teardown(ctr.id)
+                self._teardown_network(ctr)
             except Exception as e:  # noqa: BLE001
                 errors.append(f"network: {e}")
         if ctr.image_id:
@@ -821,7 +849,7 @@ class Engine(ImageOps):
         """Stop, then start the same container again: its filesystem and name are kept."""
         ctr = self.stop(ref, timeout=timeout)
         self._recreate(ctr)
-        launcher.start(ctr.dir)
+        self._start(ctr)
         return ctr
 
     def _recreate(self, ctr: Container) -> None:
@@ -833,7 +861,7 @@ class Engine(ImageOps):
         except Exception:  # noqa: BLE001 - a stale group is recreated below anyway
             pass
         if ctr.network:
-            self.network.teardown(ctr.id)
+            self._teardown_network(ctr)
             ctr.network = {}
         state.save(ctr.dir, state.State(id=ctr.id, bundle=str(ctr.dir), annotations={"name": ctr.name}))
         with open(ctr.log_path, "ab") as log:

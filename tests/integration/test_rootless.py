@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -262,20 +265,102 @@ def test_limits_in_a_delegated_cgroup(user):
         )
 
 
-def test_bridge_network_is_one_line_and_nothing_made(user):
-    r = user.cellbox(
-        "run",
-        "--rm",
-        "--network",
-        "bridge",
-        "--rootfs",
-        str(user.home / "rootfs"),
-        "true",
-        timeout=30,
+def _slirp_pids(user) -> list[int]:
+    r = subprocess.run(
+        ["pgrep", "-u", str(user.uid), "-x", "slirp4netns"], capture_output=True, text=True
     )
+    return [int(p) for p in r.stdout.split()]
+
+
+def test_bridge_through_slirp4netns_publishes_a_port_and_hides_host_loopback(user):
+    """`--network bridge` rootless: slirp4netns's 10.0.2.100 and route, a published port
+    the host reaches, the host's loopback services out of reach, nothing left after rm."""
+    with socket.socket() as host_srv:
+        host_srv.bind(("127.0.0.1", 0))
+        host_srv.listen(1)
+        host_port = host_srv.getsockname()[1]
+        r = user.cellbox(
+            "run", "-d", "--name", "net", "--network", "bridge", "-p", "127.0.0.1::8080", "bb:1",
+            "sh", "-c", "mkdir /www; echo hello-from-ctr > /www/i; httpd -f -p 8080 -h /www",
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        try:
+            assert _slirp_pids(user)
+            r = user.cellbox(
+                "exec", "net", "sh", "-c", "ip -4 addr; ip route; cat /etc/resolv.conf"
+            )
+            assert r.returncode == 0, r.stderr
+            assert "inet 10.0.2.100/" in r.stdout and "default via 10.0.2.2" in r.stdout
+            assert "nameserver 10.0.2.3" in r.stdout
+            insp = json.loads(user.cellbox("inspect", "net").stdout)
+            net = (insp[0] if isinstance(insp, list) else insp)["NetworkSettings"]
+            assert net["ip"] == "10.0.2.100" and len(net["ports"]) == 1
+            host_ip, published, rest = net["ports"][0].split(":")
+            assert host_ip == "127.0.0.1" and rest == "8080/tcp"
+            published = int(published)
+            assert f"127.0.0.1:{published}:8080/tcp" in user.cellbox("ps").stdout
+            body = b""
+            for _ in range(50):  # httpd may still be starting
+                try:
+                    with socket.create_connection(("127.0.0.1", published), timeout=5) as c:
+                        c.sendall(b"GET /i HTTP/1.0\r\n\r\n")
+                        while chunk := c.recv(4096):
+                            body += chunk
+                    if b"hello-from-ctr" in body:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.1)
+            assert b"hello-from-ctr" in body
+            # The container's own wget of its server works; the host's 127.0.0.1 is not reached
+            # (slirp's 10.0.2.2 would be the host's loopback without --disable-host-loopback).
+            r = user.cellbox("exec", "net", "wget", "-q", "-O", "-", "http://127.0.0.1:8080/i")
+            assert r.stdout.strip() == "hello-from-ctr", r.stderr
+            r = user.cellbox("exec", "net", "nc", "-w", "3", "10.0.2.2", str(host_port), input="x")
+            assert r.returncode != 0
+            host_srv.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                host_srv.accept()
+        finally:
+            r = user.cellbox("rm", "-f", "net")
+    assert r.returncode == 0, r.stderr
+    for _ in range(50):
+        if not _slirp_pids(user):
+            break
+        time.sleep(0.1)
+    assert _slirp_pids(user) == []
+    assert not list((user.home / ".local/share/cellbox/containers").glob("[0-9a-f]*"))
+
+
+def test_bridge_container_that_exits_takes_its_slirp4netns_along(user):
+    r = user.cellbox("run", "--name", "netx", "--network", "bridge", "bb:1", "sleep", "1")
+    try:
+        assert r.returncode == 0, r.stderr
+        for _ in range(50):
+            if not _slirp_pids(user):
+                break
+            time.sleep(0.1)
+        assert _slirp_pids(user) == []  # gone with the container, before any rm
+    finally:
+        user.cellbox("rm", "-f", "netx")
+    assert _slirp_pids(user) == []
+
+
+def test_bridge_without_slirp4netns_is_one_line_and_nothing_made(user):
+    """PATH without slirp4netns (newuidmap still there): one line naming the package."""
+    bindir = user.home / "no-slirp-bin"
+    bindir.mkdir(exist_ok=True)
+    for tool in ("newuidmap", "newgidmap"):
+        if not (bindir / tool).exists():
+            (bindir / tool).symlink_to(shutil.which(tool))
+    env = user.env(PATH=f"{bindir}:{Path(sys.executable).parent}")
+    r = user.cellbox(
+        "run", "--rm", "--network", "bridge", "--rootfs", str(user.home / "rootfs"), "true", env=env,
+        timeout=30,
+    )  # fmt: skip
     assert r.returncode == 125
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "--network bridge" in lines[0], r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if "no cgroup is delegated" not in ln]
+    assert len(lines) == 1 and "apt-get install slirp4netns" in lines[0], r.stderr
     assert not list((user.home / ".local/share/cellbox/containers").glob("[0-9a-f]*"))
 
 
