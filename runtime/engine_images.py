@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from . import launcher, spec, state, userns
+from . import spec, state, userns
 from .errors import CellboxError, NotFound
 
 if TYPE_CHECKING:
@@ -327,7 +327,7 @@ class ImageOps:
         (ctr.dir / "work").mkdir()
         if was_running:
             self._recreate(ctr)
-            launcher.start(ctr.dir)
+            self._start(ctr)  # rootless: its slirp4netns comes up once the process exists
         return info
 
     def export(self, ref: str, out: IO[bytes]) -> None:
