@@ -137,7 +137,7 @@ def main() -> None:
     for tool in ("useradd", "usermod", "userdel", "setpriv", "newuidmap"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing (Debian: passwd, util-linux, uidmap)")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # cleanup runs on TERM as on Ctrl-C
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # TERM cleans up as Ctrl-C does
     parent = benchlib.new_cgroup_parent()
     base = Path(tempfile.mkdtemp(prefix="bench-rootless-"))
     os.chmod(base, 0o755)  # the user reads the busybox tree below it
@@ -204,6 +204,7 @@ def main() -> None:
     finally:
         if user is not None:
             problems += benchlib.remove_user(user.name)
+        benchlib.kill_left_behind(base, parent)
         problems += benchlib.remove_all(base, parent)
         if problems:
             print("cleanup left: " + "; ".join(problems), file=sys.stderr)

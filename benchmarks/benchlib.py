@@ -334,3 +334,24 @@ def remove_user(name: str) -> list[str]:
         pwd.getpwnam(name)
         left.append(f"user {name}")
     return left
+
+
+def kill_left_behind(base: Path, cgroup: str) -> None:
+    """SIGKILL what an interrupted run left: processes in the cgroup parent's tree and ones
+    whose command line names base (a container's init caught between fork and cgroup)."""
+    for _ in range(20):
+        pids = set()
+        for procs in Path("/sys/fs/cgroup").glob(f"*/{cgroup}/**/cgroup.procs"):
+            with contextlib.suppress(OSError):
+                pids.update(int(p) for p in procs.read_text().split())
+        for d in os.listdir("/proc"):
+            if d.isdigit() and int(d) != os.getpid():
+                with contextlib.suppress(OSError), open(f"/proc/{d}/cmdline", "rb") as f:
+                    if str(base).encode() in f.read():
+                        pids.add(int(d))
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
