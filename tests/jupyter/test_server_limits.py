@@ -283,15 +283,20 @@ def test_a_message_of_many_frames_never_reaches_the_server(lab, channel: str, co
         b.execute(code)
         seen: list[dict[str, Any]] = []
         # the relay reads the 600 MB, then drops it (and says so) or dies of it (the provisioner says so)
-        mark = "relay between the server and the kernel" if channel == "shell" else "cellbox relay: dropped"
+        # (under 256m the OOM killer may pick the kernel, which held the frames first, rather
+        # than the relay: either way the notebook's memory paid and the kernel restarts)
+        if channel == "shell":
+            marks = ("relay between the server and the kernel", f"kernel {kid} restarted")
+        else:
+            marks = ("cellbox relay: dropped",)
         deadline = time.monotonic() + 120
-        while mark not in s.logtext() and time.monotonic() < deadline:
+        while not any(m in s.logtext() for m in marks) and time.monotonic() < deadline:
             b.ws.settimeout(1)
             try:
                 seen.append(json.loads(b.ws.recv()))
             except Exception:  # noqa: BLE001 - timeout
                 pass
-        assert mark in s.logtext(), s.logtext()[-3000:]
+        assert any(m in s.logtext() for m in marks), s.logtext()[-3000:]
         for _ in range(5):  # what the browser is told right after (the restart's status)
             try:
                 seen.append(json.loads(b.ws.recv()))
@@ -308,9 +313,9 @@ def test_a_message_of_many_frames_never_reaches_the_server(lab, channel: str, co
         assert (status, out.strip()) == ("ok", "42")
         log = s.logtext()
         states = [m["content"].get("execution_state") for m in seen if m.get("msg_type") == "status"]
-        if channel == "shell":  # the relay held it in the notebook's 256m: OOM-killed, and said so
-            assert "memory limit" in log, log[-3000:]
-            assert "restarting" in states, states
+        if channel == "shell":  # the notebook's 256m held it: the relay or the kernel OOM-killed, restarted
+            assert "memory limit" in log or f"kernel {kid} restarted" in log, log[-3000:]
+            assert "restarting" in states or f"kernel {kid} restarted" in log, states
         else:
             assert "relay between the server and the kernel" not in log
             assert "restarting" not in states
