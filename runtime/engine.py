@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from .cgroups.delegate import LimitsStatus
     from .images.store import ImageStore
     from .network import NetworkManager
+    from .volumes import VolumeStore
 
 DEFAULT_ROOT = "/var/lib/cellbox"
 
@@ -378,11 +379,34 @@ class Engine(ImageOps):
             base = userns.allocate(b for c in self._all() if (b := c.host_base()) is not None)
         cfg = runconfig.build_config(
             ctr_dir, cid, opts, image_config=img_cfg, lowers=lowers, cgroup_parent=self.cgroup_parent,
-            joined_netns=joined, userns_base=base, writable=writable,
+            joined_netns=joined, userns_base=base, writable=writable, volume_source=self._volume_source,
         )  # fmt: skip
         if rootless():
             self._rootless_config(cfg, runconfig.limits(opts), bridged=net.mode == "bridge" or bool(opts.publish))
         return cfg, image_ref, image_id
+
+    @property
+    def volumes(self) -> VolumeStore:
+        """The named volumes under this root (runtime/volumes.py)."""
+        from .volumes import VolumeStore
+
+        return VolumeStore(self.root)
+
+    def _volume_source(self, name: str) -> str:
+        """-v NAME:/path: the volume's data dir, made on first use ("": a new anonymous one)."""
+        if not name:
+            name = self.volumes.create()["Name"]
+        return str(self.volumes.ensure(name))
+
+    def volume_users(self, name: str) -> list[str]:
+        """Ids of the containers (running or not) that name volume `name`."""
+        from .volumes import volumes_of
+
+        return [c.id for c in self._all() if name in volumes_of(c.options or {})]
+
+    def volume_remove(self, name: str, force: bool = False) -> None:
+        """`volume rm`: refused while a container names it (Docker's)."""
+        self.volumes.remove(name, self.volume_users(name), force=force)
 
     def _rootless_config(self, cfg: dict[str, Any], lim: Limits, bridged: bool = False) -> None:
         """An ordinary user's container: a user namespace whose root is the user (the

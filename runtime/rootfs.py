@@ -319,17 +319,83 @@ def _mount_idmapped_overlay(
     syscalls.call_with_fs_ids(host_base, host_base, lambda: syscalls.mount("overlay", root, "overlay", 0, data))
 
 
-def bind_host_paths(root: str, config: dict[str, Any], host_base: int, syscalls: Syscalls = LINUX) -> None:
+def bind_host_paths(
+    root: str,
+    config: dict[str, Any],
+    host_base: int,
+    syscalls: Syscalls = LINUX,
+    make_userns: Callable[[dict[str, Any]], int] | None = None,
+) -> None:
     """The bind mounts of a container with a user namespace of its own, made by the
     monitor: their sources may lie below dirs closed to container root. Mount points the
-    binds need are created as container root (through the idmapped upper dir)."""
+    binds need are created as container root (through the idmapped upper dir).
 
-    def bind_all() -> None:
-        for m in config.get("mounts") or []:
-            if is_bind(m):
-                mount_one(root, m, syscalls)
+    A bind with uidMappings (a named volume, the notebook's folder) is cloned first, as
+    host root, idmapped through a namespace of those mappings (make_userns, default the
+    intermediate's idmap_userns): container root's files are stored as id 0 (the host
+    user the server runs as), never as an id of the container's range. Its source is
+    opened without following any symlink (one planted since the path was resolved, by
+    another container that sees the parent dir, is refused, not followed).
+    """
+    clones: dict[int, int] = {}
+    try:
+        for i, m in enumerate(config.get("mounts") or []):
+            if is_bind(m) and m.get("uidMappings"):
+                clones[i] = _idmapped_clone(m, syscalls, make_userns)
 
-    syscalls.call_with_fs_ids(host_base, host_base, bind_all)
+        def bind_all() -> None:
+            for i, m in enumerate(config.get("mounts") or []):
+                if i in clones:
+                    _attach_clone(root, m, clones.pop(i), syscalls)
+                elif is_bind(m):
+                    mount_one(root, m, syscalls)
+
+        syscalls.call_with_fs_ids(host_base, host_base, bind_all)
+    finally:
+        for fd in clones.values():
+            syscalls.close(fd)
+
+
+def _idmapped_clone(m: dict[str, Any], syscalls: Syscalls, make_userns: Callable[[dict[str, Any]], int] | None) -> int:
+    from .images import safewalk
+
+    if make_userns is None:
+        from .roles.intermediate import idmap_userns as make_userns
+    source = m["source"]
+    top = safewalk.open_root("/")
+    try:
+        try:
+            src = safewalk.open_beneath(top, source.lstrip("/"), os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            raise OSError(
+                e.errno, f"volume source {source}: {e.strerror} (a symlink on its path is never followed)"
+            ) from None
+    finally:
+        os.close(top)
+    try:
+        ns = make_userns({"linux": {"uidMappings": m["uidMappings"], "gidMappings": m.get("gidMappings") or m["uidMappings"]}})
+        try:
+            return syscalls.idmapped_clone(f"/proc/self/fd/{src}", ns)
+        finally:
+            os.close(ns)
+    finally:
+        os.close(src)
+
+
+def _attach_clone(root: str, m: dict[str, Any], fd: int, syscalls: Syscalls) -> None:
+    """Put an idmapped clone at its destination (resolved inside root) with its flags."""
+    dest = secure_join(root, m["destination"])
+    flags, prop, _data = parse_options(list(m.get("options") or []))
+    _ensure_target(dest, os.path.isdir(f"/proc/self/fd/{fd}"))
+    try:
+        syscalls.move_mount_fd(fd, dest)
+    finally:
+        syscalls.close(fd)
+    extra = flags & ~(sc.MS_BIND | sc.MS_REC | sc.MS_REMOUNT)
+    if extra:
+        syscalls.mount("", dest, None, extra | sc.MS_BIND | sc.MS_REMOUNT | _locked_flags(syscalls, dest))
+    if prop:
+        syscalls.mount("", dest, None, prop)
 
 
 def _mount_cgroup(syscalls: Syscalls, target: str, flags: int) -> None:

@@ -5,7 +5,9 @@ WorkingDir, User) applied as Docker applies them."""
 from __future__ import annotations
 
 import os
+import re
 import resource
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ class RunOptions:
     hostname: str | None = None
     user: str | None = None
     volumes: list[str] = field(default_factory=list)
+    mounts: list[str] = field(default_factory=list)  # Docker's --mount type=bind|volume|tmpfs,...
     memory: str | int | None = None
     memory_swap: str | int | None = None
     cpus: float | None = None
@@ -73,11 +76,36 @@ def merge_env(base: list[str], extra: list[str]) -> list[str]:
     return [f"{k}={v}" for k, v in merged.items()]
 
 
-VOLUME_OPTIONS = ("ro", "rw", "nosuid", "nodev", "noexec")
+VOLUME_OPTIONS = ("ro", "rw", "nosuid", "nodev", "noexec", "suid", "dev", "idmap")
+# What a bind that asks for nothing more gets: a file or device planted in it by someone
+# outside is no key inside (and what the container plants in it, none outside).
+BIND_DEFAULTS = ("nosuid", "nodev")
+# Marks a mount to be made idmapped through the container's own mappings (podman's `idmap`);
+# build_config turns it into the mount's uidMappings/gidMappings (OCI 1.1), or drops it
+# when the container shares the host's ids.
+IDMAP = "idmap"
+VolumeSource = Callable[[str], str]  # a volume name -> its data dir (created if need be)
 
 
-def parse_volume(v: str) -> dict[str, Any]:
-    """-v SRC:DST[:OPT,...], OPT one of ro, rw, nosuid, nodev, noexec (podman's)."""
+def _bind_options(mode: str, extra: list[str]) -> list[str]:
+    opts = ["rbind", "rprivate", mode]
+    opts += [o for o in BIND_DEFAULTS if o[2:] not in extra and o not in extra]
+    opts += [o for o in extra if o not in ("ro", "rw", "suid", "dev") and o not in opts]
+    return opts
+
+
+def _named_volume(name: str, volume_source: VolumeSource | None, what: str) -> str:
+    from .volumes import valid_name
+
+    if volume_source is None or not valid_name(name):
+        raise InvalidArgument(f"invalid volume specification: {what}: both paths must be absolute (or SRC a volume name)")
+    return volume_source(name)
+
+
+def parse_volume(v: str, volume_source: VolumeSource | None = None) -> dict[str, Any]:
+    """-v SRC:DST[:OPT,...], OPT one of ro, rw, nosuid, nodev, noexec, suid, dev, idmap
+    (podman's); SRC a host path or, given volume_source, a named volume. Binds are
+    nosuid,nodev unless suid/dev is asked; named volumes are idmapped."""
     parts = v.split(":")
     if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
         raise InvalidArgument(f"invalid volume specification: {v!r} (want SRC:DST[:ro|rw])")
@@ -89,14 +117,101 @@ def parse_volume(v: str) -> dict[str, Any]:
     if "ro" in extra and "rw" in extra:
         raise InvalidArgument(f"invalid volume specification: {v!r}: ro and rw together")
     mode = "ro" if "ro" in extra else "rw"
-    if not os.path.isabs(src) or not os.path.isabs(dst):
+    if not os.path.isabs(dst):
         raise InvalidArgument(f"invalid volume specification: {v!r}: both paths must be absolute")
-    if not os.path.exists(src):
-        raise InvalidArgument(f"volume source {src} does not exist")
+    if os.path.isabs(src):
+        if not os.path.exists(src):
+            raise InvalidArgument(f"volume source {src} does not exist")
+        source = os.path.realpath(src)
+    else:
+        source = _named_volume(src, volume_source, repr(v))
+        extra = [*extra, IDMAP]
     if os.path.normpath(dst) == "/":
         raise InvalidArgument("a volume cannot be mounted on /")
-    opts = ["rbind", "rprivate", mode, *(o for o in extra if o not in ("ro", "rw"))]
-    return {"destination": os.path.normpath(dst), "type": "bind", "source": os.path.realpath(src), "options": opts}
+    return {"destination": os.path.normpath(dst), "type": "bind", "source": source, "options": _bind_options(mode, extra)}
+
+
+MOUNT_TYPES = ("bind", "volume", "tmpfs")
+_TRUE = ("", "1", "true")
+
+
+def parse_mount(m: str, volume_source: VolumeSource | None = None) -> dict[str, Any]:
+    """--mount type=bind|volume|tmpfs,source=..,target=..[,readonly][,...] (Docker's keys:
+    src/source, dst/destination/target, ro/readonly, bind-propagation, tmpfs-size,
+    tmpfs-mode; volume-nocopy is accepted and means what it says: nothing is copied)."""
+    fields: dict[str, str] = {}
+    for item in m.split(","):
+        key, _, value = item.partition("=")
+        key = key.strip().lower()
+        if not key:
+            continue
+        key = {"src": "source", "dst": "target", "destination": "target", "ro": "readonly"}.get(key, key)
+        fields[key] = value
+    kind = fields.pop("type", "volume")
+    if kind not in MOUNT_TYPES:
+        raise InvalidArgument(f"invalid --mount {m!r}: type must be one of {', '.join(MOUNT_TYPES)}")
+    target = fields.pop("target", "")
+    if not target or not os.path.isabs(target):
+        raise InvalidArgument(f"invalid --mount {m!r}: target= must be an absolute path")
+    if os.path.normpath(target) == "/":
+        raise InvalidArgument("a volume cannot be mounted on /")
+    target = os.path.normpath(target)
+    ro = fields.pop("readonly", None)
+    if ro is not None and ro.lower() not in (*_TRUE, "0", "false"):
+        raise InvalidArgument(f"invalid --mount {m!r}: readonly={ro}")
+    mode = "ro" if ro is not None and ro.lower() in _TRUE else "rw"
+    source = fields.pop("source", "")
+    allowed = {"bind": {"bind-propagation"}, "volume": {"volume-nocopy"}, "tmpfs": {"tmpfs-size", "tmpfs-mode"}}[kind]
+    unknown = set(fields) - allowed
+    if unknown:
+        raise InvalidArgument(f"invalid --mount {m!r}: unknown key {sorted(unknown)[0]!r} for type={kind}")
+    if kind == "tmpfs":
+        if source:
+            raise InvalidArgument(f"invalid --mount {m!r}: a tmpfs has no source")
+        opts = [mode, "nosuid", "nodev", "noexec"]
+        if fields.get("tmpfs-size"):
+            from .limits import to_bytes
+
+            opts.append(f"size={to_bytes(fields['tmpfs-size'], '--mount tmpfs-size', 'tmpfs')}")
+        if fields.get("tmpfs-mode"):
+            mode_s = fields["tmpfs-mode"]
+            if not re.fullmatch(r"[0-7]{1,4}", mode_s):
+                raise InvalidArgument(f"invalid --mount {m!r}: tmpfs-mode={mode_s} (octal)")
+            opts.append(f"mode={mode_s}")
+        return {"destination": target, "type": "tmpfs", "source": "tmpfs", "options": opts}
+    if kind == "bind":
+        if not source or not os.path.isabs(source):
+            raise InvalidArgument(f"invalid --mount {m!r}: a bind needs an absolute source=")
+        if not os.path.exists(source):
+            raise InvalidArgument(f"invalid --mount {m!r}: bind source path does not exist: {source}")
+        prop = fields.get("bind-propagation") or "rprivate"
+        if prop not in ("private", "rprivate", "slave", "rslave", "shared", "rshared"):
+            raise InvalidArgument(f"invalid --mount {m!r}: bind-propagation={prop}")
+        opts = _bind_options(mode, [])
+        opts[1] = prop
+        return {"destination": target, "type": "bind", "source": os.path.realpath(source), "options": opts}
+    if volume_source is None:
+        raise InvalidArgument(f"invalid --mount {m!r}: named volumes need an engine")
+    from .volumes import valid_name
+
+    if source and not valid_name(source):
+        raise InvalidArgument(f"invalid --mount {m!r}: {source!r} is not a volume name")
+    data = volume_source(source)  # "" makes an anonymous one, as Docker does
+    return {"destination": target, "type": "bind", "source": data, "options": _bind_options(mode, [IDMAP])}
+
+
+def apply_idmaps(mounts: list[dict[str, Any]], userns_base: int | None) -> None:
+    """Turn the `idmap` marks into the mount's own mappings (the container's): files keep
+    container ids on disk, container root's are 0. With the host's ids: nothing to map."""
+    from . import userns
+
+    for m in mounts:
+        opts = m.get("options") or []
+        if IDMAP not in opts:
+            continue
+        m["options"] = [o for o in opts if o != IDMAP]
+        if userns_base is not None:
+            m.update(userns.mappings(userns_base))
 
 
 def parse_user(user: str) -> tuple[dict[str, Any], str | None]:
@@ -173,6 +288,7 @@ def build_config(
     joined_netns: str | None = None,
     userns_base: int | None = None,
     writable: Path | None = None,
+    volume_source: VolumeSource | None = None,
 ) -> dict[str, Any]:
     """The OCI config for these options, with the image's defaults applied as Docker does.
 
@@ -181,6 +297,7 @@ def build_config(
     runtime then shows the image layers and upper dir through idmapped mounts.
     writable: the dir that holds the overlay's upper/ and work/ (default ctr_dir; a
     size-capped filesystem of its own with --storage-opt size=).
+    volume_source: a named volume's data dir (runtime/volumes.py), for -v NAME:/path.
     """
     from .security import capabilities
 
@@ -233,7 +350,10 @@ def build_config(
             {"destination": f"/etc/{name}", "type": "bind", "source": str(ctr_dir / name), "options": ["rbind", "rprivate"]}
         )
     for v in opts.volumes:
-        cfg["mounts"].append(parse_volume(v))
+        cfg["mounts"].append(parse_volume(v, volume_source))
+    for m in opts.mounts:
+        cfg["mounts"].append(parse_mount(m, volume_source))
+    apply_idmaps(cfg["mounts"], userns_base)
     linux = cfg["linux"]
     linux["resources"] = resources(lim)
     linux["cgroupsPath"] = f"{cgroup_parent.strip('/')}/{cid}"

@@ -34,7 +34,14 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-w", "--workdir", help="Working directory inside the container")
     p.add_argument("-h", "--hostname", help="Container host name")
     p.add_argument("-u", "--user", help="Username or UID (format: <name|uid>[:<group|gid>])")
-    p.add_argument("-v", "--volume", action="append", default=[], metavar="SRC:DST[:ro]", help="Bind mount a volume")
+    p.add_argument(
+        "-v", "--volume", action="append", default=[], metavar="SRC|NAME:DST[:ro]",
+        help="Bind mount a host path, or a named volume (created if missing)",
+    )  # fmt: skip
+    p.add_argument(
+        "--mount", action="append", default=[], metavar="type=bind|volume|tmpfs,...",
+        help="Attach a filesystem mount to the container (Docker's keys: source, target, readonly, tmpfs-size)",
+    )  # fmt: skip
     p.add_argument("-m", "--memory", help="Memory limit (e.g. 256m)")
     p.add_argument("--memory-swap", help="Swap limit equal to memory plus swap: -1 for unlimited swap")
     p.add_argument("--cpus", type=float, help="Number of CPUs")
@@ -103,6 +110,7 @@ def _options(a: argparse.Namespace) -> RunOptions:
         hostname=a.hostname,
         user=a.user,
         volumes=a.volume,
+        mounts=a.mount,
         read_only=a.read_only,
         cap_add=a.cap_add,
         cap_drop=a.cap_drop,

@@ -130,7 +130,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The command line; with `only`, the parser of that command alone (and the list of
     every command), which is all one run needs. Command modules import their heavy
     parts when a command runs, never here."""
-    from . import containers, images, system
+    from . import containers, images, system, volume
 
     parser = _Parser(
         prog="cellbox",
@@ -146,6 +146,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     containers.register(sub)
     images.register(sub)
     system.register(sub)
+    volume.register(sub)
     if not only or only not in sub.choices:  # a built-in command needs no plugin
         for register in plugins():
             register(sub)

@@ -188,7 +188,7 @@ def test_volumes_are_private_recursive_binds(tmp_path):
         "destination": "/data",
         "type": "bind",
         "source": str(src),
-        "options": ["rbind", "rprivate", "rw"],
+        "options": ["rbind", "rprivate", "rw", "nosuid", "nodev"],  # binds are nosuid,nodev
     }
     assert ro["destination"] == "/ro/x" and ro["source"] == str(
         src
