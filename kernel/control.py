@@ -10,7 +10,7 @@ on one line (at most MAX_REQUEST bytes, within READ_TIMEOUT seconds):
 and reads JSON lines back: zero or more {"progress": {...}} then one final
 {"ok": true, "result": ...} or {"ok": false, "error": "one plain line"}.
 
-Ops: status, snapshot, snapshots, snapshot_rm, restore, commit, images, rmi, push, diff. Every
+Ops: status, snapshot, snapshots, snapshot_rm, snapshot_changes, restore, commit, images, rmi, push, diff. Every
 request is checked against a schema (unknown fields are refused). Policy: commit may not
 overwrite an image that this container did not commit (images it commits carry the label
 cellbox.kernel.container=<id>); images lists and rmi removes only such images (the tenant
@@ -40,6 +40,7 @@ READ_TIMEOUT = 5.0
 WRITE_TIMEOUT = 10.0
 MAX_CLIENTS = 4
 RESTORE_DELAY = 0.3
+MAX_CHANGES = 2000  # paths snapshot_changes answers with at most
 LABEL_COMMITTER = "cellbox.kernel.container"
 
 _TEXT = {"type": "string", "maxLength": 4096}
@@ -58,6 +59,7 @@ ARGS_SCHEMAS: dict[str, dict[str, Any]] = {
     "snapshot": _args({"message": _TEXT}),
     "restore": _args({"snapshot": _SNAP}, ["snapshot"]),
     "snapshot_rm": _args({"snapshot": _SNAP}, ["snapshot"]),
+    "snapshot_changes": _args({"snapshot": _SNAP}, ["snapshot"]),
     "commit": _args({"ref": _REF, "message": _TEXT}, ["ref"]),
     "push": _args({"ref": _REF}, ["ref"]),
     "images": _args({}),
@@ -300,6 +302,9 @@ class ControlServer:
         with self._op_lock:
             if op == "snapshot":
                 return dataclasses.asdict(eng.snapshot_create(cid, args.get("message", ""))), None
+            if op == "snapshot_changes":  # may the kernel go back to it without a restart?
+                paths = eng.snapshot_changes(cid, args["snapshot"])
+                return {"paths": paths[:MAX_CHANGES], "more": len(paths) > MAX_CHANGES}, None
             if op == "snapshot_rm":  # its own snapshots only: the socket names the container
                 return dataclasses.asdict(eng.snapshot_remove(cid, args["snapshot"])), None
             if op == "restore":

@@ -302,6 +302,12 @@ class ImageOps:
         ctr = self.get(ref)
         return self.snapshots(ctr.id).remove(snap)
 
+    def snapshot_changes(self, ref: str, snap: str) -> list[str]:
+        """Paths (in the container's layer) that differ between a snapshot and now."""
+        ctr = self.get(ref)
+        with self._frozen(ctr, True, "snapshot"):
+            return userns.call(lambda: self.snapshots(ctr.id).changed_since(snap, ctr.upper))
+
     def snapshot_limits(self, ref: str, max_snapshots: int | None = None, max_bytes: int | None = None) -> None:
         """Cap what the container's snapshots may keep (count, bytes on disk; 0/None: no cap).
 

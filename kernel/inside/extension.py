@@ -12,6 +12,12 @@ def load_ipython_extension(ip: Any) -> None:
     from . import pipnet
 
     pipnet.install(ip)
+    try:  # a restored snapshot or a committed image may name variables to resume
+        from .state import KernelState
+
+        KernelState.get(ip).resume_at_start()
+    except Exception as e:  # noqa: BLE001 - the kernel starts anyway
+        print(f"cellbox: the kernel's variables were not resumed: {e}")
 
 
 def unload_ipython_extension(ip: Any) -> None:

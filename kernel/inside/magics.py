@@ -1,5 +1,5 @@
 """Container side: the %cellbox line magic (status, snapshot, snapshots, snapshot rm, restore,
-commit, images, rmi, push, diff)."""
+commit, images, rmi, push, diff; autosnap, timeline, back, replay: the kernel's variables)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from . import client
 
 USAGE = (
-    "usage: %cellbox status | snapshot [-m MSG] | snapshot rm SNAP | snapshots | restore SNAP | "
-    "commit REPO:TAG [-m MSG] | images | rmi REPO:TAG | push REPO:TAG | diff"
+    "usage: %cellbox status | snapshot [-m MSG] [--files-only] | snapshot rm SNAP | snapshots | "
+    "restore SNAP [--files-only] | restore --before CELL | autosnap on|off | timeline | back [N] | "
+    "replay NAME | commit REPO:TAG [-m MSG] [--with-state] | images | rmi REPO:TAG | push REPO:TAG | diff"
 )
 
 
@@ -32,11 +33,22 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("snapshot")
     s.add_argument("-m", "--message", default="")
     s.add_argument("action", nargs="*", help="rm SNAP: remove a snapshot")
+    s.add_argument("--files-only", action="store_true", help="not the kernel's variables")
     s = sub.add_parser("restore")
-    s.add_argument("snapshot")
+    s.add_argument("snapshot", nargs="?")
+    s.add_argument("--files-only", action="store_true", help="files only: the kernel restarts empty")
+    s.add_argument("--before", type=int, help="the autosnap checkpoint before cell N")
     s = sub.add_parser("commit")
     s.add_argument("ref")
     s.add_argument("-m", "--message", default="")
+    s.add_argument("--with-state", action="store_true", help="the image resumes this kernel's variables")
+    s = sub.add_parser("autosnap")
+    s.add_argument("switch", choices=["on", "off"])
+    sub.add_parser("timeline")
+    s = sub.add_parser("back")
+    s.add_argument("cells", type=int, nargs="?", default=1)
+    s = sub.add_parser("replay")
+    s.add_argument("name")
     s = sub.add_parser("push")
     s.add_argument("ref")
     sub.add_parser("images")
@@ -85,6 +97,8 @@ def run(line: str) -> Any:
         snap = client.snapshot_rm(args.action[1])
         print(f"removed snapshot {snap['id'][:12]}{': ' + snap['message'] if snap['message'] else ''}")
         return None
+    if args.cmd in _STATE_CMDS or (args.cmd == "snapshot" and not args.files_only):
+        return _state_cmd(args)
     if args.cmd == "snapshot":
         snap = client.snapshot(args.message)
         kept = f", {_size(snap['stored'])} stored" if "stored" in snap else ""
@@ -97,10 +111,16 @@ def run(line: str) -> Any:
         for s in snaps:
             print(f"{s['id'][:12]}  {s['created']}  {_size(s['size']):>10}  {s['message']}")
         return None
+    if args.cmd == "restore" and not args.files_only:
+        return _state_cmd(args)
     if args.cmd == "restore":
+        if not args.snapshot:
+            raise client.ControlError(USAGE)
         snap = client.restore(args.snapshot)
         print(f"restoring snapshot {snap['id'][:12]}: the kernel restarts now", flush=True)
         return None
+    if args.cmd == "commit" and args.with_state:
+        return _state_cmd(args)
     if args.cmd == "commit":
         img = client.commit(args.ref, args.message)
         print(f"committed {args.ref}: {img['id']}")
@@ -128,11 +148,89 @@ def run(line: str) -> Any:
     raise client.ControlError(USAGE)
 
 
+_STATE_CMDS = ("autosnap", "timeline", "back", "replay")
+
+
+def _state_cmd(args: argparse.Namespace) -> Any:
+    """The commands that involve the kernel's variables (kernel/inside/state)."""
+    from IPython import get_ipython
+
+    from . import state
+
+    shell = get_ipython()
+    if shell is None:
+        raise client.ControlError("the kernel's variables need an IPython kernel")
+    ks = state.KernelState.get(shell)
+    try:
+        return _state_run(ks, args, state)
+    except state.StateError as e:
+        raise client.ControlError(str(e)) from None
+
+
+def _state_run(ks: Any, args: argparse.Namespace, state: Any) -> Any:
+    if args.cmd == "snapshot":
+        snap, manifest = ks.snapshot(args.message)
+        kept = f", {_size(snap['stored'])} stored" if "stored" in snap else ""
+        what = state.describe_capture(manifest, ks.ns.stats)
+        print(f"snapshot {snap['id'][:12]} ({_size(snap['size'])}{kept}; {what}){': ' + snap['message'] if snap['message'] else ''}")
+        return None
+    if args.cmd == "restore":
+        if args.before is not None:
+            out = ks.before_cell(args.before)
+        elif args.snapshot:
+            out = ks.restore(_find_snapshot(args.snapshot))
+        else:
+            raise client.ControlError(USAGE)
+        return _restored(out, state)
+    if args.cmd == "back":
+        return _restored(ks.back(args.cells), state)
+    if args.cmd == "autosnap":
+        ks.autosnap(args.switch == "on")
+        print(f"autosnap {args.switch}" + (": a checkpoint (files and variables) after each cell; %cellbox timeline" if args.switch == "on" else ""))
+        return None
+    if args.cmd == "timeline":
+        entries = ks.timeline()
+        if not entries:
+            print("no checkpoints yet: %cellbox autosnap on")
+        for i, e in enumerate(entries):
+            back = len(entries) - 1 - i
+            snap = (e.get("snap") or "-")[:12]
+            first = (e.get("source") or "").strip().splitlines()[:1]
+            print(f"before cell {e['cell'] + 1:<4} back {back:<3} {snap:12}  {first[0][:60] if first else ''}")
+        return None
+    if args.cmd == "replay":
+        src = ks.replay(args.name)
+        print(f"ran again the cell that made {args.name}:\n{src}")
+        return None
+    if args.cmd == "commit":
+        with ks.with_resume():
+            img = client.commit(args.ref, args.message)
+        print(f"committed {args.ref} with the kernel's variables: {img['id']}")
+        return None
+    raise client.ControlError(USAGE)
+
+
+def _find_snapshot(prefix: str) -> dict[str, Any]:
+    hits = [s for s in client.snapshots() if s["id"].startswith(prefix)]
+    if len(hits) != 1:
+        raise client.ControlError(f"no snapshot {prefix}" if not hits else f"snapshot id {prefix} is ambiguous")
+    return hits[0]
+
+
+def _restored(out: dict[str, Any], state: Any) -> None:
+    if out.get("restart"):
+        what = "files and variables" if out.get("state") else "files (this snapshot has no variables)"
+        print(f"restoring {what}: the kernel restarts now", flush=True)
+        return None
+    print(state.describe(out) + ("; files unchanged since" if "files" not in out else f"; files {out['files']}"))
+    return None
+
+
 @magics_class
 class CellboxMagics(Magics):
     @line_magic
     def cellbox(self, line: str) -> None:
-        """%cellbox status | snapshot [-m MSG] | snapshot rm SNAP | snapshots | restore SNAP | commit REPO:TAG [-m MSG] | images | rmi REPO:TAG | push REPO:TAG | diff"""
+        """%cellbox status | snapshot [-m MSG] [--files-only] | snapshot rm SNAP | snapshots | restore SNAP [--files-only] | restore --before CELL | autosnap on|off | timeline | back [N] | replay NAME | commit REPO:TAG [-m MSG] [--with-state] | images | rmi REPO:TAG | push REPO:TAG | diff"""
         try:
             run(line)
         except client.ControlError as e:

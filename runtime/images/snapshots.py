@@ -696,6 +696,38 @@ class Snapshots:
             snap = self._find(index, snap_id)
             self._materialize(index, snap["id"], dest)
 
+    def changed_since(self, snap_id: str, upper: Path) -> list[str]:
+        """Paths whose state differs between snap_id and the upper dir now (lstat only).
+
+        The deltas on the way from the snapshot to the head, and the upper against the head
+        manifest. A kernel whose files changed only in its own state dir since a snapshot
+        can go back to it without a restart (kernel/inside/state); anything else here means
+        the files must be restored (a restart). The caller keeps the container frozen.
+        """
+        with self._locked() as index:
+            index = self._recover(index)
+            snap = self._find(index, snap_id)
+            head = index.get("head")
+            if not head:
+                return [""]  # nothing to compare with: say the root changed
+            there = [s["id"] for s in self._chain(index, snap["id"])]
+            here = [s["id"] for s in self._chain(index, head["id"])]
+            common = 0
+            while common < min(len(there), len(here)) and there[common] == here[common]:
+                common += 1
+            by_id = {s["id"]: s for s in index["snapshots"]}
+            paths: set[str] = set()
+            for sid in there[common:] + here[common:]:
+                delta = json.loads((self.root / "layers" / by_id[sid]["layer"] / "delta.json").read_text())
+                paths.update(p for p, _kind in delta["puts"])
+                paths.update(delta["deleted"])
+            data = json.loads((self.root / head["manifest"]).read_text())
+            prev, cur = data["entries"], walk(upper)
+            same_dev = data["dev"] == os.lstat(upper).st_dev
+            paths.update(p for p, e in cur.items() if not same_dev or prev.get(p) != e or e[5] == _RACY)
+            paths.update(p for p in prev if p not in cur)
+            return sorted(paths)
+
     # ------------------------------------------------------------ internals
 
     def _new_id(self, index: dict) -> str:
