@@ -17,6 +17,8 @@ from .linux import syscalls as sc
 from .security import capabilities as caps_mod
 from .spec import ANN_USER, DEFAULT_PATH
 
+_CLOSE_RANGE_CLOEXEC = 1 << 2
+
 
 def _parse_db(path: str) -> list[list[str]]:
     try:
@@ -147,7 +149,9 @@ def _prepare_and_exec(process: dict[str, Any], annotations: dict[str, str], secc
     if not real.startswith("/"):
         raise PermissionError(1, "working directory is outside the container", cwd)
 
-    sc.close_range(3)
+    # Close-on-exec rather than closed: the init learns of the execve itself from the
+    # end of a pipe (poststart hooks run only after it).
+    sc.close_range(3, flags=_CLOSE_RANGE_CLOEXEC)
     args = process["args"]
     if seccomp_filter is not None:
         seccomp_filter.load()

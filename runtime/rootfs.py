@@ -398,7 +398,7 @@ def _attach_clone(root: str, m: dict[str, Any], fd: int, syscalls: Syscalls) -> 
         syscalls.mount("", dest, None, prop)
 
 
-def _mount_cgroup(syscalls: Syscalls, target: str, flags: int) -> None:
+def _mount_cgroup(syscalls: Syscalls, target: str, flags: int, cgroupns: bool = True) -> None:
     """Show the container's own cgroups at /sys/fs/cgroup (its cgroup namespace root)."""
     hierarchies = []
     for line in syscalls.mountinfo().splitlines():
@@ -420,18 +420,43 @@ def _mount_cgroup(syscalls: Syscalls, target: str, flags: int) -> None:
         sub = os.path.join(target, name)
         _mkdir_p(sub)
         opts = ",".join(o for o in super_opts.split(",") if o not in ("rw", "ro"))
+        own = "" if cgroupns else _own_cgroup_dir(mountpoint, fstype, super_opts)
         try:
-            syscalls.mount("cgroup", sub, fstype, flags, None if fstype == "cgroup2" else opts)
+            if own:
+                # No cgroup namespace of its own (podman on v1): a fresh mount would show
+                # the host's whole tree; runc binds the container's own group instead.
+                syscalls.mount(own, sub, None, sc.MS_BIND | sc.MS_REC)
+                syscalls.mount(own, sub, None, sc.MS_BIND | sc.MS_REMOUNT | flags)
+            else:
+                syscalls.mount("cgroup", sub, fstype, flags, None if fstype == "cgroup2" else opts)
         except OSError:
             os.rmdir(sub)
     syscalls.mount("", target, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+
+
+def _own_cgroup_dir(mountpoint: str, fstype: str, super_opts: str) -> str:
+    """This process's group below a v1 hierarchy's host mount point ("" for the root)."""
+    if fstype != "cgroup":
+        return ""
+    controllers = {o for o in super_opts.split(",") if o not in ("rw", "ro")}
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        _id, names, path = line.split(":", 2)
+        if names and set(names.split(",")) <= controllers and set(names.split(",")) & controllers:
+            path = path.strip("/")
+            return os.path.join(mountpoint, path) if path else ""
+    return ""
 
 
 def is_bind(m: dict[str, Any]) -> bool:
     return m.get("type") == "bind" or bool(parse_options(list(m.get("options") or []))[0] & sc.MS_BIND)
 
 
-def mount_one(root: str, m: dict[str, Any], syscalls: Syscalls = LINUX) -> None:
+def mount_one(root: str, m: dict[str, Any], syscalls: Syscalls = LINUX, cgroupns: bool = True) -> None:
     dest = secure_join(root, m["destination"])
     mtype = m.get("type") or ""
     source = m.get("source") or mtype or "none"
@@ -448,7 +473,7 @@ def mount_one(root: str, m: dict[str, Any], syscalls: Syscalls = LINUX) -> None:
             syscalls.mount(source, dest, None, extra | sc.MS_BIND | sc.MS_REMOUNT | _locked_flags(syscalls, dest))
     elif mtype == "cgroup":
         _ensure_target(dest, True)
-        _mount_cgroup(syscalls, dest, flags)
+        _mount_cgroup(syscalls, dest, flags, cgroupns)
     elif mtype == "sysfs":
         _ensure_target(dest, True)
         try:
@@ -529,8 +554,16 @@ def readonly_paths(root: str, paths: list[str], syscalls: Syscalls = LINUX) -> N
         syscalls.mount(target, target, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | _locked_flags(syscalls, target))
 
 
+# linux.rootfsPropagation values applied to the new "/" after pivot_root (as runc >= 1.2
+# does): pivot_root refuses a shared root (EINVAL) and an unbindable one cannot be bound
+# onto itself, so until then the tree stays rslave.
+_AFTER_PIVOT = ("shared", "rshared", "unbindable", "runbindable")
+
+
 def prepare_root(root: str, propagation: str | None, syscalls: Syscalls = LINUX) -> None:
     """Keep our mounts from reaching the host, and make root.path a mount point."""
+    if propagation in _AFTER_PIVOT:
+        propagation = None
     syscalls.mount("", "/", None, _PROPAGATION.get(propagation or "rslave", sc.MS_SLAVE | sc.MS_REC))
     # The parent of the rootfs must not be shared, or pivot_root fails and mounts leak.
     syscalls.mount(root, root, None, sc.MS_BIND | sc.MS_REC)
@@ -559,21 +592,36 @@ def setup(config: dict[str, Any], syscalls: Syscalls = LINUX) -> str:
         mount_overlay(root, config.get("annotations") or {}, syscalls)
     if not os.path.isdir(root):
         raise FileNotFoundError(errno.ENOENT, f"rootfs {root} does not exist")
+    if not _own_mount_ns(config):
+        write_sysctls(linux.get("sysctl") or {}, syscalls)
+        return root  # spec.validate refused every mount such a config could ask for
     prepare_root(root, linux.get("rootfsPropagation"), syscalls)
+    cgroupns = any(n.get("type") == "cgroup" for n in linux.get("namespaces") or [])
     for m in config.get("mounts") or []:
         if monitor_mounted and is_bind(m):
             continue  # made by the monitor (bind_host_paths)
-        mount_one(root, m, syscalls)
+        mount_one(root, m, syscalls, cgroupns)
     create_devices(root, linux.get("devices") or [], syscalls)
     write_sysctls(linux.get("sysctl") or {}, syscalls)
     return root
 
 
+def _own_mount_ns(config: dict[str, Any]) -> bool:
+    """Whether linux.namespaces asks for a new mount namespace (not joining one by path)."""
+    return any(n.get("type") == "mount" for n in (config.get("linux") or {}).get("namespaces") or [])
+
+
 def finish(config: dict[str, Any], root: str, syscalls: Syscalls = LINUX) -> None:
     """After the mounts: mask, protect, pivot, and make root read-only if asked."""
     linux = config.get("linux") or {}
+    if not _own_mount_ns(config):
+        os.chroot(root)  # the runtime's mount namespace: no pivot_root (runc chroots too)
+        os.chdir("/")
+        return
     mask_paths(root, linux.get("maskedPaths") or [], syscalls)
     readonly_paths(root, linux.get("readonlyPaths") or [], syscalls)
     syscalls.pivot_rootfs(root)
+    if linux.get("rootfsPropagation") in _AFTER_PIVOT:
+        syscalls.mount("", "/", None, _PROPAGATION[linux["rootfsPropagation"]])
     if (config.get("root") or {}).get("readonly"):
         syscalls.mount("", "/", None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | _locked_flags(syscalls, "/"))

@@ -216,10 +216,22 @@ def validate(config: Any, check_process: bool = True) -> None:
         seen.add(ns["type"])
         if "path" in ns and (not isinstance(ns["path"], str) or not ns["path"].startswith("/")):
             _fail(f"linux.namespaces: {ns['type']} path must be absolute")
-    if "mount" not in seen and (config.get("mounts") or linux.get("maskedPaths")):
-        pass  # runc allows it; mounts then go to the host: we refuse below
     if "mount" not in seen:
-        _fail("linux.namespaces must include mount (cellbox never mounts in the host namespace)")
+        # config-linux.md allows it: the container shares the runtime's mount namespace
+        # and is only chrooted into root.path. Whatever would mount or create something
+        # there (runc does, on the host) is refused, by name.
+        unmountable = {
+            "mounts": config.get("mounts"),
+            "linux.maskedPaths": linux.get("maskedPaths"),
+            "linux.readonlyPaths": linux.get("readonlyPaths"),
+            "linux.devices": linux.get("devices"),
+            "linux.rootfsPropagation": linux.get("rootfsPropagation"),
+            "root.readonly": root.get("readonly"),
+            "annotations." + ANN_LOWER: (config.get("annotations") or {}).get(ANN_LOWER),
+        }
+        for field, value in unmountable.items():
+            if value:
+                _fail(f"{field} needs a mount namespace (without one, nothing is mounted on the host)")
     if ("uidMappings" in linux or "gidMappings" in linux) and "user" not in seen:
         _fail("linux.uidMappings need a user namespace")
     for name in (linux.get("sysctl") or {}):

@@ -15,7 +15,11 @@ from cellbox.runtime.limits import check_swap, to_bytes
 from .units import MAX_PERIOD, MIN_PERIOD
 
 _SECTIONS = {
-    "memory": ("limit", "reservation", "swap", "swappiness"),
+    # kernel, useHierarchy and checkBeforeUpdate are accepted and ignored with a note (as
+    # runc does: kernel memory limits are gone from new kernels, v1 is always hierarchical,
+    # there is no update); kernelTCP and disableOOMKiller are written where the host has them.
+    "memory": ("limit", "reservation", "swap", "swappiness", "kernel", "kernelTCP",
+               "disableOOMKiller", "useHierarchy", "checkBeforeUpdate"),
     "cpu": ("shares", "quota", "period", "cpus", "mems"),
     "pids": ("limit",),
 }
@@ -29,6 +33,8 @@ class Memory:
     reservation: int | None = None
     swap: int | None = None  # memory+swap total, -1 unlimited; None = swap off
     swappiness: int | None = None
+    kernel_tcp: int | None = None  # bytes, -1 unlimited (v1 memory.kmem.tcp.limit_in_bytes)
+    disable_oom_killer: bool | None = None  # v1 memory.oom_control
 
 
 @dataclass
@@ -74,6 +80,12 @@ def _int(section: str, key: str, value: object, lo: int | None = None, hi: int |
         raise InvalidArgument(f"invalid {section}.{key}: {value!r} (expected an integer)")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise InvalidArgument(f"invalid {section}.{key}: {value} (allowed {lo}..{hi})")
+    return value
+
+
+def _bool(section: str, key: str, value: object) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise InvalidArgument(f"invalid {section}.{key}: {value!r} (expected true/false)")
     return value
 
 
@@ -139,8 +151,16 @@ def normalize(resources: dict | None) -> Resources:
             reservation=_memlimit("memory", "reservation", m.get("reservation")),
             swap=_memlimit("memory", "swap", m.get("swap")),
             swappiness=_int("memory", "swappiness", m.get("swappiness"), 0, 100),
+            kernel_tcp=_memlimit("memory", "kernelTCP", m.get("kernelTCP")),
+            disable_oom_killer=_bool("memory", "disableOOMKiller", m.get("disableOOMKiller")),
         )
         mem = out.memory
+        if _memlimit("memory", "kernel", m.get("kernel")) is not None:
+            out.notes.append("memory.kernel: ignored (kernel memory limits are deprecated)")
+        if _bool("memory", "useHierarchy", m.get("useHierarchy")) is False:
+            out.notes.append("memory.useHierarchy: ignored (memory accounting is always hierarchical)")
+        if _bool("memory", "checkBeforeUpdate", m.get("checkBeforeUpdate")) is not None:
+            out.notes.append("memory.checkBeforeUpdate: ignored (it only concerns an update)")
         if mem.limit is not None and mem.limit == 0:
             raise InvalidArgument("invalid memory.limit: 0")
         if mem.swap is not None:

@@ -47,6 +47,7 @@ def apply(dirs: dict[str, str], res: Resources) -> None:
     """Write res into the v1 hierarchies (dirs: controller -> this group's directory)."""
     if res.memory is not None:
         _memory(_need(dirs, "memory", "a memory setting"), res.memory)
+        _memory_extras(dirs["memory"], res)
     if res.cpu is not None:
         _cpu(dirs, res.cpu)
     if res.pids is not None:
@@ -104,6 +105,20 @@ def _memory(d: str, mem: Memory) -> None:
         fsio.write(os.path.join(d, "memory.soft_limit_in_bytes"), str(mem.reservation))
     if swappiness is not None:
         fsio.write(os.path.join(d, "memory.swappiness"), str(swappiness))
+
+
+def _memory_extras(d: str, res: Resources) -> None:
+    """kernelTCP where the kernel still has it (a note otherwise, as runc warns);
+    disableOOMKiller through memory.oom_control."""
+    mem = res.memory
+    if mem.kernel_tcp is not None:
+        tcp_f = os.path.join(d, "memory.kmem.tcp.limit_in_bytes")
+        if fsio.exists(tcp_f):
+            fsio.write(tcp_f, str(mem.kernel_tcp))
+        else:
+            res.notes.append("memory.kernelTCP: ignored (no memory.kmem.tcp in this kernel)")
+    if mem.disable_oom_killer is not None:
+        fsio.write(os.path.join(d, "memory.oom_control"), "1" if mem.disable_oom_killer else "0")
 
 
 def _cpu(dirs: dict[str, str], cpu: Cpu) -> None:

@@ -58,6 +58,8 @@ def apply(d: str, res: Resources) -> None:
     if mem is not None:
         if mem.swappiness is not None:
             raise InvalidArgument("memory.swappiness is not supported on cgroup v2")
+        if mem.kernel_tcp is not None or mem.disable_oom_killer:
+            res.notes.append("memory.kernelTCP/disableOOMKiller: ignored on cgroup v2 (as runc)")
         if mem.limit is not None:
             value = "max" if mem.limit == -1 else str(mem.limit)
             fsio.write(_file(d, "memory.max", "a memory limit"), value)

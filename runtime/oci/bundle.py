@@ -6,6 +6,7 @@ the bundle lives (root.path relative to it, the default cgroup) is resolved here
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from ..errors import Conflict, InvalidArgument, NotFound
 # runc's libcontainer: idRegex = `^[\w+\-\.]+$`
 _ID = re.compile(r"^[\w+\-.]+$", re.ASCII)
 DEFAULT_CGROUP_PARENT = "cellbox-runc"
+_NS_GET_NSTYPE = 0xB703  # ioctl_ns(2): _IO(0xb7, 0x3), the CLONE_NEW* type of an nsfs fd
 
 
 def validate_id(cid: str) -> str:
@@ -58,10 +60,16 @@ def cgroup_path(config_path: str | None, cid: str) -> str:
     if ":" in config_path and not config_path.startswith("/"):
         parts = config_path.split(":")
         if len(parts) != 3:
-            raise InvalidArgument(f"expected cgroupsPath to be of format \"slice:prefix:name\" for systemd cgroups, got {config_path!r}")
+            raise InvalidArgument(
+                f'expected cgroupsPath to be of format "slice:prefix:name" for systemd cgroups, got {config_path!r}'
+            )
         sl, prefix, name = parts
         sl = expand_slice(sl or "system.slice")
-        unit = name if name.endswith(".slice") else (f"{prefix}-{name}.scope" if prefix else f"{name}.scope")
+        unit = (
+            name
+            if name.endswith(".slice")
+            else (f"{prefix}-{name}.scope" if prefix else f"{name}.scope")
+        )
         path = f"{sl}/{unit}" if sl else unit
     else:
         path = config_path
@@ -118,7 +126,15 @@ def allow_default_devices(linux: dict[str, Any]) -> None:
     for d in linux.get("devices") or []:
         if d.get("type") in ("c", "b", "u") and "major" in d and "minor" in d:
             kind = "c" if d["type"] == "u" else d["type"]
-            rules.append({"allow": True, "type": kind, "major": d["major"], "minor": d["minor"], "access": "rwm"})
+            rules.append(
+                {
+                    "allow": True,
+                    "type": kind,
+                    "major": d["major"],
+                    "minor": d["minor"],
+                    "access": "rwm",
+                }
+            )
     res["devices"] = rules
 
 
@@ -143,3 +159,36 @@ def claim(root: str | Path, cid: str) -> Path:
     except FileExistsError:
         raise Conflict(f"container with id exists: {cid}") from None
     return d
+
+
+def check_resources(config: dict[str, Any]) -> list[str]:
+    """linux.resources checked before anything is made; the notes on what is ignored."""
+    from ..cgroups.resources import normalize
+
+    try:
+        return normalize((config.get("linux") or {}).get("resources")).notes
+    except InvalidArgument as e:
+        raise InvalidArgument(f"config.json: linux.resources: {e}") from None
+
+
+def check_namespace_paths(config: dict[str, Any]) -> None:
+    """Each linux.namespaces[].path must be a namespace of that type (runc checks at create)."""
+    from ..linux import syscalls as sc
+
+    for i, ns in enumerate((config.get("linux") or {}).get("namespaces") or []):
+        path = ns.get("path")
+        if not path:
+            continue
+        where = f"linux.namespaces[{i}].path ({ns['type']})"
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise InvalidArgument(f"config.json: {where}: {path}: {e.strerror}") from None
+        try:
+            kind = fcntl.ioctl(fd, _NS_GET_NSTYPE)
+        except OSError:
+            kind = None  # not an nsfs file at all
+        finally:
+            os.close(fd)
+        if kind != sc.NAMESPACE_FLAGS[ns["type"]]:
+            raise InvalidArgument(f"config.json: {where}: {path} is not a {ns['type']} namespace")

@@ -172,7 +172,9 @@ def _print_json(obj: Any) -> None:
 
 def cmd_create(rt: Any, o: dict[str, Any], pos: list[str], log: Log) -> int:
     _need(pos, 1, "create", "ID")
-    created = rt.create(pos[0], o["bundle"] or ".", pid_file=o["pid_file"], console_socket=o["console_socket"])
+    created = rt.create(
+        pos[0], o["bundle"] or ".", pid_file=o["pid_file"], console_socket=o["console_socket"], warn=log.warning
+    )
     log.debug(f"created {created.id}: init pid {created.pid}")
     return 0
 
@@ -183,7 +185,8 @@ def cmd_run(rt: Any, o: dict[str, Any], pos: list[str], log: Log) -> int:
     cid = pos[0]
     detach = bool(o["detach"])
     created = rt.create(
-        cid, o["bundle"] or ".", pid_file=o["pid_file"], console_socket=o["console_socket"], handoff=detach
+        cid, o["bundle"] or ".", pid_file=o["pid_file"], console_socket=o["console_socket"], handoff=detach,
+        warn=log.warning,
     )
     if not detach:
         forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,

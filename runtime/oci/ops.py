@@ -105,13 +105,22 @@ class Runtime:
         pid_file: str | None = None,
         console_socket: str | None = None,
         handoff: bool = True,
+        warn: Any = None,
     ) -> Created:
-        """Set the container up and leave its init waiting at the start gate."""
+        """Set the container up and leave its init waiting at the start gate.
+
+        Everything checkable is checked before anything is made (resources, namespace
+        paths), so a refused config leaves nothing behind; warn gets what is ignored.
+        """
         bundle_mod.validate_id(cid)
         bundle = os.path.abspath(bundle)
         if not os.path.isdir(bundle):
             raise NotFound(f"bundle {bundle} does not exist")
         config = bundle_mod.resolve(bundle_mod.load_config(bundle), bundle, cid)
+        for note in bundle_mod.check_resources(config):
+            if warn:
+                warn(note)
+        bundle_mod.check_namespace_paths(config)
         ns_types = {n.get("type") for n in (config.get("linux") or {}).get("namespaces") or []}
         if "user" in ns_types and not any(
             n.get("path") for n in config["linux"]["namespaces"] if n["type"] == "user"
@@ -312,8 +321,8 @@ class Runtime:
             from ..roles.hooks import run_hooks
 
             st.status = state.STOPPED
-            try:
-                run_hooks(config, "poststop", st)
+            try:  # a failing poststop hook warns and the next one runs (runtime.md)
+                run_hooks(config, "poststop", st, warn=warn)
             except Exception as e:  # noqa: BLE001 - spec: log, go on deleting
                 if warn:
                     warn(f"poststop hook: {e}")
@@ -381,7 +390,7 @@ class Runtime:
                 os.close(r)
                 if detach:
                     os.setsid()
-                exec_in(str(d), str(pfile), w, console)
+                exec_in(str(d), str(pfile), w, console, detach=detach)
             finally:
                 os._exit(126)
         os.close(w)
@@ -393,6 +402,8 @@ class Runtime:
             os.waitpid(helper, 0)
             raise CellboxError(msg.error)
         pid = msg.pid
+        if detach:
+            os.waitpid(helper, 0)  # it exits at once, leaving the process to our subreaper
         if pid_file:
             _write_pid_file(pid_file, pid)
         return pid, helper

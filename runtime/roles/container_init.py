@@ -46,6 +46,7 @@ def container_init(config: dict, join_files: list[str], chan: Channel, console: 
         sc.set_process_name("cellbox-init")
         sc.set_process_title("cellbox-init")  # no host path in the container's `ps`
         join_cgroup(join_files)
+        caps_mod.check_bounding((config.get("process") or {}).get("capabilities"))
         flags = 0
         joins = []
         for ns in ns_list(config):
@@ -90,16 +91,23 @@ def container_init(config: dict, join_files: list[str], chan: Channel, console: 
         if hooks.get("startContainer"):
             st = state.State(id=msg.id, status=state.CREATED, pid=1)
             run_hooks(config, "startContainer", st)
+        # "started" only once the user's process has exec'd (runtime.md: poststart hooks
+        # run after the user-specified process is executed): the child holds the write
+        # end of a close-on-exec pipe, so EOF here means its execve (or its death).
+        execd_r, execd_w = os.pipe2(os.O_CLOEXEC)
         child = os.fork()
         if child == 0:
             try:
                 chan.close()
+                os.close(execd_r)
                 if slave >= 0:
                     console_mod.set_tty(slave)
                 process_mod.exec_process(proc, config.get("annotations") or {}, seccomp_filter)
             finally:
                 os._exit(127)
         _forward_signals(child)  # before "started": a kill right after start must arrive
+        os.close(execd_w)
+        _wait_eof(execd_r)
         if slave >= 0:
             os.close(slave)
         _harden_init()
@@ -116,6 +124,19 @@ def container_init(config: dict, join_files: list[str], chan: Channel, console: 
             chan.send(Failed(describe(e)))
         finally:
             os._exit(1)
+
+
+def _wait_eof(fd: int) -> None:
+    """Block until every writer of fd is gone, then close it."""
+    try:
+        while True:
+            try:
+                if not os.read(fd, 64):
+                    break
+            except InterruptedError:
+                continue
+    finally:
+        os.close(fd)
 
 
 def _harden_init() -> None:

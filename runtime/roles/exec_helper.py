@@ -28,8 +28,13 @@ def exec_in(
     console: dict,
     done_fd: int = -1,
     owner: int = 0,
+    detach: bool = False,
 ) -> None:
-    """Run one more process in a running container; exit with its status."""
+    """Run one more process in a running container; exit with its status.
+
+    detach (`cellbox-runc exec -d`, as conmon runs every podman exec): exit once the
+    process runs, leaving it to the caller's subreaper, which waits for it itself.
+    """
     sc.set_dumpable(False)
     with open(os.path.join(state_dir, "config.json")) as f:
         config = json.load(f)
@@ -90,6 +95,8 @@ def exec_in(
     except BaseException as e:  # noqa: BLE001
         write_sync(sync_fd, Failed(describe(e)))
         os._exit(126)
+    if detach:
+        os._exit(0)
     for s in (
         signal.SIGINT,
         signal.SIGTERM,

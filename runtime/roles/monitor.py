@@ -9,6 +9,7 @@ moment the init reports it, and removes the cgroup.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -103,7 +104,9 @@ def create(state_dir: str, sync_fd: int, console: dict, done_fd: int = -1) -> No
             # (other containers' loop-mounted disks among them) for this container's life.
             sc.setns(host_mnt, sc.CLONE_NEWNS)
             os.close(host_mnt)
-        run_hooks(config, "prestart", st)
+        # The (deprecated) prestart hooks see "created", as crun passes and the spec's
+        # validation suite expects; createRuntime/createContainer see "creating".
+        run_hooks(config, "prestart", dataclasses.replace(st, status=state.CREATED))
         run_hooks(config, "createRuntime", st)
         run_hooks(config, "createContainer", st, in_pid=child)
         chan.send(Go())

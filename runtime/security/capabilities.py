@@ -160,16 +160,33 @@ def apply(capabilities: dict) -> None:
             f"cannot set capabilities {from_mask(want['permitted'] & ~prm) or ''}: {e.strerror}"
         ) from e
     lc.ambient_clear_all()
+    # The kernel keeps an ambient capability only while it is permitted and inheritable;
+    # runc and crun skip the others (`runc spec` lists ambient ones without inheritable).
     for nr in range(LAST_CAP + 1):
-        if want["ambient"] >> nr & 1:
+        if (want["ambient"] & want["permitted"] & want["inheritable"]) >> nr & 1:
             try:
                 lc.ambient_raise(nr)
             except OSError as e:
-                raise InvalidArgument(
-                    f"cannot raise ambient {_BY_NUMBER[nr]}: {e.strerror}"
-                    " (it must be permitted and inheritable)"
-                ) from e
+                raise InvalidArgument(f"cannot raise ambient {_BY_NUMBER[nr]}: {e.strerror}") from e
     lc.set_keepcaps(False)
+
+
+def check_bounding(capabilities: dict | None) -> None:
+    """Refuse, before the container exists, a capability the runtime itself cannot grant.
+
+    capset(2) allows effective, permitted and inheritable only within the bounding set
+    of the caller; runc and crun fail `create` with EPERM there, so does this (rather
+    than a process that dies with 126 after `start`). Names missing from `bounding`
+    only are fine (there is nothing to drop).
+    """
+    for kind in ("effective", "permitted", "inheritable"):
+        for name in (capabilities or {}).get(kind) or []:
+            nr = ALL_CAPS[normalize(name)]
+            if nr > LAST_CAP or not lc.bounding_has(nr):
+                raise InvalidArgument(
+                    f"operation not permitted: process.capabilities.{kind}: {normalize(name)}"
+                    " is not in the runtime's bounding set"
+                )
 
 
 def parse_status(text: str) -> dict:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,3 +92,43 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return data[data.rindex(")") + 2] != "Z"
+
+
+class Env:
+    """One test's cellbox-runc: its own --root, a cgroup parent, bundles over a shared rootfs."""
+
+    def __init__(self, tmp: Path, rootfs: Path, parent: str) -> None:
+        self.tmp = tmp
+        self.rootfs = rootfs
+        self.parent = parent
+        self.runc = Runc(tmp / "state")
+        self.ids: list[str] = []
+
+    def cgroup(self, cid: str) -> str:
+        return f"{self.parent}/{cid}"
+
+    def bundle(self, cid: str, args: list[str], **changes: object) -> Path:
+        self.ids.append(cid)
+        return make_bundle(self.tmp / f"bundle-{cid}", self.rootfs, args, self.cgroup(cid), **changes)
+
+    def gone(self, cid: str) -> None:
+        """Nothing of the container left: no state dir, no cgroup in any hierarchy."""
+        from cellbox.runtime.cgroups import open_cgroup
+
+        assert not (self.tmp / "state" / cid).exists(), f"state dir of {cid} left behind"
+        assert not open_cgroup(self.cgroup(cid)).exists(), f"cgroup of {cid} left behind"
+
+
+def runc_env(tmp_path: Path, rootfs: Path) -> Iterator[Env]:
+    """The body of an `env` fixture: everything the test made is removed and checked after."""
+    import secrets
+
+    from helpers.cgroups import cgroup_dirs, remove_cgroup_tree
+
+    e = Env(tmp_path, rootfs, f"cellbox-test-{secrets.token_hex(4)}")
+    yield e
+    for cid in e.ids:
+        if (tmp_path / "state" / cid).exists():
+            e.runc("delete", "--force", cid)
+    remove_cgroup_tree(e.parent)
+    assert not cgroup_dirs(e.parent), "test cgroup parent left behind"

@@ -16,42 +16,14 @@ from pathlib import Path
 import pytest
 from cellbox.runtime import spec as spec_mod
 from cellbox.runtime.cgroups import open_cgroup
-from helpers.cgroups import cgroup_dirs, remove_cgroup_tree
-from helpers.runc import Runc, make_bundle, pid_alive
+from helpers.runc import Env, pid_alive, runc_env
 
 pytestmark = pytest.mark.root("cellbox-runc makes namespaces, mounts and cgroups")
 
 
-class Env:
-    def __init__(self, tmp: Path, rootfs: Path, parent: str) -> None:
-        self.tmp = tmp
-        self.rootfs = rootfs
-        self.parent = parent
-        self.runc = Runc(tmp / "state")
-        self.ids: list[str] = []
-
-    def cgroup(self, cid: str) -> str:
-        return f"{self.parent}/{cid}"
-
-    def bundle(self, cid: str, args: list[str], **changes: object) -> Path:
-        self.ids.append(cid)
-        return make_bundle(self.tmp / f"bundle-{cid}", self.rootfs, args, self.cgroup(cid), **changes)
-
-    def gone(self, cid: str) -> None:
-        """Nothing of the container left: no state dir, no cgroup in any hierarchy."""
-        assert not (self.tmp / "state" / cid).exists(), f"state dir of {cid} left behind"
-        assert not open_cgroup(self.cgroup(cid)).exists(), f"cgroup of {cid} left behind"
-
-
 @pytest.fixture
 def env(tmp_path: Path, busybox_rootfs: Path) -> Iterator[Env]:
-    e = Env(tmp_path, busybox_rootfs, f"cellbox-test-{secrets.token_hex(4)}")
-    yield e
-    for cid in e.ids:
-        if (tmp_path / "state" / cid).exists():
-            e.runc("delete", "--force", cid)
-    remove_cgroup_tree(e.parent)
-    assert not cgroup_dirs(e.parent), "test cgroup parent left behind"
+    yield from runc_env(tmp_path, busybox_rootfs)
 
 
 def gate(env: Env, name: str) -> tuple[list[str], Path]:

@@ -206,7 +206,9 @@ def test_check_parent_with_mount_root() -> None:
 # -- resources ------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("resources", "message"),
-    [({"memory": {"kernel": 1}}, "unsupported resource: memory.kernel"),
+    [({"memory": {"kernelTPC": 1}}, "unsupported resource: memory.kernelTPC"),
+     ({"memory": {"disableOOMKiller": "yes"}}, "memory.disableOOMKiller"),
+     ({"memory": {"kernelTCP": -2}}, "memory.kernelTCP"),
      ({"blockIO": {}}, "unsupported resource: blockIO"),
      ({"hugepageLimits": []}, "unsupported resource: hugepageLimits"),
      ({"cpu": {"realtimeRuntime": 1}}, "unsupported resource: cpu.realtimeRuntime"),
@@ -228,6 +230,18 @@ def test_check_parent_with_mount_root() -> None:
 def test_normalize_rejects(resources: object, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
         normalize(resources)  # type: ignore[arg-type]
+
+
+def test_normalize_accepts_the_memory_fields_runc_accepts() -> None:
+    """config-linux.md memory: kernel, kernelTCP, disableOOMKiller, useHierarchy,
+    checkBeforeUpdate are valid fields; runc applies what the host has and ignores the
+    rest with a warning, so a config with them is not refused (issue 16)."""
+    res = normalize({"memory": {"limit": 1 << 25, "kernel": 1 << 26, "kernelTCP": 1 << 26,
+                                "disableOOMKiller": True, "useHierarchy": False}})
+    assert res.memory is not None and res.memory.limit == 1 << 25
+    assert res.memory.kernel_tcp == 1 << 26 and res.memory.disable_oom_killer is True
+    assert any("memory.kernel:" in n for n in res.notes)
+    assert any("memory.useHierarchy" in n for n in res.notes)
 
 
 def test_normalize_values() -> None:
