@@ -10,18 +10,14 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import subprocess
-import tarfile
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import jsonschema
 import pytest
 from helpers.cgroups import cgroup_dirs, remove_cgroup_tree
-from helpers.runc import Runc, make_bundle, runc_argv
+from helpers.runc import Runc, make_bundle, podman_env
 
 pytestmark = pytest.mark.root("cellbox-runc makes namespaces, mounts and cgroups")
 
@@ -57,7 +53,9 @@ def parent() -> Iterator[str]:
     assert not cgroup_dirs(name), "test cgroup parent left behind"
 
 
-def test_state_json_validates_against_the_spec_schema(tmp_path: Path, busybox_rootfs: Path, parent: str) -> None:
+def test_state_json_validates_against_the_spec_schema(
+    tmp_path: Path, busybox_rootfs: Path, parent: str
+) -> None:
     jsonschema.Draft7Validator.check_schema(STATE_SCHEMA)
     runc = Runc(tmp_path / "state")
     cid = "schema-" + secrets.token_hex(3)
@@ -95,55 +93,11 @@ def test_state_json_validates_against_the_spec_schema(tmp_path: Path, busybox_ro
 # --------------------------------------------------------------------------- podman
 
 
-def _podman_skip_reason() -> str | None:
-    if not shutil.which("podman"):
-        return "podman is not installed (apt-get install podman)"
-    if not shutil.which("conmon"):
-        return "conmon is not installed (podman needs it to drive an OCI runtime)"
-    return None
-
-
 @pytest.fixture
 def podman(tmp_path: Path, busybox_rootfs: Path, parent: str) -> Iterator[tuple[list[str], str]]:
-    reason = _podman_skip_reason()
-    if reason:
-        print(reason)
-        pytest.skip(reason)
-    runtime = runc_argv()
-    if len(runtime) != 1:
-        reason = "cellbox-runc is not installed as a command (pip install -e .), podman needs a path"
-        print(reason)
-        pytest.skip(reason)
-    runroot = tempfile.mkdtemp(prefix="cbr-podman-")  # podman refuses a runroot over 50 chars
-    base = [
-        "podman", "--runtime", runtime[0],
-        "--root", str(tmp_path / "storage"), "--runroot", runroot,
-        "--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "none",
-        "--tmpdir", str(tmp_path / "podman-tmp"),
-    ]  # fmt: skip
-    tar = tmp_path / "busybox.tar"
-    with tarfile.open(tar, "w", format=tarfile.GNU_FORMAT) as t:
-        t.add(busybox_rootfs, arcname=".")
-    image = f"localhost/cellbox-busybox:{secrets.token_hex(3)}"
-    p = subprocess.run([*base, "import", str(tar), image], capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, f"podman import failed: {p.stderr.strip()}"
-    # This machine's bounding set lacks CAP_SYS_RESOURCE: podman's default
-    # RLIMIT_NOFILE/NPROC (1048576 / 4194304) cannot be set by any runtime (runc fails
-    # the same way), so the container asks for limits at or below the current ones.
-    run = [*base, "run", "--rm", "--network", "none", "--cgroup-parent", "/" + parent,
-           "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", image]  # fmt: skip
-    yield run, parent
-    subprocess.run([*base, "rm", "--all", "--force"], capture_output=True, timeout=120)
-    subprocess.run([*base, "rmi", "--all", "--force"], capture_output=True, timeout=120)
-    subprocess.run([*base, "system", "reset", "--force"], capture_output=True, timeout=120)
-    shutil.rmtree(runroot, ignore_errors=True)
-    # conmon (podman's, in PARENT/conmon) outlives `podman run` by a moment
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and any(
-        Path(d, "conmon", "cgroup.procs").exists() and Path(d, "conmon", "cgroup.procs").read_text().strip()
-        for d in cgroup_dirs(parent)
-    ):
-        time.sleep(0.05)
+    for pm in podman_env(tmp_path, busybox_rootfs, parent):
+        run = [*pm.base, "run", "--rm", "--network", "none", *pm.run_flags, pm.image]
+        yield run, parent
 
 
 def test_podman_drives_cellbox_runc(podman: tuple[list[str], str]) -> None:
@@ -151,10 +105,17 @@ def test_podman_drives_cellbox_runc(podman: tuple[list[str], str]) -> None:
     p = subprocess.run([*run, "/bin/echo", "hi"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stdout == "hi\n"
-    p = subprocess.run([*run, "/bin/sh", "-c", "echo $$; exit 4"], capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [*run, "/bin/sh", "-c", "echo $$; exit 4"], capture_output=True, text=True, timeout=120
+    )
     assert p.returncode == 4, p.stderr
     assert 0 < int(p.stdout) < 10  # in the container's own pid namespace (our init is 1)
     # --rm deleted the container through `cellbox-runc delete`: its cgroup is gone
     # (podman itself puts conmon in PARENT/conmon; the container's group is libpod-ID)
-    left = [e.path for d in cgroup_dirs(parent) for e in os.scandir(d) if e.is_dir() and e.name != "conmon"]
+    left = [
+        e.path
+        for d in cgroup_dirs(parent)
+        for e in os.scandir(d)
+        if e.is_dir() and e.name != "conmon"
+    ]
     assert left == [], f"container cgroups left under {parent}: {left}"
