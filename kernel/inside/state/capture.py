@@ -16,6 +16,7 @@ chunk is the only one written again. Everything else reuses the last record.
 from __future__ import annotations
 
 import io
+import json
 import sys
 import threading
 import time
@@ -83,7 +84,7 @@ class Namespace:
         self._groups: dict[int, _Group] = {}  # id(member) -> its group, from the last capture
         self._arrays: dict[int, tuple[Any, dict]] = {}  # id(root array) -> (root, meta)
         self._ids: dict[str, int] = {}  # name -> id(value) at the last capture
-        self._unpicklable: dict[str, dict] = {}
+        self._bad: dict[int, tuple[Any, dict]] = {}  # id -> (object, why) of what did not pickle
         self.last: dict[str, Any] | None = None
         self.lock = threading.RLock()
         self.stats: dict[str, Any] = {}
@@ -143,6 +144,8 @@ class Namespace:
                 dirty.add(id(value))
         for oid in top:
             g = self._groups.get(oid)
+            if g is None and oid in self._bad and self._bad[oid][0] is top[oid]:
+                continue  # did not pickle last time; tried again when a cell names it
             if g is None or any(m is not top.get(id(m)) for m in g.members):
                 dirty.add(oid)
             elif any(int(r, 16) not in top for r in g.refs):
@@ -157,8 +160,13 @@ class Namespace:
         fresh_arrays: set[int] = set()
         pickled = 0
         # one record per dirty object; cycles are merged below
-        for oid in sorted(dirty):
+        for oid in sorted(dirty | set(self._bad)):
             if oid in groups or oid not in top:
+                continue
+            if oid not in dirty and self._bad[oid][0] is top[oid]:  # still the one that failed
+                for name, value in vars_.items():
+                    if value is top[oid]:
+                        unpicklable[name] = dict(self._bad[oid][1])
                 continue
             try:
                 groups[oid] = self._pickle([top[oid]], top, np, fresh_arrays)
@@ -210,6 +218,13 @@ class Namespace:
             root, meta = self._arrays[int(akey[1:], 16)]
             arrays[akey] = meta
         self._groups = groups
+        self._bad = {}
+        for name, info in unpicklable.items():
+            if name in vars_ and id(vars_[name]) not in groups:
+                self._bad[id(vars_[name])] = (
+                    vars_[name],
+                    {k: v for k, v in info.items() if k != "cell"},
+                )
         self._arrays = {int(a[1:], 16): self._arrays[int(a[1:], 16)] for a in arrays_used}
         self._ids = {n: id(v) for n, v in vars_.items()}
         return {
@@ -285,7 +300,13 @@ class Namespace:
     ) -> int:
         """Pickle objects whose records point at each other (a cycle) as one record."""
         graph = {oid: {int(r, 16) for r in g.refs} for oid, g in groups.items()}
-        sccs = [c for c in _sccs(graph) if len(c) > 1]
+        sccs = []
+        for comp in _sccs(graph):
+            g = groups[comp[0]]
+            if len(comp) > 1 and not (
+                len(g.members) == len(comp) and all(groups[o] is g for o in comp)
+            ):
+                sccs.append(comp)
         for comp in sccs:
             members = [top[o] for o in sorted(comp)]
             g = self._pickle(members, top, np, fresh)
@@ -299,7 +320,8 @@ class Namespace:
         """Make the namespace the one the manifest describes; a report of what was done.
 
         With keep_live, objects whose record equals the last capture's stay as they are
-        (nothing read); the rest is read from the store and unpickled here, in this process.
+        (nothing read), so that capture must be current (KernelState captures the cells'
+        changes first); the rest is read from the store and unpickled here, in this process.
         """
         with self.lock:
             return self._restore(manifest, keep_live)
@@ -314,12 +336,7 @@ class Namespace:
         loading: set[str] = set()
         np = _np()
         live_arrays = (
-            {
-                (meta["dtype"], tuple(meta["shape"]), tuple(meta["chunks"])): root
-                for root, meta in self._arrays.values()
-            }
-            if keep_live
-            else {}
+            {_array_id(meta): root for root, meta in self._arrays.values()} if keep_live else {}
         )
 
         def load_array(akey: str) -> Any:
@@ -331,7 +348,7 @@ class Namespace:
 
                 np = np_mod
             meta = manifest["arrays"][akey]
-            same = live_arrays.get((meta["dtype"], tuple(meta["shape"]), tuple(meta["chunks"])))
+            same = live_arrays.get(_array_id(meta))
             if same is not None:  # the live array holds these very bytes: nothing to read
                 arrays[akey] = same
                 return same
@@ -484,6 +501,10 @@ class Namespace:
                         cand.pop(m, None)
                     changed = True
         return cand
+
+
+def _array_id(meta: dict[str, Any]) -> str:
+    return json.dumps([meta["dtype"], meta["shape"], meta["order"], meta["chunks"]])
 
 
 def _sccs(graph: dict[int, set[int]]) -> list[list[int]]:
