@@ -482,11 +482,36 @@ def mount_one(root: str, m: dict[str, Any], syscalls: Syscalls = LINUX, cgroupns
             # No network namespace of our own: a read-only bind of the host's /sys.
             syscalls.mount("/sys", dest, None, sc.MS_BIND | sc.MS_REC)
             syscalls.mount("/sys", dest, None, sc.MS_BIND | sc.MS_REMOUNT | flags | _locked_flags(syscalls, dest))
+    elif mtype == "tmpfs" and "tmpcopyup" in options:
+        _ensure_target(dest, True)
+        data = ",".join(o for o in data.split(",") if o and o != "tmpcopyup")
+        below = os.open(dest, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            syscalls.mount(source, dest, "tmpfs", flags, data or None)
+            _copy_up(f"/proc/self/fd/{below}", dest, not any(o.startswith("mode=") for o in options))
+        finally:
+            os.close(below)
     else:
         _ensure_target(dest, True)
         syscalls.mount(source, dest, mtype or None, flags, data or None)
     if prop:
         syscalls.mount("", dest, None, prop)
+
+
+def _copy_up(src: str, dest: str, same_mode: bool) -> None:
+    """tmpcopyup (runc's and crun's extension, podman's --tmpfs): the tmpfs starts with a
+    copy of what the image has at that path, owners and modes kept."""
+    import shutil
+
+    mounted_mode = os.stat(dest).st_mode & 0o7777
+    shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True)
+    for top, dirs, files in os.walk(src):
+        for name in [*dirs, *files]:
+            st = os.lstat(os.path.join(top, name))
+            os.lchown(os.path.join(dest, os.path.relpath(top, src), name), st.st_uid, st.st_gid)
+    st = os.stat(src)
+    os.chown(dest, st.st_uid, st.st_gid)
+    os.chmod(dest, st.st_mode & 0o7777 if same_mode else mounted_mode)  # a mode= option wins
 
 
 def _locked_flags(syscalls: Syscalls, path: str) -> int:

@@ -117,7 +117,9 @@ class Runtime:
         if not os.path.isdir(bundle):
             raise NotFound(f"bundle {bundle} does not exist")
         config = bundle_mod.resolve(bundle_mod.load_config(bundle), bundle, cid)
-        for note in bundle_mod.check_resources(config):
+        from .fields import check as check_fields
+
+        for note in [*check_fields(config), *bundle_mod.check_resources(config)]:
             if warn:
                 warn(note)
         bundle_mod.check_namespace_paths(config)

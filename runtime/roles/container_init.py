@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import struct
+import termios
 
 from .. import process as process_mod
 from .. import rootfs, state
@@ -71,6 +72,7 @@ def container_init(config: dict, join_files: list[str], chan: Channel, console: 
         master = slave = -1
         if proc.get("terminal"):
             master, slave = console_mod.open_console(root)
+            _set_console_size(slave, proc.get("consoleSize"))
             console_mod.send_console(master, console.get("socket"), console.get("fd"))
         if config.get("hostname") and any(n["type"] == "uts" for n in ns_list(config)):
             sc.sethostname(config["hostname"])
@@ -124,6 +126,13 @@ def container_init(config: dict, join_files: list[str], chan: Channel, console: 
             chan.send(Failed(describe(e)))
         finally:
             os._exit(1)
+
+
+def _set_console_size(fd: int, size: dict | None) -> None:
+    """process.consoleSize: the terminal's size in characters (TIOCSWINSZ)."""
+    if size:
+        winsize = struct.pack("HHHH", int(size.get("height", 0)), int(size.get("width", 0)), 0, 0)
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, winsize)
 
 
 def _wait_eof(fd: int) -> None:

@@ -306,3 +306,22 @@ def test_a_hanging_hook_is_killed_at_its_timeout(env: Env) -> None:
         hooks={"prestart": [{"path": "/bin/sleep", "args": ["sleep", "60"], "timeout": 1}]},
     )
     _refused(env, cid, b, "hooks.prestart[0].timeout", "timed out")
+
+
+def test_unsupported_field_is_refused_and_an_unknown_one_only_warned(env: Env) -> None:
+    """Issue 16: every config.md field cellbox-runc accepts is honoured or refused at create
+    naming the field (process.scheduler is not applied: refused, nothing left). config.md
+    Extensibility: runtimes MAY log unknown properties but MUST otherwise ignore them."""
+    cid = _cid("fields")
+    b = env.bundle(cid, ["/bin/true"])
+    cfg = _config(b)
+    cfg["process"]["scheduler"] = {"policy": "SCHED_FIFO", "priority": 1}
+    _write(b, cfg)
+    _refused(env, cid, b, "process.scheduler")
+    del cfg["process"]["scheduler"]
+    cfg["org.example.future"] = {"x": 1}
+    _write(b, cfg)
+    r = env.runc("run", "--bundle", str(b), cid)
+    assert r.code == 0, r.err
+    assert "ignoring unknown property org.example.future" in r.err
+    env.gone(cid)

@@ -77,13 +77,14 @@ def test_podman_exec_limits_volume_and_stop(pm: Podman, tmp_path: Path) -> None:
 
 
 def test_podman_run_user_and_publish(pm: Podman) -> None:
-    """--user UID:GID becomes process.user (config.md); -p publishes a port of the
-    container's network namespace (podman's netns path, joined: config-linux.md)."""
-    p = _podman(
-        pm, "run", "--rm", "--network", "none", "--user", "1000:1001", *pm.run_flags, pm.image, "id"
-    )
+    """--user UID:GID becomes process.user (config.md); --tmpfs asks for "tmpcopyup" (runc's
+    and crun's extension: the tmpfs starts with the image's files); -p publishes a port
+    of the container's network namespace (podman's netns path, joined: config-linux.md)."""
+    p = _podman(pm, "run", "--rm", "--network", "none", "--user", "1000:1001", "--tmpfs", "/etc",
+                *pm.run_flags, pm.image, "sh", "-c", "id; grep -c ^root: /etc/passwd")  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("uid=1000") and "gid=1001" in p.stdout
+    assert p.stdout.split()[-1] == "1", "the tmpfs at /etc is not a copy of the image's /etc"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
