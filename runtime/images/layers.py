@@ -9,15 +9,18 @@ blob while it is written atomically into the layout.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import fcntl
 import hashlib
 import os
+import queue
 import stat
 import struct
 import subprocess
 import tarfile
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,8 @@ MEDIA_TYPES = {"gzip": MT_LAYER + "+gzip", "zstd": MT_LAYER + "+zstd", "none": M
 GZIP_LEVEL = 1
 _CHUNK = 1 << 20
 _EOF = b"\0" * 1024
+_SAMPLE = 4096
+_STORED_MAX = 65535  # the most one stored deflate block holds
 
 
 @dataclass
@@ -53,8 +58,11 @@ class _Scan:
     opaque: list[tuple[str, int, int, int]]  # dir, mode, uid, gid
 
 
-def scan_tree(root: Path, convert_whiteouts: bool = True) -> _Scan:
-    """Every path under root in sorted order, with overlay whiteouts pulled out.
+def scan_tree(
+    root: Path, convert_whiteouts: bool = True, emit: Callable[[str], None] | None = None
+) -> _Scan:
+    """Every path under root in sorted order, with overlay whiteouts pulled out; each path
+    is also handed to `emit` as it is found (tar packs while the walk goes on).
 
     root may be a running container's upper dir: each directory is opened beneath root's
     fd without crossing a symlink (safewalk), so a dir swapped for a link to the host is
@@ -69,14 +77,18 @@ def scan_tree(root: Path, convert_whiteouts: bool = True) -> _Scan:
             fd = safewalk.open_beneath(root_fd, rel)
         except OSError as e:
             if e.errno in safewalk.RACED:
-                raise InvalidArgument(f"{rel} changed while it was read (is the container frozen?)") from None
+                raise InvalidArgument(
+                    f"{rel} changed while it was read (is the container frozen?)"
+                ) from None
             raise
         try:
             if rel and convert_whiteouts and safewalk.is_opaque(fd):
                 st = os.fstat(fd)
                 opq.append((rel, st.st_mode & 0o777, st.st_uid, st.st_gid))
             with os.scandir(fd) as it:
-                entries = sorted(((e.name, e.stat(follow_symlinks=False)) for e in it), key=lambda e: e[0])
+                entries = sorted(
+                    ((e.name, e.stat(follow_symlinks=False)) for e in it), key=lambda e: e[0]
+                )
         finally:
             os.close(fd)
         for name, st in entries:
@@ -85,6 +97,8 @@ def scan_tree(root: Path, convert_whiteouts: bool = True) -> _Scan:
                 wos.append((wh.whiteout_name(r), int(st.st_mtime)))
                 continue
             paths.append(r)
+            if emit is not None:
+                emit(r)
             if stat.S_ISDIR(st.st_mode):
                 walk(r)
 
@@ -96,7 +110,9 @@ def scan_tree(root: Path, convert_whiteouts: bool = True) -> _Scan:
     return _Scan(paths, wos, opq)
 
 
-def _delta_scan(scan: _Scan, only: set[str], removed: list[str] | tuple[str, ...], epoch: int | None) -> _Scan:
+def _delta_scan(
+    scan: _Scan, only: set[str], removed: list[str] | tuple[str, ...], epoch: int | None
+) -> _Scan:
     """The part of a scan that a delta layer carries, plus whiteouts for what is gone."""
     import time  # here: only a delta commit needs the clock
 
@@ -104,7 +120,8 @@ def _delta_scan(scan: _Scan, only: set[str], removed: list[str] | tuple[str, ...
     now = int(time.time()) if epoch is None else epoch
     return _Scan(
         [p for p in scan.paths if p in only],
-        [w for w in scan.whiteouts if w[0] in wo_names] + [(wh.whiteout_name(p), now) for p in removed],
+        [w for w in scan.whiteouts if w[0] in wo_names]
+        + [(wh.whiteout_name(p), now) for p in removed],
         [o for o in scan.opaque if o[0] in only],
     )
 
@@ -122,6 +139,20 @@ def _extra_entries(scan: _Scan, epoch: int | None) -> bytes:
     return b"".join(out)
 
 
+def _stored(data: bytes, last: bool) -> bytes:
+    """data as deflate stored blocks (what level 0 gives, without zlib copying it through
+    its window); starts and ends on a byte boundary, as a sync-flushed chunk does."""
+    out: list[bytes | memoryview] = []
+    view = memoryview(data)
+    for at in range(0, len(data), _STORED_MAX):
+        piece = view[at : at + _STORED_MAX]
+        final = last and at + _STORED_MAX >= len(data)
+        out += [struct.pack("<BHH", final, len(piece), len(piece) ^ 0xFFFF), piece]
+    if not data:
+        out.append(struct.pack("<BHH", last, 0, 0xFFFF))
+    return b"".join(out)
+
+
 class _GzipParallel:
     """pigz-style gzip: 1 MiB chunks deflated on threads, primed with the previous 32 KiB,
     joined into one gzip member (zlib releases the GIL, so this uses both cores)."""
@@ -136,13 +167,15 @@ class _GzipParallel:
         out(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff")
 
     def _deflate(self, data: bytes, zdict: bytes, last: bool) -> bytes:
-        level = self.level
         # Data that does not compress (media, archives, random) is stored, not deflated:
-        # deflate runs at ~25 MB/s on it here for a gain of nothing.
-        sample = data[:65536]
-        if len(sample) == 65536 and len(zlib.compress(sample, 1)) > 0.95 * len(sample):
-            level = 0
-        args = (level, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY)
+        # deflate runs at ~35 MB/s on it here for a gain of nothing. Two 4 KiB samples
+        # decide (a 64 KiB one cost more than storing the chunk).
+        if len(data) >= 8 * _SAMPLE and all(
+            len(zlib.compress(data[at : at + _SAMPLE], 1)) > 0.95 * _SAMPLE
+            for at in (0, len(data) // 2)
+        ):
+            return _stored(data, last)
+        args = (self.level, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY)
         c = zlib.compressobj(*args, zdict) if zdict else zlib.compressobj(*args)
         return c.compress(data) + c.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
 
@@ -155,11 +188,13 @@ class _GzipParallel:
             self.out(self.pending.pop(0).result())
 
     def write(self, data: bytes) -> None:
-        self.buf += data
-        while len(self.buf) >= _CHUNK:
-            chunk = bytes(self.buf[:_CHUNK])
-            del self.buf[:_CHUNK]
-            self._submit(chunk, False)
+        """Chunks of 1 to 2 MiB; a 1 MiB read of tar's output goes on as it is (no copy)."""
+        if self.buf or len(data) < _CHUNK:
+            self.buf += data
+            if len(self.buf) < _CHUNK:
+                return
+            data, self.buf = bytes(self.buf), bytearray()
+        self._submit(data, False)
 
     def close(self) -> None:
         self._submit(bytes(self.buf), True)
@@ -254,6 +289,85 @@ class _TarEnd:
         return self.end if self.end is not None else min(self.next_header, base + len(buf))
 
 
+def _entries(stream: Any, ends: _TarEnd) -> Iterator[bytes]:
+    """tar's output up to its end marker, in the chunks it was read in where they hold no
+    header cut in two (no copy of a big file's data); the rest is drained so tar exits."""
+    held = b""  # read, but not yet known to be entries (a header cut at a chunk's end)
+    base = 0  # stream offset of held[0]
+    while chunk := stream.read(_CHUNK):
+        if ends.end is not None:
+            continue  # past the end marker: tar's padding
+        data = held + chunk if held else chunk
+        upto = ends.feed(data, base) - base
+        if upto == len(data):
+            held = b""
+        else:
+            held = data[upto:]
+            data = data[:upto]
+        base += upto
+        if data:
+            yield data
+
+
+class _Stage:
+    """A thread that applies fn to every chunk put to it, in order, so hashing, deflating
+    and writing overlap tar's reading; its error is raised at the next put or at close."""
+
+    def __init__(self, fn: Callable[[bytes], object], depth: int = 8) -> None:
+        self.fn = fn
+        self.q: queue.Queue[bytes | None] = queue.Queue(depth)
+        self.err: BaseException | None = None
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self) -> None:
+        while (data := self.q.get()) is not None:
+            if self.err is None:
+                try:
+                    self.fn(data)
+                except BaseException as e:  # noqa: BLE001 - raised in the reading thread
+                    self.err = e
+
+    def put(self, data: bytes) -> None:
+        if self.err is not None:
+            raise self.err
+        self.q.put(data)
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.t.join()
+        if self.err is not None:
+            raise self.err
+
+    def abort(self) -> None:
+        with contextlib.suppress(BaseException):
+            self.close()
+
+
+class _Writeback:
+    """The blob writer, with the kernel told to start writing each 8 MiB to disk as soon
+    as it is written: the fsync that makes the blob durable then waits for the tail only,
+    not for the whole layer after tar is done."""
+
+    STEP = 8 << 20
+
+    def __init__(self, w: Any) -> None:
+        self.w = w
+        self.done = 0  # bytes handed to writeback
+
+    def write(self, data: bytes) -> None:
+        self.w.write(data)
+        if self.w.size - self.done >= self.STEP:
+            self.w.start_writeback(self.done)
+            self.done = self.w.size
+
+
+def _tar_error(proc: subprocess.Popen) -> str:
+    """What tar said on stderr, or its exit status."""
+    err = proc.stderr.read().decode(errors="replace").strip()  # type: ignore[union-attr]
+    return err or str(proc.wait())
+
+
 def tar_command(root: Path, reproducible: bool, epoch: int | None) -> list[str]:
     """GNU tar over the listed paths. `--sparse`: a file with holes (`truncate -s 2G`) is
     stored as its data runs plus a map (PAX GNU.sparse 1.0, which Go's archive/tar - so
@@ -282,7 +396,19 @@ def beneath_command(root: Path, cmd: list[str]) -> list[str]:
     if os.geteuid() != 0:
         return cmd  # no container runs without root (yet): nothing here can change the tree
     script = 'mount --bind -o ro,nosymfollow "$1" "$1" && shift && exec "$@"'
-    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "sh", str(root), *cmd]
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        script,
+        "sh",
+        str(root),
+        *cmd,
+    ]
 
 
 def create_layer(src: Path, layout: Layout, **kw: Any) -> LayerBlob:
@@ -318,64 +444,82 @@ def _create_layer(
     epoch = None
     if reproducible:
         epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0)
-    scan = scan_tree(src, convert_whiteouts)
-    if only is not None:
-        scan = _delta_scan(scan, only, removed, epoch)
     diff = hashlib.sha256()
+    same = compression == "none"  # the blob is the tar: its digest is the diff_id, hash once
     total = 0
     with layout.blob_writer() as w:
-        sink = {"gzip": _GzipParallel, "zstd": _ZstdPipe, "none": _Plain}[compression](w.write)
+        sink = {"gzip": _GzipParallel, "zstd": _ZstdPipe, "none": _Plain}[compression](
+            _Writeback(w).write
+        )
+        # Hashing, compressing and writing run on threads beside the one reading tar
+        # (hashlib, zlib and file writes release the GIL): the commit costs about what
+        # its slowest step costs, not the sum of them.
+        stages = [_Stage(sink.write)] + ([] if same else [_Stage(diff.update)])
         proc = subprocess.Popen(
             beneath_command(src, tar_command(src, reproducible, epoch)),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        listing = b"".join(os.fsencode(p) + b"\0" for p in scan.paths)
+        with contextlib.suppress(OSError):  # tar runs ahead of a busy reader by 1 MiB
+            fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, _CHUNK)  # type: ignore[union-attr]
+        scanned: dict[str, Any] = {}
 
         def feed() -> None:
+            """Walk the tree and hand tar each path as it is found (the walk overlaps tar)."""
+            listing = bytearray()
+
+            def emit(path: str) -> None:
+                if only is None or path in only:
+                    listing.extend(os.fsencode(path) + b"\0")
+                    if len(listing) >= 65536:
+                        proc.stdin.write(listing)  # type: ignore[union-attr]
+                        listing.clear()
+
             try:
+                scan = scan_tree(src, convert_whiteouts, emit)
                 proc.stdin.write(listing)  # type: ignore[union-attr]
+                if only is not None:
+                    scan = _delta_scan(scan, only, removed, epoch)
+                scanned["scan"] = scan
             except BrokenPipeError:
-                pass
+                pass  # tar is gone: its exit status says why
+            except BaseException as e:  # noqa: BLE001 - raised in the reading thread
+                scanned["error"] = e
             finally:
                 proc.stdin.close()  # type: ignore[union-attr]
 
         feeder = threading.Thread(target=feed, daemon=True)
         feeder.start()
-        same = compression == "none"  # the blob is the tar: its digest is the diff_id, hash once
         ends = _TarEnd()
-        pending = bytearray()  # bytes read but not yet known to be entries
-        base = 0  # stream offset of pending[0]
         try:
-            while chunk := proc.stdout.read(_CHUNK):  # type: ignore[union-attr]
-                if ends.end is not None:
-                    continue  # past the end marker: tar's padding, drained so tar can exit
-                pending += chunk
-                upto = ends.feed(pending, base) - base
-                if upto > 0:
-                    data = bytes(pending[:upto])
-                    del pending[:upto]
-                    base += upto
-                    if not same:
-                        diff.update(data)
-                    sink.write(data)
-                    total += len(data)
-                    if progress:
-                        progress(total)
+            for data in _entries(proc.stdout, ends):  # type: ignore[arg-type]
+                for st in stages:
+                    st.put(data)
+                total += len(data)
+                if progress:
+                    progress(total)
+            feeder.join()  # tar has read its whole list: the walk is done
+            if "error" in scanned:
+                raise scanned["error"]
+            scan = scanned.get("scan")
+            if scan is None or proc.wait() != 0 or (scan.paths and ends.end is None):
+                raise CellboxError(f"tar failed reading {src}: {_tar_error(proc)}")
+            extra = _extra_entries(scan, epoch) + _EOF
+            for st in stages:
+                st.put(extra)
+            total += len(extra)
+            for st in stages:
+                st.close()
         except BaseException:
             proc.kill()  # a full disk or a cancel: tar must not block on a pipe no one reads
+            for st in stages:
+                st.abort()
             raise
         finally:
             feeder.join()
-            err = proc.stderr.read().decode(errors="replace")  # type: ignore[union-attr]
-            rc = proc.wait()
-        if rc != 0 or (scan.paths and ends.end is None):
-            raise CellboxError(f"tar failed reading {src}: {err.strip() or rc}")
-        extra = _extra_entries(scan, epoch) + _EOF
-        diff.update(extra)
-        sink.write(extra)
-        total += len(extra)
+            proc.stderr.close()  # type: ignore[union-attr]
+            proc.wait()
         sink.close()
     assert w.digest is not None
     diff_id = w.digest if same else "sha256:" + diff.hexdigest()
