@@ -144,6 +144,9 @@ def bridge_rules(b: BridgeRules) -> dict[str, list[str]]:
     inp.append(f"iifname {br} drop")
     fwd = [
         f"iifname {br} ip daddr {LINK_LOCAL} drop",
+        # the bridge's MTU is the machine's (manager.DEFAULT_MTU): a connection that leaves
+        # through an uplink gets segments that fit the route there, from the SYN on
+        f"iifname {br} oifname != {br} tcp flags syn tcp option maxseg size set rt mtu",
         f"oifname {br} ct state established,related accept",
         f"oifname {br} ct status dnat accept",  # published ports, from anywhere
     ]

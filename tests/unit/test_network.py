@@ -135,6 +135,19 @@ def test_manager_rejects_bad_options(tmp_path):
     assert m.gateway == "192.168.7.1" and m.veth_name("0123456789abcdef") == "cbx01234567"
 
 
+def test_mtu_default_env_and_argument(tmp_path, monkeypatch):
+    """A new bridge is as wide as loopback (65535) unless CELLBOX_MTU or the caller says."""
+    monkeypatch.delenv("CELLBOX_MTU", raising=False)
+    assert NetworkManager(tmp_path).mtu == 65535
+    monkeypatch.setenv("CELLBOX_MTU", "1500")
+    assert NetworkManager(tmp_path).mtu == 1500
+    assert NetworkManager(tmp_path, mtu=9000).mtu == 9000
+    for bad in ("jumbo", "67", "65536"):
+        monkeypatch.setenv("CELLBOX_MTU", bad)
+        with pytest.raises(InvalidArgument, match="MTU"):
+            NetworkManager(tmp_path)
+
+
 def test_allocate_lowest_free_and_exhaustion(tmp_path):
     st = NetworkState(tmp_path)
     net = parse_subnet("10.99.0.0/29")  # gateway .1, hosts .2-.6
@@ -223,6 +236,9 @@ def test_nft_render():
     # forward, icc off: metadata dropped, into the bridge only replies and published ports
     fwd = _chain(text, "ip", "forward-cellbox0")
     assert fwd[0] == 'iifname "cellbox0" ip daddr 169.254.0.0/16 drop'
+    # what leaves through an uplink gets its route's MSS from the SYN on (65535 bridge)
+    mss = 'iifname "cellbox0" oifname != "cellbox0" tcp flags syn tcp option maxseg size set rt mtu'
+    assert mss in fwd
     assert 'oifname "cellbox0" ct status dnat accept' in fwd
     assert fwd[-1] == 'oifname "cellbox0" drop'
     assert not any("accept" in r and "iifname" in r for r in fwd)  # no bridge-to-bridge
