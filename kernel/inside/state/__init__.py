@@ -30,7 +30,7 @@ from .store import Store, hasher_name
 # Files that change on their own while a kernel runs; they do not stop a restore in place
 # (IPython's history, Jupyter's runtime files, caches, scratch space).
 IGNORED = ("root/.ipython", "root/.local/share/jupyter", "root/.cache", "tmp", "var/tmp", "run")
-AUTOSNAP_KEEP = 12  # autosnap keeps this many host snapshots (the quota counts them)
+AUTOSNAP_KEEP = 16  # autosnap keeps this many host snapshots (the quota counts them; 20 by default)
 
 __all__ = ["KernelState", "Namespace", "StateError", "Store", "namespace_digest", "state_dir"]
 
@@ -125,7 +125,7 @@ class KernelState:
         if self.autosnap_on and not self._source.lstrip().startswith("%cellbox"):
             t0 = time.perf_counter()
             try:
-                self.checkpoint(f"autosnap after cell {self.shell.execution_count - 1}")
+                self.checkpoint(f"autosnap after cell {self._count(result)}", self._count(result))
             except Exception as e:  # noqa: BLE001 - a failed checkpoint says so, the cell stands
                 print(f"cellbox autosnap: {e}", file=sys.stderr)
             self.last_cell = {"seconds": time.perf_counter() - t0}
@@ -165,12 +165,16 @@ class KernelState:
         manifest = self.capture(full=True)
         return self._host_snapshot(message, manifest["id"]), manifest
 
-    def checkpoint(self, message: str) -> dict[str, Any]:
-        """Autosnap: the cell's changes, a host snapshot, a timeline entry."""
+    def _count(self, result: Any) -> int:
+        n = getattr(result, "execution_count", None)
+        return n if isinstance(n, int) else self.shell.execution_count - 1
+
+    def checkpoint(self, message: str, n: int | None = None) -> dict[str, Any]:
+        """Autosnap: the cell's changes, a host snapshot, a timeline entry (after cell n)."""
         from .. import client
 
         manifest = self.capture()
-        n = self.shell.execution_count - 1
+        n = self.shell.execution_count - 1 if n is None else n
         try:
             snap = self._host_snapshot(message, manifest["id"])
         except client.ControlError as e:
@@ -238,14 +242,19 @@ class KernelState:
         return {"restart": True, "state": sid}
 
     def _ignored(self, path: str) -> bool:
-        mine = str(self.store.root).lstrip("/")
-        for prefix in (mine, *IGNORED):
-            if (
-                path == prefix
-                or path.startswith(prefix + "/")
-                or prefix.startswith(path + "/")
-                or not path
-            ):
+        """A path that changes while a kernel runs, whatever its cells do."""
+        own = [str(self.store.root), getattr(self.shell, "ipython_dir", "") or ""]
+        try:
+            from jupyter_core.paths import jupyter_runtime_dir
+
+            own.append(jupyter_runtime_dir())
+        except Exception:  # noqa: BLE001 - jupyter_core is ipykernel's; without it, less is ignored
+            pass
+        prefixes = [p.lstrip("/") for p in own if p] + list(IGNORED)
+        if not path:
+            return True  # the layer's root dir itself: its times move with any new entry
+        for prefix in prefixes:
+            if path == prefix or path.startswith(prefix + "/") or prefix.startswith(path + "/"):
                 return True
         return False
 
