@@ -109,6 +109,8 @@ SYS_close_range = 436
 SYS_open_tree = 428
 SYS_move_mount = 429
 SYS_mount_setattr = 442
+SYS_seccomp = 317  # x86_64
+SECCOMP_SET_MODE_FILTER = 1
 
 # the new mount API (linux/mount.h)
 OPEN_TREE_CLONE = 1
@@ -339,3 +341,18 @@ def openat2(dir_fd: int, path: str | bytes, flags: int, resolve: int, mode: int 
         ),
         f"openat2 {os.fsdecode(path)}",
     )
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def seccomp_set_filter(program: bytes, flags: int = 0) -> None:
+    """Install a classic-BPF seccomp program (8-byte sock_filter entries), as libseccomp's
+    seccomp_load does with the program it generates; needs no_new_privs or CAP_SYS_ADMIN."""
+    buf = ctypes.create_string_buffer(program, len(program))
+    prog = _SockFprog(len(program) // 8, ctypes.addressof(buf))
+    rc = _libc.syscall(
+        ctypes.c_long(SYS_seccomp), ctypes.c_uint(SECCOMP_SET_MODE_FILTER), ctypes.c_uint(flags), ctypes.byref(prog)
+    )
+    _check(rc, "seccomp")

@@ -24,13 +24,14 @@ _FILTERS: dict[str, seccomp_mod.Filter] = {}
 
 
 def compiled_filter(profile: dict | None) -> seccomp_mod.Filter | None:
-    """Compile a profile once per process; a zygote's children inherit the compiled ones."""
+    """Compile a profile once per process (a zygote's children inherit the compiled ones),
+    its BPF program once per machine (seccomp.Filter.cached)."""
     if not profile:
         return None
     key = json.dumps(profile, sort_keys=True)
     f = _FILTERS.get(key)
     if f is None:
-        f = _FILTERS[key] = seccomp_mod.Filter.compile(profile)
+        f = _FILTERS[key] = seccomp_mod.Filter.cached(profile)
     return f
 
 

@@ -12,14 +12,17 @@ are read from the host) and ``Filter.load`` right before exec.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import platform
 from importlib import resources
 
+from cellbox.runtime import atomicfile
 from cellbox.runtime.errors import InvalidArgument
 from cellbox.runtime.linux import libseccomp as lib
+from cellbox.runtime.linux import syscalls as sc
 from cellbox.runtime.security.capabilities import DEFAULT_CAPS, normalize
 
 log = logging.getLogger(__name__)
@@ -249,6 +252,25 @@ def load_profile_file(path: str, caps: list[str] | None = None) -> dict:
         raise InvalidArgument(f"seccomp profile {path}: malformed profile") from None
 
 
+def _trusted_dir(d: str) -> bool:
+    """A cache only this user can have written: owned by us, nobody else may write."""
+    try:
+        st = os.stat(d)
+    except OSError:
+        return False
+    return st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
+def _store(cache_dir: str, path: str, bpf: bytes) -> None:
+    """Keep a generated program for the next start; a cache that cannot be made is skipped."""
+    try:
+        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+        if _trusted_dir(cache_dir):
+            atomicfile.write_bytes(path, bpf, 0o600, durable=False)
+    except OSError as e:
+        log.info("seccomp: program not cached in %s: %s", cache_dir, e)
+
+
 def _action(name: str, errno_ret: int | None) -> int:
     if name == "SCMP_ACT_ALLOW":
         return lib.SCMP_ACT_ALLOW
@@ -272,12 +294,69 @@ def _arch_name(scmp: str) -> str:
     return scmp.removeprefix("SCMP_ARCH_").lower()
 
 
-class Filter:
-    """A compiled libseccomp filter: built before pivot_root, loaded right before exec."""
+# The kernel's seccomp(2) flags for the profile's "flags" (a cached program is loaded raw).
+_KERNEL_FLAGS = {
+    "SECCOMP_FILTER_FLAG_TSYNC": 1,
+    "SECCOMP_FILTER_FLAG_LOG": 2,
+    "SECCOMP_FILTER_FLAG_SPEC_ALLOW": 4,
+}
+CACHE_DIR = os.environ.get("CELLBOX_SECCOMP_CACHE", "/run/cellbox/seccomp")
+# The host's root as this process saw it at import: after a chroot or pivot_root into a
+# container, "/run/cellbox/seccomp" would be the container's to plant programs in.
+_HOST_ROOT = os.stat("/")
 
-    def __init__(self, ctx: int, skipped: list[str]) -> None:
+
+class Filter:
+    """A compiled libseccomp filter: built before pivot_root, loaded right before exec.
+
+    Or (Filter.cached) the BPF program libseccomp generated for the same profile before,
+    read from a root-only cache keyed by the profile's hash: no libseccomp compile and no
+    BPF generation per start (together 20-80 ms for the default profile).
+    """
+
+    def __init__(self, ctx: int | None, skipped: list[str], bpf: bytes | None = None, flags: int = 0) -> None:
         self._ctx: int | None = ctx
         self.skipped = skipped  # syscall names this libseccomp does not know
+        self._bpf = bpf
+        self._flags = flags
+
+    @classmethod
+    def cached(cls, profile: dict, cache_dir: str = CACHE_DIR) -> Filter:
+        """The filter for profile from the cache, else compiled and its program cached."""
+        st = os.stat("/")
+        if (st.st_dev, st.st_ino) != (_HOST_ROOT.st_dev, _HOST_ROOT.st_ino):
+            return cls.compile(profile)  # not on the host's root: no cache to trust
+        flags = 0
+        for flag in profile.get("flags") or []:
+            flags |= _KERNEL_FLAGS.get(flag, 0)
+        key = json.dumps([profile, list(lib.version()), platform.machine()], sort_keys=True)
+        path = os.path.join(cache_dir, hashlib.sha256(key.encode()).hexdigest() + ".bpf")
+        if _trusted_dir(cache_dir):
+            try:
+                with open(path, "rb") as f:
+                    return cls(None, [], f.read(), flags)
+            except OSError:
+                pass
+        f = cls.compile(profile)
+        try:
+            r, w = os.pipe()
+            try:
+                f.export_bpf(w)
+                os.close(w)
+                w = -1
+                chunks = []
+                while chunk := os.read(r, 1 << 16):
+                    chunks.append(chunk)
+            finally:
+                os.close(r)
+                if w >= 0:
+                    os.close(w)
+            bpf = b"".join(chunks)
+        except (OSError, InvalidArgument):
+            return f  # an old libseccomp without export: load through it
+        f.release()
+        _store(cache_dir, path, bpf)
+        return cls(None, f.skipped, bpf, flags)
 
     @classmethod
     def compile(cls, profile: dict) -> Filter:
@@ -329,10 +408,13 @@ class Filter:
 
     def load(self) -> None:
         """Install the filter; needs no_new_privs or CAP_SYS_ADMIN."""
-        if self._ctx is None:
+        if self._ctx is None and self._bpf is None:
             raise InvalidArgument("seccomp filter already released")
         try:
-            lib.load(self._ctx)
+            if self._bpf is not None:
+                sc.seccomp_set_filter(self._bpf, self._flags)
+            else:
+                lib.load(self._ctx)
         except OSError as e:
             hint = " (set no_new_privs first or keep CAP_SYS_ADMIN)" if e.errno == 13 else ""
             raise InvalidArgument(f"cannot load seccomp filter: {e.strerror}{hint}") from e
