@@ -62,6 +62,8 @@ class LocalHub:
         self.token = secrets.token_hex(24)
         self.proxy_token = secrets.token_hex(24)
         self.port, self.hub_port, self.proxy_api_port = free_port(), free_port(), free_port()
+        self.services: list[dict[str, Any]] = []  # more hub services (e.g. the idle culler)
+        self.roles: list[dict[str, Any]] = []
         self.proxy: subprocess.Popen | None = None
         self.proc: subprocess.Popen | None = None
         self._logs: list[Any] = []
@@ -83,8 +85,11 @@ class LocalHub:
                 "cookie_secret_file": str(self.workdir / "cookie_secret"),
                 "pid_file": str(self.workdir / "hub.pid"),
                 "cleanup_servers": False,
-                "services": [{"name": SERVICE, "api_token": self.token}],
-                "load_roles": [{"name": "cellbox-admin", "scopes": SCOPES, "services": [SERVICE]}],
+                "services": [{"name": SERVICE, "api_token": self.token}, *self.services],
+                "load_roles": [
+                    {"name": "cellbox-admin", "scopes": SCOPES, "services": [SERVICE]},
+                    *self.roles,
+                ],
             },
             "ConfigurableHTTPProxy": {
                 "should_start": False,
@@ -121,6 +126,16 @@ class LocalHub:
             start_new_session=True, cwd=self.workdir,
         )  # fmt: skip
         _wait_port(self.proxy_api_port, self.proxy, "configurable-http-proxy")
+
+    def add_culler(self, timeout: int) -> None:
+        """Run jupyterhub-idle-culler as a hub service: servers idle `timeout` s stop."""
+        self.services.append({
+            "name": "idle-culler",
+            "command": [sys.executable, "-m", "jupyterhub_idle_culler", f"--timeout={timeout}",
+                        f"--cull-every={max(1, timeout // 2)}"],
+        })  # fmt: skip
+        scopes = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
+        self.roles.append({"name": "idle-culler", "scopes": scopes, "services": ["idle-culler"]})
 
     def start_hub(self) -> None:
         cfg = self._config_file()
