@@ -183,6 +183,17 @@ class Cellbox:
         self.ip = self.engine.get(self.a.id).network["ip"]
 
     def exec(self, ctr: str, argv: list[str]) -> str:
+        """The command's output; one retry when the exec itself fails to start (the shared
+        machine's tree changes under the run: a failed start is not a measurement)."""
+        from cellbox.runtime.errors import CellboxError
+
+        try:
+            return self._exec(ctr, argv)
+        except CellboxError as e:
+            print(f"cellbox exec failed ({e}), once more", file=sys.stderr)
+            return self._exec(ctr, argv)
+
+    def _exec(self, ctr: str, argv: list[str]) -> str:
         p = self.engine.exec(
             ctr, argv, workdir="/data", stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
