@@ -9,7 +9,6 @@ imports this module before pivot_root, when the host's libseccomp is still visib
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 # Actions (seccomp.h).
@@ -66,7 +65,7 @@ def _open() -> ctypes.CDLL | None:
     try:
         return ctypes.CDLL("libseccomp.so.2", use_errno=True)
     except OSError:
-        name = ctypes.util.find_library("seccomp")
+        name = _find_library("seccomp")
     try:
         return ctypes.CDLL(name, use_errno=True) if name else None
     except OSError:
@@ -181,3 +180,10 @@ def load(ctx: int) -> None:
 def export_bpf(ctx: int, fd: int) -> None:
     """Write the compiled BPF program to fd (used by tests to see the filter builds)."""
     _check(_need().seccomp_export_bpf(ctypes.c_void_p(ctx), fd), "seccomp_export_bpf")
+
+
+def _find_library(name: str) -> str | None:
+    """ctypes.util.find_library, imported only when needed (it pulls in subprocess)."""
+    import ctypes.util
+
+    return ctypes.util.find_library(name)

@@ -7,7 +7,6 @@ Every wrapper raises OSError with errno and a short description of what failed.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from collections.abc import Callable
 from typing import TypeVar
@@ -20,7 +19,7 @@ def _open_libc() -> ctypes.CDLL:
     try:
         return ctypes.CDLL("libc.so.6", use_errno=True)
     except OSError:
-        return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        return ctypes.CDLL(_find_library("c"), use_errno=True)
 
 
 _libc = _open_libc()
@@ -356,3 +355,10 @@ def seccomp_set_filter(program: bytes, flags: int = 0) -> None:
         ctypes.c_long(SYS_seccomp), ctypes.c_uint(SECCOMP_SET_MODE_FILTER), ctypes.c_uint(flags), ctypes.byref(prog)
     )
     _check(rc, "seccomp")
+
+
+def _find_library(name: str) -> str | None:
+    """ctypes.util.find_library, imported only when needed (it pulls in subprocess)."""
+    import ctypes.util
+
+    return ctypes.util.find_library(name)

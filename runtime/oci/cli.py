@@ -7,15 +7,17 @@ stderr, or JSON with --log-format json) and exit status 1.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
 
 from ..errors import CellboxError, InvalidArgument
 from .log import Log
+
+TYPE_CHECKING = False  # (importing typing costs a warm `run` a few ms)
+if TYPE_CHECKING:
+    from typing import Any
 
 VERSION = "0.1.0"
 DEFAULT_ROOT = "/run/cellbox-runc"
@@ -84,6 +86,7 @@ _COMMANDS: dict[str, tuple[Opts, str]] = {
     "list": ({"format": ("format", "value"), "f": ("format", "value"), "quiet": ("quiet", "bool"), "q": ("quiet", "bool")}, ""),
     "pause": ({}, "ID"),
     "resume": ({}, "ID"),
+    "warm": ({}, "(serve foreground `run`s from a warm helper)"),
 }
 
 
@@ -163,6 +166,8 @@ def _need(pos: list[str], n: int, cmd: str, usage: str, exact: bool = True) -> N
 
 
 def _print_json(obj: Any) -> None:
+    import json
+
     sys.stdout.write(json.dumps(obj, indent=2) + "\n")
     sys.stdout.flush()
 
@@ -252,6 +257,8 @@ def cmd_delete(rt: Any, o: dict[str, Any], pos: list[str], log: Log) -> int:
 def _exec_process(rt: Any, cid: str, o: dict[str, Any], args: list[str]) -> dict[str, Any]:
     """--process FILE, or the container's own process with runc exec's overrides."""
     if o["process"]:
+        import json
+
         try:
             with open(o["process"]) as f:
                 return json.load(f)
@@ -407,8 +414,11 @@ commands:
 """ + "\n".join(f"  {name} {usage}" for name, (_o, usage) in _COMMANDS.items())
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns (and exits with) the status runc would."""
+def main(argv: list[str] | None = None, warm_ok: bool = True) -> int:
+    """Entry point; returns (and exits with) the status runc would.
+
+    A foreground `run` is handed to a warm helper when one serves this --root (warm.py).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     log = Log()
     warnings: list[str] = []
@@ -430,11 +440,21 @@ def main(argv: list[str] | None = None) -> int:
             print(USAGE.replace("{oci}", OCI_VERSION))
             return _exit(0 if g["help"] or rest else 1)
         cmd, args = rest[0], rest[1:]
-        if cmd not in HANDLERS:
+        if cmd not in HANDLERS and cmd != "warm":
             raise InvalidArgument(f"No help topic for '{cmd}'")
         opts, _usage = _COMMANDS[cmd]
         o, pos = parse(args, opts, interspersed=cmd != "exec")
         log.debug(f"{cmd} {' '.join(args)}")
+        if cmd == "warm":
+            from .warm import serve
+
+            return _exit(serve(g["root"] or DEFAULT_ROOT, lambda a: main(a, warm_ok=False)))
+        if cmd == "run" and warm_ok and not o["detach"]:
+            from .warm import try_run
+
+            code = try_run(g["root"] or DEFAULT_ROOT, argv)
+            if code is not None:
+                return _exit(code)
         from .ops import Runtime
 
         code = HANDLERS[cmd](Runtime(g["root"] or DEFAULT_ROOT), o, pos, log)

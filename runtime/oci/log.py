@@ -6,11 +6,15 @@ message goes to stderr as well. Harnesses (podman, containerd) parse either form
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
-from ..state import now
+
+def now() -> str:
+    """state.now(), imported on first use: a warm `run` never needs the state module."""
+    from ..state import now as state_now
+
+    return state_now()
 
 
 class Log:
@@ -20,6 +24,8 @@ class Log:
         self.debug_on = debug
 
     def line(self, level: str, msg: str) -> str:
+        import json
+
         msg = " ".join(msg.splitlines()) if msg else ""
         if self.fmt == "json":
             return json.dumps({"level": level, "msg": msg, "time": now()})

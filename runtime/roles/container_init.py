@@ -46,6 +46,7 @@ def container_init(config: dict, join_files: list[str], chan: Channel, console: 
     try:
         sc.set_process_name("cellbox-init")
         sc.set_process_title("cellbox-init")  # no host path in the container's `ps`
+        trace("init: begin")
         join_cgroup(join_files)
         caps_mod.check_bounding((config.get("process") or {}).get("capabilities"))
         flags = 0
