@@ -153,12 +153,33 @@ def _stored(data: bytes, last: bool) -> bytes:
     return b"".join(out)
 
 
+def _fast_zlib() -> Any:
+    """ISA-L's zlib (the `isal` package) where installed, else the standard one. Same
+    format; ISA-L's level 1 deflates ~10x faster here (500 MB/s on data that does not
+    compress, where zlib's level 1 manages 35 MB/s), and its crc32 ~10x too."""
+    try:
+        from isal import isal_zlib
+    except ImportError:
+        return zlib
+    return isal_zlib
+
+
 class _GzipParallel:
     """pigz-style gzip: 1 MiB chunks deflated on threads, primed with the previous 32 KiB,
-    joined into one gzip member (zlib releases the GIL, so this uses both cores)."""
+    joined into one gzip member (deflate releases the GIL, so this uses both cores).
 
-    def __init__(self, out: Callable[[bytes], None], level: int = GZIP_LEVEL, workers: int = 2):
+    `fast`: ISA-L when installed; a reproducible layer passes False (its bytes must not
+    depend on whether an optional package is there)."""
+
+    def __init__(
+        self,
+        out: Callable[[bytes], None],
+        level: int = GZIP_LEVEL,
+        workers: int = 2,
+        fast: bool = True,
+    ):
         self.out, self.level = out, level
+        self.z = _fast_zlib() if fast else zlib
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
         self.pending: list[concurrent.futures.Future] = []
         self.crc, self.isize, self.prev = 0, 0, b""
@@ -170,17 +191,18 @@ class _GzipParallel:
         # Data that does not compress (media, archives, random) is stored, not deflated:
         # deflate runs at ~35 MB/s on it here for a gain of nothing. Two 4 KiB samples
         # decide (a 64 KiB one cost more than storing the chunk).
+        z = self.z
         if len(data) >= 8 * _SAMPLE and all(
-            len(zlib.compress(data[at : at + _SAMPLE], 1)) > 0.95 * _SAMPLE
+            len(z.compress(data[at : at + _SAMPLE], 1)) > 0.95 * _SAMPLE
             for at in (0, len(data) // 2)
         ):
             return _stored(data, last)
-        args = (self.level, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY)
-        c = zlib.compressobj(*args, zdict) if zdict else zlib.compressobj(*args)
-        return c.compress(data) + c.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+        args = (self.level, z.DEFLATED, -15, 9, z.Z_DEFAULT_STRATEGY)
+        c = z.compressobj(*args, zdict) if zdict else z.compressobj(*args)
+        return c.compress(data) + c.flush(z.Z_FINISH if last else z.Z_SYNC_FLUSH)
 
     def _submit(self, data: bytes, last: bool) -> None:
-        self.crc = zlib.crc32(data, self.crc)
+        self.crc = self.z.crc32(data, self.crc)
         self.isize += len(data)
         self.pending.append(self.pool.submit(self._deflate, data, self.prev, last))
         self.prev = data[-32768:] if len(data) >= 32768 else (self.prev + data)[-32768:]
@@ -448,9 +470,11 @@ def _create_layer(
     same = compression == "none"  # the blob is the tar: its digest is the diff_id, hash once
     total = 0
     with layout.blob_writer() as w:
-        sink = {"gzip": _GzipParallel, "zstd": _ZstdPipe, "none": _Plain}[compression](
-            _Writeback(w).write
-        )
+        out = _Writeback(w).write
+        if compression == "gzip":
+            sink: Any = _GzipParallel(out, fast=not reproducible)
+        else:
+            sink = {"zstd": _ZstdPipe, "none": _Plain}[compression](out)
         # Hashing, compressing and writing run on threads beside the one reading tar
         # (hashlib, zlib and file writes release the GIL): the commit costs about what
         # its slowest step costs, not the sum of them.
