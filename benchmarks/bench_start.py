@@ -6,6 +6,8 @@ machine's load hits all of them alike; the table gives medians and ratios to run
 - `cellbox-runc run`: the installed console script (pays this interpreter's site
   start-up, which on this machine includes .pth hooks), and the same code started
   as `python -I -S` (what a plain wheel install without extra .pth files comes close to).
+- `cellbox-runc run` handed to a warm helper (`cellbox-runc --root R warm`, started
+  for the run and stopped at the end), the command itself started as `python -I -S`.
 - `runc run` and `crun run` on the same bundle. crun refuses this hybrid cgroup layout,
   so it runs as `unshare -m sh -c 'umount /sys/fs/cgroup/unified; crun ...'` (the
   unshare and sh cost ~2 ms and are included).
@@ -69,7 +71,7 @@ def main() -> None:
         # cgroup, which here is a memory group that is not ours.
         bundle = make_bundle(tmp / "bundle", f"/{parent}/bench")
         engine_rootfs = benchlib.make_rootfs(tmp / "engine-rootfs")
-        roots = {k: tmp / f"root-{k}" for k in ("cbx", "cbxs", "runc", "crun")}
+        roots = {k: tmp / f"root-{k}" for k in ("cbx", "cbxs", "cbxw", "runc", "crun")}
         for r in roots.values():
             r.mkdir()
         script = cellbox_runc_script()
@@ -85,6 +87,20 @@ def main() -> None:
         def cbx_nosite() -> float:
             argv = [sys.executable, "-I", "-S", "-c", _BOOT, "--root", str(roots["cbxs"])]
             return benchlib.timed_run([*argv, "run", "--bundle", str(bundle), f"s{next(n)}"])
+
+        helper = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _BOOT, "--root", str(roots["cbxw"]), "warm"],
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while not (roots["cbxw"] / "warm.sock").exists():
+            if helper.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the warm helper did not start")
+            time.sleep(0.02)
+
+        def cbx_warm() -> float:
+            argv = [sys.executable, "-I", "-S", "-c", _BOOT, "--root", str(roots["cbxw"])]
+            return benchlib.timed_run([*argv, "run", "--bundle", str(bundle), f"w{next(n)}"])
 
         def runc() -> float:
             return benchlib.timed_run(
@@ -122,6 +138,7 @@ def main() -> None:
         contenders: dict[str, Callable[[], float]] = {
             "cellbox-runc run (console script)": cbx,
             "cellbox-runc run (python -I -S)": cbx_nosite,
+            "cellbox-runc run (python -I -S, warm helper)": cbx_warm,
             "runc run": runc,
             "crun run (in unshare -m)": crun,
             "engine API create+start+wait": api,
@@ -147,6 +164,9 @@ def main() -> None:
                 f"| {med[k] / med['crun run (in unshare -m)']:.2f}x |"
             )
     finally:
+        if "helper" in locals():
+            helper.terminate()
+            helper.wait(timeout=30)
         # runc also makes the group in the name=systemd hierarchy, which cellbox skips:
         # remove_all removes it in every hierarchy
         left = benchlib.remove_all(tmp, parent)

@@ -46,7 +46,7 @@ def _wait_until(pred: Any, timeout: float = WAIT_SECS) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(delay)
-        delay = min(delay * 2, 0.02)
+        delay = min(delay * 2, 0.004)  # (a start is waited on with this granularity)
     return True
 
 
@@ -144,7 +144,8 @@ class Runtime:
             console_socket = os.path.abspath(console_socket)
         d = bundle_mod.claim(self.root, cid)
         try:
-            state.write_json(d / "config.json", config, 0o600)
+            # runtime state (runc keeps it on tmpfs): no fsync, it does not outlive a boot
+            state.write_json(d / "config.json", config, 0o600, durable=False)
             annotations = {str(k): str(v) for k, v in (config.get("annotations") or {}).items()}
             state.save(d, state.State(id=cid, bundle=bundle, annotations=annotations))
             if handoff:
@@ -176,7 +177,7 @@ class Runtime:
         if isinstance(msg, Failed):
             os.waitpid(pid, 0)
             raise CellboxError(msg.error)
-        state.write_json(d / MONITOR, {"pid": pid, "start": state.proc_start_time(pid) or 0})
+        state.write_json(d / MONITOR, {"pid": pid, "start": state.proc_start_time(pid) or 0}, durable=False)
         return Created(cid, d, msg.pid, pid)
 
     def _cleanup(self, d: Path, config: dict[str, Any]) -> None:
@@ -383,7 +384,7 @@ class Runtime:
         }
         spec_mod.validate(check)
         pfile = d / f"exec-{os.getpid()}.json"
-        state.write_json(pfile, process, 0o600)
+        state.write_json(pfile, process, 0o600, durable=False)
         console = {"socket": os.path.abspath(console_socket)} if console_socket else {}
         r, w = os.pipe()
         helper = os.fork()

@@ -64,10 +64,12 @@ def try_run(root: str, argv: list[str]) -> int | None:
 
 def serve(root: str, run_local: object) -> int:
     """The helper: accept requests until SIGTERM/SIGINT; run_local(argv) -> exit code."""
+    # the imports every `run` needs, done once
+    from .. import cgroups, launcher  # noqa: F401
     from ..cgroups import resources  # noqa: F401
     from ..roles import monitor  # noqa: F401
     from ..security import seccomp  # noqa: F401
-    from . import ops  # noqa: F401 - the imports every `run` needs, done once
+    from . import fields, ops  # noqa: F401
 
     os.makedirs(root, mode=0o700, exist_ok=True)
     path = os.path.join(root, SOCKET)
