@@ -218,6 +218,10 @@ class _GzipParallel:
             data, self.buf = bytes(self.buf), bytearray()
         self._submit(data, False)
 
+    def abort(self) -> None:
+        """A failed commit: the deflating threads end (none lingers in a server)."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
     def close(self) -> None:
         self._submit(bytes(self.buf), True)
         self.pool.shutdown()
@@ -237,20 +241,30 @@ class _ZstdPipe:
         self.t.start()
 
     def _drain(self) -> None:
-        try:
-            while chunk := self.proc.stdout.read(_CHUNK):  # type: ignore[union-attr]
-                self.out(chunk)
-        except BaseException as e:  # noqa: BLE001 - re-raised in close
-            self.err = e
+        while chunk := self.proc.stdout.read(_CHUNK):  # type: ignore[union-attr]
+            if self.err is None:  # after a failed write, read on: zstd must not block
+                try:
+                    self.out(chunk)
+                except BaseException as e:  # noqa: BLE001 - re-raised in close
+                    self.err = e
 
     def write(self, data: bytes) -> None:
+        if self.err is not None:
+            raise self.err
         self.proc.stdin.write(data)  # type: ignore[union-attr]
+
+    def abort(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.t.join()
 
     def close(self) -> None:
         self.proc.stdin.close()  # type: ignore[union-attr]
         self.t.join()
-        if self.proc.wait() != 0 or self.err:
-            raise CellboxError(f"zstd compression failed: {self.err or self.proc.returncode}")
+        if self.err is not None:
+            raise self.err  # the blob's write failed (a full disk): that error, as it is
+        if self.proc.wait() != 0:
+            raise CellboxError(f"zstd compression failed: {self.proc.returncode}")
 
 
 class _Plain:
@@ -258,6 +272,9 @@ class _Plain:
         self.write = out
 
     def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
         pass
 
 
@@ -535,16 +552,17 @@ def _create_layer(
             total += len(extra)
             for st in stages:
                 st.close()
+            sink.close()
         except BaseException:
             proc.kill()  # a full disk or a cancel: tar must not block on a pipe no one reads
             for st in stages:
                 st.abort()
+            sink.abort()
             raise
         finally:
             feeder.join()
             proc.stderr.close()  # type: ignore[union-attr]
             proc.wait()
-        sink.close()
     assert w.digest is not None
     diff_id = w.digest if same else "sha256:" + diff.hexdigest()
     return LayerBlob(w.digest, w.size, diff_id, MEDIA_TYPES[compression], total)
