@@ -18,7 +18,7 @@ MOUNT_OPTIONS = sorted(
         "noatime", "nodev", "nodiratime", "noexec", "nomand", "norelatime", "nostrictatime",
         "nosuid", "nosymfollow", "private", "rbind", "relatime", "remount", "ro", "rprivate",
         "rshared", "rslave", "runbindable", "rw", "shared", "slave", "strictatime", "suid",
-        "sync", "unbindable",
+        "sync", "tmpcopyup", "unbindable",
     }
 )  # fmt: skip
 
@@ -44,7 +44,7 @@ def features() -> dict[str, Any]:
         "hooks": list(HOOKS),
         "mountOptions": list(MOUNT_OPTIONS),
         "linux": {
-            "namespaces": [n for n in spec_mod.NAMESPACES if n != "time"],
+            "namespaces": list(spec_mod.NAMESPACES),
             "capabilities": sorted(ALL_CAPS),
             "cgroup": {"v1": True, "v2": True, "systemd": False, "systemdUser": False, "rdma": False},
             "seccomp": {

@@ -18,7 +18,7 @@ from ..protocol import Exited, Failed, Spawned, encode, write_sync
 from . import console as console_mod
 from .common import compiled_filter, describe, exit_code, join_cgroup, ns_list
 
-_ORDER = ["user", "ipc", "uts", "network", "cgroup", "pid", "mount"]
+_ORDER = ["user", "ipc", "uts", "network", "cgroup", "time", "pid", "mount"]
 
 
 def exec_in(
@@ -53,6 +53,8 @@ def exec_in(
         for kind in _ORDER:
             if kind in present:
                 name = sc.NAMESPACE_PROC_NAMES[kind]
+                if kind == "time":  # the init unshared it for its children only
+                    name = "time_for_children"
                 fds.append(
                     (
                         os.open(f"/proc/{pid}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC),

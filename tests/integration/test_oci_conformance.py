@@ -325,3 +325,33 @@ def test_unsupported_field_is_refused_and_an_unknown_one_only_warned(env: Env) -
     assert r.code == 0, r.err
     assert "ignoring unknown property org.example.future" in r.err
     env.gone(cid)
+
+
+def test_time_namespace_holds_for_exec_too(env: Env) -> None:
+    """config-linux.md namespaces: time is a namespace type; the runtime MUST place the
+    container process in it, and `exec` adds processes to the container (runtime.md), so
+    an exec'd process is in the same time namespace (the init holds it for its children)."""
+    cid = _cid("timens")
+    flag = env.rootfs / "tmp" / f"go-{cid}"
+    b = env.bundle(cid, ["/bin/sh", "-c", f"while [ ! -e /tmp/go-{cid} ]; do sleep 0.05; done"])
+    cfg = _config(b)
+    cfg["linux"]["namespaces"].append({"type": "time"})
+    _write(b, cfg)
+    try:
+        env.runc.ok("create", "--bundle", str(b), cid)
+        env.runc.ok("start", cid)
+        execd = env.runc.ok("exec", cid, "/bin/readlink", "/proc/self/ns/time").out.strip()
+        first = env.runc.ok(
+            "exec",
+            cid,
+            "/bin/sh",
+            "-c",
+            "readlink /proc/$(cat /proc/1/task/1/children | cut -d' ' -f1)/ns/time",
+        ).out.strip()
+        assert execd == first and execd != os.readlink("/proc/self/ns/time")
+    finally:
+        flag.touch()
+    env.runc.wait_status(cid, "stopped")
+    flag.unlink()
+    env.runc.ok("delete", cid)
+    env.gone(cid)
