@@ -110,6 +110,7 @@ def check(config: dict[str, Any]) -> list[str]:
     _walk(config, SCHEMA, "", unknown)
     _personality((config.get("linux") or {}).get("personality"))
     _mount_options(config.get("mounts"))
+    _hook_timeouts(config.get("hooks"))
     return [f"ignoring unknown property {name}" for name in unknown]
 
 
@@ -145,6 +146,17 @@ def _mount_options(mounts: Any) -> None:
             if opt not in _FLAGS and opt not in _PROPAGATION:
                 raise InvalidArgument(
                     f"config.json: mounts[{i}].options: {opt!r} is not supported on a bind mount by cellbox-runc"
+                )
+
+
+def _hook_timeouts(hooks: Any) -> None:
+    """config.md: "If set, timeout MUST be greater than zero" (an integer of seconds)."""
+    for kind, entries in (hooks or {}).items() if isinstance(hooks, dict) else ():
+        for i, h in enumerate(entries or []):
+            t = h.get("timeout") if isinstance(h, dict) else None
+            if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t <= 0):
+                raise InvalidArgument(
+                    f"config.json: hooks.{kind}[{i}].timeout must be an integer above 0, got {t!r}"
                 )
 
 

@@ -41,6 +41,14 @@ def test_runc_spec_config_is_accepted_without_warnings() -> None:
         ),
         ({"linux__personality": {"domain": "LINUX32"}}, "linux.personality"),
         ({"windows": {"layerFolders": []}}, "windows"),
+        (
+            {"hooks": {"prestart": [{"path": "/bin/true", "timeout": 0}]}},
+            "hooks.prestart[0].timeout",
+        ),
+        (
+            {"hooks": {"poststop": [{"path": "/bin/true", "timeout": 1.5}]}},
+            "hooks.poststop[0].timeout",
+        ),
     ],
 )
 def test_a_field_cellbox_runc_does_not_apply_is_refused_by_name(changes: dict, named: str) -> None:
