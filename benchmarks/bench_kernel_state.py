@@ -184,6 +184,13 @@ def run_cellbox() -> dict[str, Any]:
             "from cellbox.kernel.inside.state import state_dir, Store; print('LIVE', Store(state_dir()).size())",
         )
         res["live"] = int(text.split("LIVE", 1)[1].split()[0])
+        _, text = execute(
+            kc,
+            "import json as _j\nfrom cellbox.kernel.inside.state import KernelState as _K\n"
+            "print('TIMINGS', _j.dumps(_K.get(get_ipython()).timings))",
+        )
+        by_cell = {t["cell"]: t for t in json.loads(text.split("TIMINGS", 1)[1])}
+        res["timings"] = [by_cell[c] for c in counts]
         res["back3"], text = execute(kc, "%cellbox back 3")
         assert "files unchanged" in text, text
         res["before_big"], text = execute(kc, f"%cellbox restore --before {counts[BIG_CELL]}")
@@ -234,6 +241,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--venv", type=Path, default=Path("/var/tmp/cellbox-bench-state-venv"))
     ap.add_argument("-n", type=int, default=3, help="rounds (each runs the three kernels)")
+    ap.add_argument(
+        "--only", nargs="*", choices=["plain", "kishu", "cellbox"], help="run only these kernels"
+    )
+    ap.add_argument("--json", type=Path, help="also write every measurement here")
     a = ap.parse_args()
     py = a.venv / "bin" / "python"
     if not py.exists():
@@ -257,7 +268,9 @@ def main() -> int:
         }
         (plain / "kernel.json").write_text(json.dumps(spec))
         os.environ["JUPYTER_PATH"] = str(prefix / "share/jupyter")
-        kinds = ["plain", "kishu", "cellbox"]
+        kinds = [
+            k for k in ("plain", "kishu", "cellbox") if not a.only or k in a.only or k == "plain"
+        ]
         res: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
         for r in range(a.n):
             for k in benchlib.rotated(kinds, r):
@@ -267,6 +280,10 @@ def main() -> int:
         left = benchlib.remove_all(work, parent)
         if left:
             print("cleanup left: " + "; ".join(left), file=sys.stderr)
+    if a.json:
+        a.json.write_text(json.dumps(res, indent=1))
+    if a.json:
+        a.json.write_text(json.dumps(res, indent=1))
     report(res)
     return 0
 
@@ -309,10 +326,14 @@ def report(res: dict[str, list[dict[str, Any]]]) -> None:
         print(
             f"\ncellbox's live state store in the container's layer: {med('cellbox', 'live') / mib:.0f} MiB"
         )
-    print("\nper cell, ms (plain / kishu / cellbox):")
+    print(f"\nper cell, ms ({' / '.join(res)}; cellbox's checkpoint: variables + files snapshot):")
     for i, code in enumerate(CELLS):
         vals = " / ".join(f"{per_cell[k][i] * 1000:.0f}" for k in res)
-        print(f"  {i + 1:2} {vals:>22}  {code[:50]}")
+        if res.get("cellbox"):
+            cap = statistics.median(r["timings"][i]["capture"] for r in res["cellbox"]) * 1000
+            files = statistics.median(r["timings"][i]["files"] for r in res["cellbox"]) * 1000
+            vals += f"  ({cap:.0f} + {files:.0f})"
+        print(f"  {i + 1:2} {vals:>34}  {code[:50]}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,10 @@ class Panel:
         self.snap_button = w.Button(description="Snapshot", icon="camera")
         self.snap_list = w.Select(options=[], description="Snapshots", rows=5)
         self.restore_button = w.Button(description="Restore", icon="undo")
+        self.files_only = w.Checkbox(value=False, description="files only (not the variables)")
+        self.autosnap = w.ToggleButton(value=False, description="Autosnap", icon="history")
+        self.timeline = w.Select(options=[], description="Timeline", rows=4)
+        self.back_button = w.Button(description="Go back", icon="step-backward")
         self.delete_button = w.Button(description="Delete", icon="trash")
         self.repo = w.Text(placeholder="repository", description="Repository")
         self.tag = w.Text(value="latest", description="Tag")
@@ -37,6 +41,8 @@ class Panel:
         self.error = w.HTML(value="")
         self.snap_button.on_click(lambda _b: self._guard(self.do_snapshot))
         self.restore_button.on_click(lambda _b: self._guard(self.do_restore))
+        self.back_button.on_click(lambda _b: self._guard(self.do_back))
+        self.autosnap.observe(lambda ch: self._guard(lambda: self.do_autosnap(ch["new"])), names="value")
         self.delete_button.on_click(lambda _b: self._guard(self.do_delete))
         self.commit_button.on_click(lambda _b: self._guard(self.do_commit))
         self.rmi_button.on_click(lambda _b: self._guard(self.do_rmi))
@@ -53,8 +59,9 @@ class Panel:
             [
                 *banner,
                 self.usage,
-                w.HBox([self.message, self.snap_button]),
+                w.HBox([self.message, self.snap_button, self.files_only]),
                 w.HBox([self.snap_list, w.VBox([self.restore_button, self.delete_button])]),
+                w.HBox([self.timeline, w.VBox([self.back_button, self.autosnap])]),
                 w.HBox([self.repo, self.tag]),
                 w.HBox([self.commit_message, self.commit_button]),
                 self.progress,
@@ -91,6 +98,7 @@ class Panel:
     def refresh(self) -> None:
         self.refresh_usage()
         self.refresh_snapshots()
+        self.refresh_timeline()
         self.refresh_images()
 
     def refresh_usage(self) -> None:
@@ -117,17 +125,65 @@ class Panel:
                 opts.append((f"{ref}  {_size(i['size'])}  {i['created'][:19]}", ref))
         self.image_list.options = opts
 
+    def _state(self) -> Any:
+        """The kernel's variables (kernel/inside/state), or None outside an IPython kernel."""
+        from IPython import get_ipython
+
+        from . import state
+
+        shell = get_ipython()
+        return state.KernelState.get(shell) if shell is not None else None
+
     def do_snapshot(self) -> None:
-        snap = client.snapshot(self.message.value)
-        self.result.value = f"snapshot {snap['id'][:12]} taken"
+        ks = None if self.files_only.value else self._state()
+        if ks is None:
+            snap = client.snapshot(self.message.value)
+            self.result.value = f"snapshot {snap['id'][:12]} taken (files)"
+        else:
+            from .state import describe_capture
+
+            snap, manifest = ks.snapshot(self.message.value)
+            self.result.value = f"snapshot {snap['id'][:12]} taken: files and {_escape(describe_capture(manifest, ks.ns.stats))}"
         self.message.value = ""
         self.refresh_snapshots()
 
     def do_restore(self) -> None:
         if not self.snap_list.value:
             raise client.ControlError("choose a snapshot to restore")
-        snap = client.restore(self.snap_list.value)
-        self.result.value = f"restoring {snap['id'][:12]}: the kernel restarts"
+        ks = None if self.files_only.value else self._state()
+        if ks is None:
+            snap = client.restore(self.snap_list.value)
+            self.result.value = f"restoring {snap['id'][:12]}: the kernel restarts"
+            return
+        self._show_restore(ks.restore({"id": self.snap_list.value}))
+
+    def _show_restore(self, out: dict[str, Any]) -> None:
+        from .state import describe
+
+        if out.get("restart"):
+            self.result.value = "restoring files and variables: the kernel restarts"
+        else:
+            self.result.value = _escape(describe(out))
+
+    def do_autosnap(self, on: bool) -> None:
+        ks = self._state()
+        if ks is None:
+            raise client.ControlError("autosnap needs an IPython kernel")
+        ks.autosnap(on)
+        self.refresh_timeline()
+
+    def refresh_timeline(self) -> None:
+        ks = self._state()
+        entries = ks.timeline() if ks is not None else []
+        self.timeline.options = [
+            (f"before cell {e['cell'] + 1}: {(e.get('source') or '').strip()[:40]}", i) for i, e in enumerate(entries)
+        ][::-1]
+
+    def do_back(self) -> None:
+        ks = self._state()
+        if ks is None or self.timeline.value is None:
+            raise client.ControlError("choose a point of the timeline")
+        self._show_restore(ks.goto(ks.timeline()[self.timeline.value]))
 
     def do_delete(self) -> None:
         """Remove the chosen snapshot: the tenant's way to free its snapshot quota."""

@@ -182,3 +182,34 @@ def test_restore_with_changed_files_restarts_and_resumes(kc):
     assert "not restored: conn (sqlite3.Connection), lock (_thread.lock)" in text, text
     got = digest(kc)
     assert got[0] == want[0] and got[1] == [n for n in want[1] if n not in ("conn", "lock")]
+
+
+def test_commit_with_state_resumes_in_a_kernel_of_the_image(kc):
+    """`%cellbox commit --with-state`: a kernel started from the image has the variables."""
+    import os
+    import secrets
+    from pathlib import Path
+
+    from cellbox.kernel.kernelspec import install_kernelspec
+    from cellbox.runtime.engine import Engine
+
+    ok(kc, "carried = {'rows': len(rows), 'n': n}")
+    ref = f"cbk-test/state-{secrets.token_hex(3)}:1"
+    text = ok(kc, f"%cellbox commit {ref} --with-state")
+    assert "with the kernel's variables" in text, text
+    prefix = Path(os.environ["JUPYTER_PATH"]).parents[1]
+    install_kernelspec("cellbox-state-img", prefix=str(prefix), image=ref)
+    km2, kc2 = start_new_kernel(kernel_name="cellbox-state-img", startup_timeout=60)
+    try:
+        text = ok(kc2, "print('CARRIED', carried, scale(2))")
+        assert "variables restored" in text, text
+        want = ok(kc, "print('CARRIED', carried, scale(2))").split("CARRIED", 1)[1]
+        assert text.split("CARRIED", 1)[1] == want
+        # the mark is gone once resumed: a restart of that kernel starts empty
+        km2.restart_kernel(now=True)
+        kc2.wait_for_ready(timeout=60)
+        assert "False" in ok(kc2, "print('carried' in globals())")
+    finally:
+        kc2.stop_channels()
+        km2.shutdown_kernel(now=True)
+        Engine().images.rmi(ref, force=True)

@@ -89,6 +89,9 @@ class KernelState:
         self._source = ""
         self.last_cell: dict[str, Any] = {}
         self.replayable: dict[str, str] = {}
+        self.timings: list[
+            dict[str, Any]
+        ] = []  # per autosnap checkpoint: capture and file snapshot seconds
         self._resume: str | None = None
         shell.events.register("pre_run_cell", self._pre)
         shell.events.register("post_run_cell", self._post)
@@ -173,7 +176,9 @@ class KernelState:
         """Autosnap: the cell's changes, a host snapshot, a timeline entry (after cell n)."""
         from .. import client
 
+        t0 = time.perf_counter()
         manifest = self.capture()
+        t1 = time.perf_counter()
         n = self.shell.execution_count - 1 if n is None else n
         try:
             snap = self._host_snapshot(message, manifest["id"])
@@ -182,6 +187,9 @@ class KernelState:
                 raise
             self._prune(keep=AUTOSNAP_KEEP // 2)
             snap = self._host_snapshot(message, manifest["id"])
+        self.timings.append(
+            {"cell": n, "capture": t1 - t0, "files": time.perf_counter() - t1, **self.ns.stats}
+        )
         entries = self.store.timeline()
         entries.append(
             {

@@ -272,7 +272,9 @@ class Namespace:
             refs.add(_key(obj))
             return ("var", _key(obj))
 
-        data = pickling.dumps(members[0] if len(members) == 1 else tuple(members), self.ns, ref)
+        watch = {oid for oid, v in top.items() if not isinstance(v, _ATOMIC)} - own
+        value = members[0] if len(members) == 1 else tuple(members)
+        data = pickling.dumps(value, self.ns, ref, watch, np.ndarray if np is not None else None)
         h = self.store.put(data)
         return _Group(list(members), h, refs, arrays, len(data))
 
