@@ -213,3 +213,22 @@ def test_commit_with_state_resumes_in_a_kernel_of_the_image(kc):
         kc2.stop_channels()
         km2.shutdown_kernel(now=True)
         Engine().images.rmi(ref, force=True)
+
+
+def test_panel_snapshot_restore_and_timeline(kc):
+    """The panel's buttons take the same path as the magics (files and variables)."""
+    text = ok(
+        kc,
+        "import cellbox.kernel as _ck\n_p = _ck.panel(refresh=0)._cellbox_panel\n"
+        "panel_var = 1\n_p.message.value = 'from the panel'\n_p.do_snapshot()\n"
+        "print('RES', _p.result.value, '|', _p.error.value)",
+    )
+    assert "taken: files and" in text and "variables" in text, text
+    text = ok(
+        kc,
+        "panel_var = 2\n_p.refresh_snapshots()\n_p.snap_list.value = _p.snap_list.options[-1][1]\n"
+        "_p.do_restore()\nprint('RES', _p.result.value, '|', panel_var)",
+    )
+    assert "variables restored" in text and "| 1" in text, text
+    text = ok(kc, "_p.refresh_timeline()\nprint('TIMELINE', len(_p.timeline.options))")
+    assert int(text.split("TIMELINE", 1)[1]) >= 5
