@@ -162,6 +162,7 @@ class StatusHandler(BaseAPI):
                 "max_containers": cfg.max_containers,
                 "limits": {"memory": cfg.memory_limit, "cpus": cfg.cpu_limit, "pids": cfg.pids_limit, "network": cfg.network},
                 "caps": {"memory": cfg.max_memory, "cpus": cfg.max_cpus, "pids": cfg.max_pids},
+                "unenforced": self.cb.unenforced_limits(),
             }
         )
 

@@ -234,12 +234,21 @@ class ContainerManager:
                 continue
         return n
 
+    def unenforced_limits(self) -> dict[str, str]:
+        """The configured limits this server's containers cannot get (rootless: no
+        delegated cgroup, no disk of its own), each with why; shown on the page."""
+        gaps = self.engine.unenforced_limits() if self.isolation.isolated else {}
+        if not self.config.disk_limit:
+            gaps.pop("disk", None)
+        return gaps
+
     async def ensure(self, path: str) -> Managed:
         """The notebook's container, running: created on first use, restarted if stopped."""
         if not self.isolation.isolated:
             raise Conflict(f"containers are not available: {self.isolation.reason}")
-        if self.config.require_limits and not (limits := self.engine.limits_status()).available:
-            raise Conflict(f"no container without limits (c.Cellbox.require_limits): {limits.reason}")
+        if self.config.require_limits and (gaps := self.unenforced_limits()):
+            why = "; ".join(dict.fromkeys(gaps.values()))
+            raise Conflict(f"no container without limits (c.Cellbox.require_limits): {why}")
         path = check_path(path)
         # One creation per path at a time: a second caller waits for the first.
         while path in self._starting:

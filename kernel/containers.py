@@ -117,6 +117,22 @@ def _make_run_dir(eng: Engine) -> tuple[str, Path]:
     return token, d
 
 
+def leave_out_unenforced(eng: Engine, opts: RunOptions) -> dict[str, str]:
+    """Drop from opts the limits this engine cannot give (rootless: no delegated cgroup,
+    no disk of its own), so the kernel still starts; what was dropped, with why, is what
+    `container_info` reports as "unenforced" (never silent)."""
+    gaps = eng.unenforced_limits()
+    if "memory" in gaps:
+        opts.memory = opts.memory_swap = None
+    if "cpus" in gaps:
+        opts.cpus, opts.cpu_shares = None, None
+    if "pids" in gaps:
+        opts.pids_limit = None
+    if "disk" in gaps:
+        opts.storage_opts = [o for o in opts.storage_opts if not o.startswith("size=")]
+    return gaps
+
+
 def create_kernel_container(eng: Engine, opts: RunOptions, start: bool = True) -> Container:
     """Create (and start) a container a cellbox kernel can run in.
 
@@ -128,6 +144,7 @@ def create_kernel_container(eng: Engine, opts: RunOptions, start: bool = True) -
         eng.ensure_default_image()
     elif opts.image == kernel_run_options().image:
         eng.ensure_default_image()
+    leave_out_unenforced(eng, opts)
     token, d = _make_run_dir(eng)
     opts.labels = {**opts.labels, LABEL_RUN: token}
     # nosuid,nodev: what the container plants in its run dir is no key to the host's root.
@@ -248,6 +265,7 @@ def container_info(eng: Engine, ctr: Container) -> dict[str, Any]:
         "status": ctr.state().status,
         "network": o.get("network"),
         "limits": {"memory": o.get("memory"), "cpus": o.get("cpus"), "pids": o.get("pids_limit")},
+        "unenforced": eng.unenforced_limits(),
         "stats": eng.stats(ctr.id),
     }
 

@@ -194,6 +194,9 @@ class NoCgroup:
         pass
 
 
+DISK_NEEDS_ROOT = "a disk limit needs root (the container's own filesystem is a loop mount)"
+
+
 class Engine(ImageOps):
     """Containers (and, through `images`, the image store) under one root."""
 
@@ -461,6 +464,20 @@ class Engine(ImageOps):
             out.append(f"cellbox: warning: {limits.reason}")
         return out
 
+    def unenforced_limits(self) -> dict[str, str]:
+        """The limits this engine's containers cannot be given, each with one line why
+        ("memory", "cpus", "pids", "disk"): an ordinary user gets cgroup limits only in a
+        group delegated to them, and no disk of its own (a loop mount needs root). The
+        kernel leaves these out and shows the lines in %cellbox status, the panel and the page."""
+        if not rootless():
+            return {}
+        out = {}
+        limits = self.limits_status()
+        if not limits.available:
+            out = dict.fromkeys(("memory", "cpus", "pids"), limits.reason)
+        out["disk"] = DISK_NEEDS_ROOT
+        return out
+
     def create(
         self,
         opts: RunOptions,
@@ -497,7 +514,7 @@ class Engine(ImageOps):
             try:
                 size = runconfig.limits(opts).disk
                 if size and rootless():
-                    raise InvalidArgument("--storage-opt size= needs root (a loop-mounted filesystem)")
+                    raise InvalidArgument(f"--storage-opt size=: {DISK_NEEDS_ROOT}")
                 writable = storage.create(ctr_dir, size) if size else ctr_dir
                 for sub in ("upper", "work", "merged"):
                     (writable if sub != "merged" else ctr_dir).joinpath(sub).mkdir(exist_ok=True)
@@ -665,6 +682,8 @@ class Engine(ImageOps):
         from .cgroups import fsio
 
         cg = self._cgroup(self.get(ref))
+        if isinstance(cg, NoCgroup):  # rootless without a delegated group: no limit to charge
+            raise CellboxError(f"container {ref[:12]} has no memory cgroup")
         h = cg.layout.v1_for("memory")
         d = os.path.join(h.mountpoint, cg.path) if h else (cg.dirs()[-1] if cg.layout.mode == "v2" else None)
         if d is None or not os.path.isdir(d):

@@ -403,7 +403,9 @@ class ImageOps:
             pass
         with owned_tmpdir(self.root) as tmp:
             rootfs = Path(tmp) / "rootfs"
-            cfg = build_rootfs(rootfs)
+            # Rootless: built inside the user's namespace, so the image's root-owned
+            # files and jovyan's home land in the user's mapped range, as a pull does.
+            cfg = userns.call(lambda: build_rootfs(rootfs))
             changes = [f"ENV {e}" for e in cfg.get("Env") or []]
             if cfg.get("Cmd"):
                 changes.append("CMD " + json.dumps(cfg["Cmd"]))

@@ -9,11 +9,14 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+# An ordinary user's containers start in a user namespace of their own (rootless), so
+# the probe asks for one first; root's start in the host's user namespace.
 _PROBE = (
-    "import sys\n"
+    "import os, sys\n"
     "from cellbox.runtime.linux import syscalls as s\n"
+    "user = s.CLONE_NEWUSER if os.geteuid() != 0 else 0\n"
     "try:\n"
-    "    s.unshare(s.CLONE_NEWNS | s.CLONE_NEWPID | s.CLONE_NEWUTS | s.CLONE_NEWIPC)\n"
+    "    s.unshare(user | s.CLONE_NEWNS | s.CLONE_NEWPID | s.CLONE_NEWUTS | s.CLONE_NEWIPC)\n"
     "except OSError as e:\n"
     "    print(e); sys.exit(1)\n"
 )
@@ -35,8 +38,6 @@ def probe(mode: str = "auto") -> Isolation:
         return Isolation(
             False, "isolation is turned off in the server's configuration (Cellbox.isolation)"
         )
-    if os.geteuid() != 0:
-        return Isolation(False, "the server does not run as root: containers need root")
     try:
         r = subprocess.run(
             [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=30
@@ -45,5 +46,7 @@ def probe(mode: str = "auto") -> Isolation:
         return Isolation(False, f"could not probe namespaces: {e}")
     if r.returncode != 0:
         why = (r.stdout.strip() or r.stderr.strip().splitlines()[-1:] or ["unknown"])[0]
+        if os.geteuid() != 0:
+            why += "; an ordinary user needs unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1)"
         return Isolation(False, f"namespaces are not allowed here ({why})")
     return Isolation(True)

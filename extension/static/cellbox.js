@@ -59,6 +59,12 @@
       banner.textContent = "Degraded mode: kernels run WITHOUT isolation. " + s.reason;
       banner.hidden = false;
     }
+    // Limits the server asks for but cannot give (rootless: no delegated cgroup, no disk).
+    const gaps = s.unenforced || {};
+    const unenforced = document.getElementById("unenforced");
+    unenforced.hidden = Object.keys(gaps).length === 0;
+    unenforced.textContent = "Limits NOT enforced: " + Object.keys(gaps).join(", ") + ". " +
+      [...new Set(Object.values(gaps))].join("; ");
     document.getElementById("summary").textContent =
       "default image " + s.default_image + " · limits " + s.limits.memory + ", " + s.limits.cpus + " CPU, " + s.limits.pids + " pids";
     return s;

@@ -67,6 +67,16 @@ def _size(n: Any) -> str:
     return str(n)
 
 
+def unenforced_lines(st: dict[str, Any]) -> list[str]:
+    """One line per reason a limit is not enforced (rootless without delegation), so a
+    notebook without limits never looks like one with them."""
+    gaps = st.get("unenforced") or {}
+    by_reason: dict[str, list[str]] = {}
+    for name, why in gaps.items():
+        by_reason.setdefault(why, []).append(name)
+    return [f"NOT ENFORCED {', '.join(names)}: {why}" for why, names in by_reason.items()]
+
+
 def format_status(st: dict[str, Any]) -> str:
     s = st.get("stats") or {}
     mem, cpu, pids = s.get("memory") or {}, s.get("cpu") or {}, s.get("pids") or {}
@@ -79,6 +89,7 @@ def format_status(st: dict[str, Any]) -> str:
         f"cpu        {cpu.get('usage_ns', 0) / 1e9:.2f} s used, limit {lim.get('cpus') or 'none'} cpus",
         f"pids       {pids.get('current', '-')} of {pids.get('limit') or lim.get('pids') or 'no limit'}",
     ]
+    lines += unenforced_lines(st)
     return "\n".join(lines)
 
 

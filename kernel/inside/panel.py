@@ -13,7 +13,7 @@ from typing import Any
 import ipywidgets as w
 
 from . import client
-from .magics import _size
+from .magics import _size, unenforced_lines
 
 
 class Panel:
@@ -111,6 +111,7 @@ class Panel:
             f"memory {_size(mem.get('usage'))} / {_size(mem['limit']) if mem.get('limit') else 'no limit'}"
             f" · CPU {cpu.get('usage_ns', 0) / 1e9:.1f} s (limit {lim.get('cpus') or 'none'})"
             f" · pids {pids.get('current', '-')} / {pids.get('limit') or lim.get('pids') or 'no limit'}"
+            + "".join(f"<br><b>{_escape(line)}</b>" for line in unenforced_lines(st))
         )
 
     def refresh_snapshots(self) -> None:
