@@ -9,6 +9,7 @@ Every container runs the busybox rootfs through the `cellbox-runc` command, with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cellbox.runtime import spec as spec_mod
 from cellbox.runtime.security.capabilities import ALL_CAPS, LAST_CAP
 from helpers.runc import Env, runc_env
 
@@ -226,26 +228,34 @@ def test_runc_spec_ambient_without_inheritable_runs_with_no_ambient(env: Env) ->
 # --------------------------------------------------------------------------- exec
 
 
-def test_exec_detach_process_outlives_the_exec_command(env: Env) -> None:
-    """runc exec -d: the process is left to the caller (conmon waits for it through
-    --pid-file); it must not end when `exec` returns. This is how podman runs every exec."""
-    cid = _cid("execd")
+@contextlib.contextmanager
+def _running(env: Env, prefix: str, **linux: object) -> Iterator[str]:
+    """A started container that runs until the block ends; then stopped, deleted, gone."""
+    cid = _cid(prefix)
     flag = env.rootfs / "tmp" / f"go-{cid}"
     b = env.bundle(cid, ["/bin/sh", "-c", f"while [ ! -e /tmp/go-{cid} ]; do sleep 0.05; done"])
+    cfg = _config(b)
+    cfg["linux"].update(linux)
+    _write(b, cfg)
     try:
         env.runc.ok("create", "--bundle", str(b), cid)
         env.runc.ok("start", cid)
+        yield cid
+    finally:
+        flag.touch()
+    env.runc.wait_status(cid, "stopped")
+    flag.unlink()
+    env.runc.ok("delete", cid)
+    env.gone(cid)
+
+
+def test_exec_detach_process_outlives_the_exec_command(env: Env) -> None:
+    """runc exec -d: the process is left to the caller (conmon waits for it through
+    --pid-file); it must not end when `exec` returns. This is how podman runs every exec."""
+    with _running(env, "execd") as cid:
         pidfile = env.tmp / "exec.pid"
-        env.runc.ok(
-            "exec",
-            "-d",
-            "--pid-file",
-            str(pidfile),
-            cid,
-            "/bin/sh",
-            "-c",
-            "sleep 0.3; echo done > /dev/shm/x",
-        )
+        script = "sleep 0.3; echo done > /dev/shm/x"
+        env.runc.ok("exec", "-d", "--pid-file", str(pidfile), cid, "/bin/sh", "-c", script)
         pid = int(pidfile.read_text())
         deadline = time.monotonic() + 20
         out = ""
@@ -253,12 +263,6 @@ def test_exec_detach_process_outlives_the_exec_command(env: Env) -> None:
             out = env.runc("exec", cid, "/bin/cat", "/dev/shm/x").out.strip()
             time.sleep(0.05)
         assert out == "done", f"the exec -d process {pid} did not finish its work"
-    finally:
-        flag.touch()
-    env.runc.wait_status(cid, "stopped")
-    flag.unlink()
-    env.runc.ok("delete", cid)
-    env.gone(cid)
 
 
 # --------------------------------------------------------------------------- bad input
@@ -331,27 +335,9 @@ def test_time_namespace_holds_for_exec_too(env: Env) -> None:
     """config-linux.md namespaces: time is a namespace type; the runtime MUST place the
     container process in it, and `exec` adds processes to the container (runtime.md), so
     an exec'd process is in the same time namespace (the init holds it for its children)."""
-    cid = _cid("timens")
-    flag = env.rootfs / "tmp" / f"go-{cid}"
-    b = env.bundle(cid, ["/bin/sh", "-c", f"while [ ! -e /tmp/go-{cid} ]; do sleep 0.05; done"])
-    cfg = _config(b)
-    cfg["linux"]["namespaces"].append({"type": "time"})
-    _write(b, cfg)
-    try:
-        env.runc.ok("create", "--bundle", str(b), cid)
-        env.runc.ok("start", cid)
+    namespaces = [*spec_mod.default_spec()["linux"]["namespaces"], {"type": "time"}]
+    with _running(env, "timens", namespaces=namespaces) as cid:
         execd = env.runc.ok("exec", cid, "/bin/readlink", "/proc/self/ns/time").out.strip()
-        first = env.runc.ok(
-            "exec",
-            cid,
-            "/bin/sh",
-            "-c",
-            "readlink /proc/$(cat /proc/1/task/1/children | cut -d' ' -f1)/ns/time",
-        ).out.strip()
+        first_child = "readlink /proc/$(cat /proc/1/task/1/children | cut -d' ' -f1)/ns/time"
+        first = env.runc.ok("exec", cid, "/bin/sh", "-c", first_child).out.strip()
         assert execd == first and execd != os.readlink("/proc/self/ns/time")
-    finally:
-        flag.touch()
-    env.runc.wait_status(cid, "stopped")
-    flag.unlink()
-    env.runc.ok("delete", cid)
-    env.gone(cid)
