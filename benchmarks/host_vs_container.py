@@ -298,9 +298,10 @@ def inner(args: argparse.Namespace) -> dict:
         for s in sides.values():
             s.sh(["sysbench", "fileio", *FILEIO, "prepare"])  # type: ignore[attr-defined]
         work = workloads(args.time)
-        res: dict[str, dict[str, list[float]]] = {w: {c: [] for c in CONTENDERS} for w in UNITS}
+        picked = [w for w in UNITS if not args.only or w.startswith(tuple(args.only.split(",")))]
+        res: dict[str, dict[str, list[float]]] = {w: {c: [] for c in CONTENDERS} for w in picked}
         for r in range(args.rounds + 1):  # round 0: warm-up, not counted
-            for w in UNITS:
+            for w in picked:
                 for c in benchlib.rotated(CONTENDERS, r):
                     s = sides[c]
                     if w.startswith("net"):
@@ -331,19 +332,33 @@ def report(data: dict, args: argparse.Namespace) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for w, unit in UNITS.items():
+        if w not in res:
+            continue
         med = {c: statistics.median(res[w][c]) for c in CONTENDERS}
         seed = f"{SEED[w]:.4f}" if SEED[w] else ""
         out.append(
             f"| {w} | {unit} | {med['host']:.2f} | {med['cellbox']:.2f} | {med['runc']:.2f} | "
-            f"{med['cellbox'] / med['host']:.4f} | {med['runc'] / med['host']:.4f} | {seed} |"
+            f"{paired(res[w], 'cellbox'):.4f} | {paired(res[w], 'runc'):.4f} | {seed} |"
         )
+    out.append("")
+    out.append(
+        "Ratios: the median of each round's ratio (a contender against the host run next to "
+        "it in the same round), which a load that changes between rounds moves less than a "
+        "ratio of medians."
+    )
     return "\n".join(out)
+
+
+def paired(runs: dict[str, list[float]], who: str) -> float:
+    """The median over rounds of who's figure / the host's figure in the same round."""
+    return statistics.median(c / h for c, h in zip(runs[who], runs["host"], strict=True))
 
 
 def main() -> int:
     ap = benchlib.parser(__doc__, rounds=5)
     ap.add_argument("--time", type=float, default=3.0, help="seconds per workload run")
     ap.add_argument("--runc-mtu", type=int, default=1500)
+    ap.add_argument("--only", default="", help="workloads starting with these, comma-separated")
     ap.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     if "--inner" in sys.argv:
         args = ap.parse_args()
@@ -351,7 +366,7 @@ def main() -> int:
         return 0
     args = benchlib.parse_args(ap, "host_vs_container: needs root (containers, veths, cgroups)")
     argv = ["unshare", "--net", "--", sys.executable, os.path.abspath(__file__), "--inner",
-            "--rounds", str(args.rounds), "--time", str(args.time), "--runc-mtu", str(args.runc_mtu)]  # fmt: skip
+            "--rounds", str(args.rounds), "--time", str(args.time), "--runc-mtu", str(args.runc_mtu), "--only", args.only]  # fmt: skip
     r = subprocess.run(argv, stdout=subprocess.PIPE, text=True)
     if r.returncode != 0:
         return r.returncode
