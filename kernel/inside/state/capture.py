@@ -346,8 +346,10 @@ class Namespace:
                 return arrays[akey]
             nonlocal np
             if np is None:
-                import numpy as np_mod
-
+                try:  # arrays in the state, numpy not imported yet in this kernel
+                    import numpy as np_mod
+                except ImportError:
+                    raise StateError("this state holds numpy arrays: install numpy in this image") from None
                 np = np_mod
             meta = manifest["arrays"][akey]
             same = live_arrays.get(_array_id(meta))
