@@ -55,6 +55,25 @@ class Cellbox(Configurable):
         help="Most of the host's file table (fs.file-max) one notebook may hold: pids limit x "
         "nofile_limit above it is refused, for max_pids too, when the server starts.",
     ).tag(config=True)
+    notebook_dir = Enum(
+        ["rw", "ro", "none"],
+        "rw",
+        help="The notebook's folder in its container, at /notebook (the kernel's working directory): "
+        "rw, ro, or none (not mounted). metadata.cellbox.notebook_dir may ask for less, never more. "
+        "Files the container's root writes there are owned by the user the server runs as.",
+    ).tag(config=True)
+    volumes = List(
+        Unicode(),
+        default_value=[],
+        help="More mounts for every notebook's container, as `cellbox run -v`: 'HOSTPATH:/DEST[:ro]' "
+        "(a course's data set) or 'NAME:/DEST' (a named volume: a shared scratch dir, a pip cache).",
+    ).tag(config=True)
+    volume_roots = List(
+        Unicode(),
+        default_value=[],
+        help="Host dirs beneath which metadata.cellbox.volumes may name sources: 'PATH' (read-only "
+        "mounts only) or 'PATH:rw'. Empty (default): a notebook may ask for no host path.",
+    ).tag(config=True)
     network = Enum(["none", "bridge"], "none", help="Network of a notebook's container.").tag(config=True)
     allowed_networks = List(Unicode(), default_value=["none"], help="Networks metadata may ask for.").tag(config=True)
     idle_timeout = Int(3600, help="Seconds without a kernel or kernel activity before a container is culled (0 = never).").tag(config=True)

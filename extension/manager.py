@@ -33,7 +33,8 @@ from .config import Cellbox
 LABEL_SERVER = "cellbox.server"
 LABEL_NOTEBOOK = "cellbox.notebook"
 RUN_MOUNT = "/run/cellbox"  # where the kernel's run dir appears inside (cellbox.kernel.containers)
-METADATA_KEYS = {"image", "memory", "cpus", "pids_limit", "network"}
+METADATA_KEYS = {"image", "memory", "cpus", "pids_limit", "network", "notebook_dir", "volumes"}
+FOLDER_RANK = {"none": 0, "ro": 1, "rw": 2}  # metadata.cellbox.notebook_dir asks at most the server's
 CONFIG_LIMITS = {"memory": "memory_limit", "cpus": "cpu_limit", "pids_limit": "pids_limit"}  # their c.Cellbox names
 
 T = TypeVar("T")
@@ -209,6 +210,65 @@ class ContainerManager:
         opts = {"image": image, "network": network, "memory": memory, "cpus": cpus, "pids_limit": pids, "disk": want.disk}
         return opts, capped
 
+    def mount_settings(self, path: str, meta: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The notebook's folder (host path, mode) and extra volumes for kernel_run_options,
+        from c.Cellbox.notebook_dir/volumes and metadata.cellbox (capped: never more than the
+        server allows; what was lowered is returned). Called after settings() checked meta."""
+        cfg, meta, capped = self.config, meta or {}, {}
+        mode = asked = meta.get("notebook_dir", cfg.notebook_dir)
+        if asked not in FOLDER_RANK:
+            raise InvalidArgument("metadata.cellbox.notebook_dir must be one of rw, ro, none")
+        if FOLDER_RANK[asked] > FOLDER_RANK[cfg.notebook_dir]:
+            mode = cfg.notebook_dir
+            capped["notebook_dir"] = {"asked": asked, "granted": mode}
+        asked_vols = meta.get("volumes", [])
+        if not isinstance(asked_vols, list) or not all(isinstance(v, str) for v in asked_vols):
+            raise InvalidArgument("metadata.cellbox.volumes must be a list of 'HOSTPATH:/DEST[:ro]'")
+        vols = list(cfg.volumes)
+        for v in asked_vols:
+            vols.append(self._asked_volume(v, capped))
+        folder = self.notebook_folder(path) if mode != "none" else None
+        return {"folder": folder, "folder_mode": mode, "volumes": vols}, capped
+
+    def notebook_folder(self, path: str) -> str:
+        """The host folder of notebook `path`, resolved beneath the server's root dir: a
+        folder that is (or lies below) a symlink leading out of it is refused."""
+        root = os.path.realpath(self.root_dir)
+        folder = os.path.realpath(os.path.join(root, os.path.dirname(check_path(path))))
+        if folder != root and not folder.startswith(root + os.sep):
+            raise Forbidden(f"the folder of {path} leads out of the server's root directory: not mounted")
+        if not os.path.isdir(folder):
+            raise NotFound(f"the folder of {path} does not exist (deleted?): {folder}")
+        return folder
+
+    def _asked_volume(self, spec: str, capped: dict[str, Any]) -> str:
+        """One metadata.cellbox.volumes entry: a host path beneath a c.Cellbox.volume_roots
+        entry, read-only unless that root says rw (a rw ask there is lowered to ro)."""
+        parts = spec.split(":")
+        if len(parts) not in (2, 3) or not os.path.isabs(parts[0]) or not os.path.isabs(parts[1]):
+            raise InvalidArgument(f"metadata.cellbox.volumes: {spec!r}: want '/HOSTPATH:/DEST[:ro]'")
+        src, dst, opt = parts[0], os.path.normpath(parts[1]), parts[2] if len(parts) == 3 else "rw"
+        if opt not in ("ro", "rw"):
+            raise InvalidArgument(f"metadata.cellbox.volumes: {spec!r}: the option must be ro or rw")
+        from cellbox.kernel.containers import NOTEBOOK_MOUNT
+
+        if dst in ("/", RUN_MOUNT, NOTEBOOK_MOUNT) or dst.startswith(RUN_MOUNT + "/"):
+            raise InvalidArgument(f"metadata.cellbox.volumes: {spec!r}: {dst} is not a place for a volume")
+        real = os.path.realpath(src)
+        for root in self.config.volume_roots:
+            rpath, _, rmode = root.partition(":")
+            rpath = os.path.realpath(rpath)
+            if real == rpath or real.startswith(rpath.rstrip("/") + "/"):
+                break
+        else:
+            raise Forbidden(f"volume {src} is outside the server's allowed roots (c.Cellbox.volume_roots): not mounted")
+        if not os.path.exists(real):
+            raise NotFound(f"volume source {src} does not exist")
+        if opt == "rw" and rmode != "rw":
+            capped.setdefault("volumes", []).append({"volume": src, "asked": "rw", "granted": "ro"})
+            opt = "ro"
+        return f"{real}:{dst}:{opt}"
+
     async def _metadata(self, path: str) -> Any:
         if self.read_metadata is None:
             return None
@@ -274,6 +334,8 @@ class ContainerManager:
         if m is not None:
             from cellbox.kernel import containers as kc
 
+            if await self.run(self._follow_folder, m, ctr):
+                self.log.info("cellbox: %s moved: its container now mounts its new folder", m.path)
             status = ctr.state().status
             if status not in ("running", "paused"):
                 self._check_room()
@@ -283,8 +345,26 @@ class ContainerManager:
             return m
         meta = await self._metadata(path)
         opts, capped = self.settings(meta)
+        mounts, mounts_capped = self.mount_settings(path, meta)
+        opts, capped = opts | mounts, capped | mounts_capped
         self._check_room()
         return await self.run(self._create, path, opts, capped)
+
+    def _follow_folder(self, m: Managed, ctr: Any) -> bool:
+        """A moved notebook's container mounts its new folder (stopped and changed here,
+        started again by the caller); True if it had to."""
+        from cellbox.kernel import containers as kc
+
+        if not ((ctr.options or {}).get("labels") or {}).get(kc.LABEL_FOLDER):
+            return False
+        want = self.notebook_folder(m.path)
+        have = next((x["source"] for x in kc.mounts_of(ctr) if x["destination"] == kc.NOTEBOOK_MOUNT), None)
+        if have == want:
+            return False
+        if ctr.state().status != "stopped":
+            self.engine.stop(ctr.id, timeout=2)
+        self.engine.set_bind_source(ctr.id, kc.NOTEBOOK_MOUNT, want)
+        return True
 
     def _check_room(self) -> None:
         limit = self.config.max_containers
@@ -304,6 +384,9 @@ class ContainerManager:
             nofile=self.config.nofile_limit,
             open_files_share=self.config.max_open_files_share,
             disk=opts["disk"],
+            folder=opts.get("folder"),
+            folder_mode=opts.get("folder_mode", "none"),
+            volumes=opts.get("volumes"),
             name=f"nb-{_slug(path)}-{secrets.token_hex(3)}",
             labels=labels,
         )

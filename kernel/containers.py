@@ -10,6 +10,7 @@ container cannot guess another's socket paths.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -34,6 +35,12 @@ from cellbox.runtime.errors import CellboxError, InvalidArgument
 
 LABEL_RUN = "cellbox.kernel.run"  # the run dir token
 LABEL_SESSION = "cellbox.kernel.session"  # JPY_SESSION_NAME (notebook path) when known
+LABEL_FOLDER = "cellbox.kernel.folder"  # the notebook's folder's mode: rw or ro (absent: none)
+# Where the notebook's folder appears inside, and the kernel's working directory: relative
+# paths in cells work as with a plain kernel. Like a Docker volume, it is not part of the
+# container's layer (snapshots and commit leave it out unless --with-files).
+NOTEBOOK_MOUNT = "/notebook"
+FOLDER_MODES = ("rw", "ro", "none")
 IN_CONTAINER = "/run/cellbox"
 CONTROL_SOCKET = "control.sock"
 CONNECTION_FILE = "kernel.json"
@@ -70,6 +77,9 @@ def kernel_run_options(
     nofile: int | None = None,
     open_files_share: float = DEFAULT_OPEN_FILES_SHARE,
     disk: str | None = DEFAULT_DISK,
+    folder: str | None = None,
+    folder_mode: str = "rw",
+    volumes: list[str] | None = None,
 ) -> RunOptions:
     """RunOptions for a kernel container (the run-dir volumes are added by create).
 
@@ -77,8 +87,23 @@ def kernel_run_options(
     pids_limit (default DEFAULT_PIDS) times nofile may not pass open_files_share of the
     host's file table (InvalidArgument). disk: the size of its writable layer (None or
     "" for none: it then writes to the host's disk without limit).
+    folder: the notebook's host folder, mounted at NOTEBOOK_MOUNT (folder_mode rw or ro;
+    "none" or no folder: nothing), the kernel's working directory; idmapped, so what the
+    container's root writes there is owned by the user the server runs as. volumes:
+    more -v specs (the server's c.Cellbox.volumes, checked by the caller).
     """
     pids_limit = pids_limit or DEFAULT_PIDS
+    labels = dict(labels or {})
+    vols = list(volumes or [])
+    workdir = None
+    if folder_mode not in FOLDER_MODES:
+        raise InvalidArgument(f"the notebook's folder mode must be one of {', '.join(FOLDER_MODES)}: {folder_mode!r}")
+    if folder and folder_mode != "none":
+        if ":" in folder:
+            raise InvalidArgument(f"cannot mount the notebook's folder {folder}: its path has a ':'")
+        vols.insert(0, f"{folder}:{NOTEBOOK_MOUNT}:{folder_mode},nosuid,nodev,idmap")
+        labels[LABEL_FOLDER] = folder_mode
+        workdir = NOTEBOOK_MOUNT
     nofile = nofile or open_files_per_process(pids_limit, open_files_share)
     check_open_files_share(pids_limit, nofile, open_files_share, what="a notebook's container")
     return RunOptions(
@@ -89,8 +114,10 @@ def kernel_run_options(
         cpus=cpus,
         network=network or "none",
         pids_limit=pids_limit,
-        labels=dict(labels or {}),
+        labels=labels,
         env=list(env or []),
+        volumes=vols,
+        workdir=workdir,
         user=user,
         userns=userns,
         ulimits=[f"nofile={nofile}:{nofile}"],
@@ -192,6 +219,22 @@ def host_ipc_dir(eng: Engine, run: Path) -> Path:
     return run.parent / f"{run.name}.h"
 
 
+def remove_stale_sockets(run: Path) -> None:
+    """Unlink the kernel sockets a previous kernel left in run dir `run` (the dir is the
+    container's to write: names are unlinked through its fd, never followed)."""
+    try:
+        fd = os.open(run, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        for name in os.listdir(fd):
+            if name.startswith("kernel-") and name[len("kernel-") :].isdigit():
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
 def ipc_pins(eng: Engine, ctr: Container) -> Any:
     """The host's pinned ends of the kernel sockets in ctr's run dir."""
     from .ipcpins import IpcPins
@@ -267,7 +310,24 @@ def container_info(eng: Engine, ctr: Container) -> dict[str, Any]:
         "limits": {"memory": o.get("memory"), "cpus": o.get("cpus"), "pids": o.get("pids_limit")},
         "unenforced": eng.unenforced_limits(),
         "stats": eng.stats(ctr.id),
+        "mounts": mounts_of(ctr),
     }
+
+
+def mounts_of(ctr: Container) -> list[dict[str, Any]]:
+    """What is mounted in the container from the host (the notebook's folder, volumes,
+    tmpfs), and how: shown by `%cellbox status` and the panel. The kernel's own run dir
+    and /etc files are left out."""
+    out = []
+    for m in ctr.config().get("mounts") or []:
+        dest = m.get("destination") or ""
+        if dest.startswith(IN_CONTAINER) or dest in ("/etc/hostname", "/etc/hosts", "/etc/resolv.conf"):
+            continue
+        opts = m.get("options") or []
+        if m.get("type") == "bind" or (m.get("type") == "tmpfs" and dest not in ("/dev", "/dev/shm")):
+            what = "folder" if dest == NOTEBOOK_MOUNT else m.get("type")
+            out.append({"destination": dest, "source": m.get("source"), "kind": what, "mode": "ro" if "ro" in opts else "rw"})
+    return out
 
 
 def write_connection_file(run_dir: Path, info: dict[str, Any]) -> None:

@@ -163,6 +163,10 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
         ctr = await asyncio.to_thread(self._get_container, env)
         self.run_dir = containers.run_dir(self.engine, ctr)
         if self._pins is None:
+            if self._warm is None:
+                # a kernel that ran here before (the notebook's previous session) left its
+                # sockets: new pins would take them for the new kernel's
+                containers.remove_stale_sockets(self.run_dir)
             self._pins = containers.ipc_pins(self.engine, ctr)
         if km is not None:
             km.transport = "ipc"

@@ -407,6 +407,28 @@ class Engine(ImageOps):
 
         return [c.id for c in self._all() if name in volumes_of(c.options or {})]
 
+    def set_bind_source(self, ref: str, destination: str, source: str) -> None:
+        """Point a stopped container's bind at `destination` at another host dir (a
+        notebook that moved gets its new folder); its next start mounts that."""
+        ctr = self.get(ref)
+        if ctr.state().status != state.STOPPED:
+            raise Conflict(f"container {ctr.short_id} must be stopped to change its mounts")
+        if not os.path.isabs(source) or not os.path.isdir(source):
+            raise InvalidArgument(f"volume source {source} is not a directory")
+        source = os.path.realpath(source)
+        cfg = ctr.config()
+        binds = [m for m in cfg.get("mounts") or [] if m.get("destination") == destination and m.get("type") == "bind"]
+        if not binds:
+            raise NotFound(f"container {ctr.short_id} has no bind at {destination}")
+        binds[0]["source"] = source
+        vols = []
+        for v in ctr.options.get("volumes") or []:
+            rest = v.partition(":")[2]  # -v SRC:DST[:OPTS], as stored
+            vols.append(f"{source}:{rest}" if rest.split(":", 1)[0] == destination else v)
+        ctr.options["volumes"] = vols
+        state.write_json(ctr.dir / "config.json", cfg)
+        self._save(ctr)
+
     def volume_remove(self, name: str, force: bool = False) -> None:
         """`volume rm`: refused while a container names it (Docker's)."""
         self.volumes.remove(name, self.volume_users(name), force=force)

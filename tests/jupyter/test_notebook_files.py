@@ -1,0 +1,211 @@
+"""Issue 14: a notebook's kernel sees its own folder (at /notebook, its working directory),
+through a real `jupyter server` with the extension, as a browser runs cells.
+
+One server (notebook_dir rw, a read-only data root) and one kernel serve most asserts;
+a second server runs with notebook_dir ro.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from helpers.lab import cellbox_kernelspec, write_notebook
+
+pytestmark = [
+    pytest.mark.root("containers, idmapped mounts"),
+    pytest.mark.skipif(not cellbox_kernelspec(), reason="the cellbox kernelspec is not installed"),
+]
+
+
+@pytest.fixture(scope="module")
+def data_root(lab) -> Path:
+    d = lab.base / "datasets"
+    (d / "course").mkdir(parents=True, exist_ok=True)
+    (d / "course" / "grades.csv").write_text("name,grade\nada,1\n")
+    return d
+
+
+@pytest.fixture(scope="module")
+def srv(lab, data_root):
+    nb = lab.base / "nb" / "files"
+    (nb / "proj").mkdir(parents=True, exist_ok=True)
+    (nb / "proj" / "data.csv").write_text("a,b\n1,2\n")
+    (nb / "other").mkdir(exist_ok=True)
+    (nb / "other" / "secret.txt").write_text("another notebook's\n")
+    (lab.base / "hostonly").mkdir(exist_ok=True)
+    (lab.base / "hostonly" / "marker").write_text("the host's\n")
+    # symlinks planted in the notebook's folder: to /etc, to .., to another notebook's folder
+    for name, target in (
+        ("etc", "/etc"),
+        ("up", ".."),
+        ("other", "../other"),
+        ("otherabs", str(nb / "other")),
+        ("host", str(lab.base / "hostonly")),
+    ):
+        (nb / "proj" / name).symlink_to(target)
+    write_notebook(nb / "proj" / "analysis.ipynb")
+    write_notebook(nb / "bad.ipynb", cellbox={"volumes": ["/etc:/hostetc:ro"]})
+    write_notebook(nb / "none.ipynb", cellbox={"notebook_dir": "none"})
+    write_notebook(nb / "ask.ipynb", cellbox={"volumes": [f"{data_root / 'course'}:/data:rw"]})
+    s = lab.server("files", {"Cellbox": {"volume_roots": [str(data_root)]}}, notebooks=nb)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def kernel(srv):
+    return start_kernel(srv, "proj/analysis.ipynb")
+
+
+def start_kernel(srv, notebook: str) -> str:
+    """A session as JupyterLab opens a notebook: its path, and its file name as the name."""
+    body = {
+        "path": notebook,
+        "name": notebook.rsplit("/", 1)[-1],
+        "type": "notebook",
+        "kernel": {"name": "cellbox"},
+    }
+    r = srv.jupyter("POST", "/api/sessions", json=body)
+    assert r.status_code == 201, r.text
+    return r.json()["kernel"]["id"]
+
+
+def run(srv, kid: str, code: str) -> str:
+    status, out = srv.run_cell(kid, code)
+    assert status == "ok", out
+    return out
+
+
+def test_the_kernel_starts_in_the_notebooks_folder_and_reads_beside_it(srv, kernel):
+    out = run(srv, kernel, "import os; print(os.getcwd()); print(open('data.csv').read().strip())")
+    assert out.split("\n")[:3] == ["/notebook", "a,b", "1,2"]
+
+
+def test_a_file_a_cell_writes_is_listed_by_the_server_and_owned_by_its_user(srv, kernel):
+    run(
+        srv,
+        kernel,
+        "open('out.png', 'wb').write(b'\\x89PNG fake'); os.makedirs('figs', exist_ok=True)",
+    )
+    r = srv.jupyter("GET", "/api/contents/proj")
+    assert r.status_code == 200, r.text
+    assert {"out.png", "figs"} <= {c["name"] for c in r.json()["content"]}
+    for name in ("out.png", "figs"):
+        st = (srv.notebooks / "proj" / name).lstat()
+        assert (st.st_uid, st.st_gid) == (
+            os.getuid(),
+            os.getgid(),
+        )  # never an id of the container's range
+
+
+def test_status_says_what_is_mounted(srv, kernel):
+    out = run(
+        srv,
+        kernel,
+        "from cellbox.kernel.inside import client; import json; print(json.dumps(client.status()))",
+    )
+    st = json.loads(out.strip().splitlines()[-1])
+    folder = [m for m in st["mounts"] if m["destination"] == "/notebook"]
+    assert folder and folder[0]["mode"] == "rw" and folder[0]["kind"] == "folder"
+    assert folder[0]["source"] == str((srv.notebooks / "proj").resolve())
+
+
+def test_symlinks_in_the_folder_lead_nowhere_outside_it(srv, kernel):
+    out = run(
+        srv,
+        kernel,
+        "import os\n"
+        "def probe(p):\n"
+        "    try:\n"
+        "        return open(p).read().strip()\n"
+        "    except OSError as e:\n"
+        "        return type(e).__name__\n"
+        "print(probe('other/secret.txt')); print(probe('otherabs/secret.txt')); print(probe('host/marker'))\n"
+        "print(probe('up/other/secret.txt')); print(os.path.realpath('up'))\n"
+        "print(open('etc/hostname').read().strip() == open('/etc/hostname').read().strip())",
+    )
+    lines = out.strip().splitlines()
+    assert lines[:4] == ["FileNotFoundError"] * 4, out
+    assert lines[4] == "/"  # .. of the folder is the container's root, not the host's parent
+    assert lines[5] == "True"  # etc/ is the container's /etc
+
+
+def test_metadata_may_ask_for_no_folder(srv):
+    kid = start_kernel(srv, "none.ipynb")
+    out = run(srv, kid, "import os; print(os.getcwd()); print(os.path.exists('/notebook/proj'))")
+    assert out.split("\n")[:2] != ["/notebook", "True"]
+    assert "False" in out
+
+
+def test_a_volume_asked_outside_the_allowed_roots_is_refused_and_nothing_made(srv):
+    before = {c["id"] for c in srv.api("GET", "containers").json()}
+    r = srv.api("POST", "containers", json={"path": "bad.ipynb"})
+    assert r.status_code == 403, r.text
+    assert "outside the server's allowed roots" in r.json()["message"]
+    assert {c["id"] for c in srv.api("GET", "containers").json()} == before
+
+
+def test_a_rw_volume_under_a_read_only_root_is_capped_to_ro(srv):
+    kid = start_kernel(srv, "ask.ipynb")
+    out = run(
+        srv,
+        kid,
+        "import errno\nprint(open('/data/grades.csv').read().strip())\n"
+        "try:\n    open('/data/new', 'w')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])",
+    )
+    assert out.strip().splitlines() == ["name,grade", "ada,1", "EROFS"]
+    capped = [c for c in srv.api("GET", "containers").json() if c["notebook"] == "ask.ipynb"][0][
+        "capped"
+    ]
+    assert capped["volumes"] == [
+        {
+            "volume": str(srv.notebooks.parent.parent / "datasets" / "course"),
+            "asked": "rw",
+            "granted": "ro",
+        }
+    ]
+
+
+def test_a_moved_notebook_gets_its_new_folder_on_the_next_start(srv):
+    nb = srv.notebooks
+    (nb / "first").mkdir(exist_ok=True)
+    (nb / "second").mkdir(exist_ok=True)
+    (nb / "second" / "here.txt").write_text("second\n")
+    write_notebook(nb / "first" / "moving.ipynb")
+    kid = start_kernel(srv, "first/moving.ipynb")
+    assert "False" in run(srv, kid, "import os; print(os.path.exists('here.txt'))")
+    assert srv.jupyter("DELETE", f"/api/kernels/{kid}").status_code == 204
+    r = srv.jupyter(
+        "PATCH", "/api/contents/first/moving.ipynb", json={"path": "second/moving.ipynb"}
+    )
+    assert r.status_code == 200, r.text
+    kid = start_kernel(srv, "second/moving.ipynb")
+    assert run(srv, kid, "print(open('here.txt').read().strip())").strip() == "second"
+
+
+@pytest.fixture(scope="module")
+def ro_srv(lab):
+    nb = lab.base / "nb" / "files-ro"
+    (nb / "d").mkdir(parents=True, exist_ok=True)
+    (nb / "d" / "in.txt").write_text("given\n")
+    write_notebook(nb / "d" / "ro.ipynb", cellbox={"notebook_dir": "rw"})
+    s = lab.server("files-ro", {"Cellbox": {"notebook_dir": "ro"}}, notebooks=nb)
+    yield s
+    s.stop()
+
+
+def test_ro_refuses_the_write_with_erofs_and_metadata_cannot_ask_for_rw(ro_srv):
+    kid = start_kernel(ro_srv, "d/ro.ipynb")
+    out = run(
+        ro_srv,
+        kid,
+        "import errno\nprint(open('in.txt').read().strip())\n"
+        "try:\n    open('x', 'w')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])",
+    )
+    assert out.strip().splitlines() == ["given", "EROFS"]
+    assert not (ro_srv.notebooks / "d" / "x").exists()
+    capped = ro_srv.api("GET", "containers").json()[0]["capped"]
+    assert capped["notebook_dir"] == {"asked": "rw", "granted": "ro"}
