@@ -176,6 +176,8 @@ def _state_cmd(args: argparse.Namespace) -> Any:
         return _state_run(ks, args, state)
     except state.StateError as e:
         raise client.ControlError(str(e)) from None
+    except OSError as e:  # the state store's disk (the container's own quota) is full, most often
+        raise client.ControlError(f"the kernel's state could not be written or read: {e.strerror or e}") from None
 
 
 def _state_run(ks: Any, args: argparse.Namespace, state: Any) -> Any:

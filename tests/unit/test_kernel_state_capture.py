@@ -213,3 +213,17 @@ def test_changed_since_names_what_differs(tmp_path: Path) -> None:
     assert "data.txt" not in snaps.changed_since(second, upper)[:0]  # a list, sorted
     snaps.restore(first, upper)
     assert "var/lib/cellbox/state/chunk" in snaps.changed_since(second, upper)
+
+
+def test_a_deleted_variable_is_not_kept_alive_by_the_cache(tmp_path: Path) -> None:
+    import gc
+    import weakref
+
+    ns, space = fresh(tmp_path / "state")
+    run(ns, "class Big:\n    pass\nbig = Big()\nbig.data = list(range(1000))")
+    space.capture()
+    gone = weakref.ref(ns["big"])
+    del ns["big"]
+    space.forget_unbound()
+    gc.collect()
+    assert gone() is None

@@ -125,6 +125,8 @@ class KernelState:
             self.pending |= cells.reachable(named, self.shell.user_ns)
             for n in cells.bound_in(code):
                 self.origin[n] = self._source
+        if not self.autosnap_on:
+            self.ns.forget_unbound()
         if self.autosnap_on and not self._source.lstrip().startswith("%cellbox"):
             t0 = time.perf_counter()
             try:
