@@ -25,8 +25,11 @@ this run. Every round runs each contender once, the order rotated each round.
   runs without cgroups, as rootless cellbox does without `cellbox system delegate`.
   If podman cannot run rootless here, its row is skipped with the reason.
 
-Kernel start is not measured: a rootless kernel is started by `cellbox lab` as the user,
-which does not exist yet (issue 13 lists it as to do).
+- kernel start: a `python -c` script starts the `cellbox` kernel (the venv's kernelspec,
+  its provisioner: a container of the default image in that side's store) with
+  jupyter_client and times start_kernel until the first kernel_info reply
+  (wait_for_ready), then shuts it down. The default image is built in each store during
+  the warm-up round, not timed.
 
     sudo python benchmarks/bench_rootless.py [--rounds 10]
 """
@@ -68,6 +71,23 @@ _ENGINE = (
 )
 
 
+# The cellbox kernel started until ready, then shut down; prints the seconds.
+_KERNEL = (
+    "import time\n"
+    "from jupyter_client import KernelManager\n"
+    "km = KernelManager(kernel_name='cellbox')\n"
+    "t = time.perf_counter()\n"
+    "km.start_kernel()\n"
+    "kc = km.client()\n"
+    "kc.start_channels()\n"
+    "kc.wait_for_ready(timeout=120)\n"
+    "dt = time.perf_counter() - t\n"
+    "kc.stop_channels()\n"
+    "km.shutdown_kernel(now=True)\n"
+    "print(dt)\n"
+)
+
+
 class Side:
     """Root or the user: how to run a command as that side, in its environment."""
 
@@ -97,6 +117,9 @@ class Side:
 
     def engine(self, zygote: bool) -> float:
         return float(self.run([sys.executable, "-c", _ENGINE, IMAGE, str(int(zygote))]))
+
+    def kernel(self) -> float:
+        return float(self.run([sys.executable, "-c", _KERNEL]).splitlines()[-1])
 
     def commit(self) -> float:
         self.n += 1
@@ -161,6 +184,8 @@ def main() -> None:
             "engine through the zygote, rootless": lambda: rl.engine(True),
             "engine without the zygote, root": lambda: root.engine(False),
             "engine without the zygote, rootless": lambda: rl.engine(False),
+            "kernel start, root": root.kernel,
+            "kernel start, rootless": rl.kernel,
             "commit 100 MiB, root": root.commit,
             "commit 100 MiB, rootless": rl.commit,
         }
