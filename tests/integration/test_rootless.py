@@ -455,3 +455,59 @@ def test_export_holds_ids_as_the_container_sees_them(user, running):
         assert "./bin/cat" not in owners
     finally:
         user.cellbox("rm", "-f", "ex")
+
+
+EUID_C = '#include <stdio.h>\n#include <unistd.h>\nint main(void){printf("%d\\n",(int)geteuid());return 0;}\n'
+
+
+def test_a_setuid_root_binary_gives_nothing_inside(user):
+    """A host file that is setuid root (here one built for the test, with a control that
+    it does make the user root on the host) runs inside the user's container with the
+    caller's ids: host root is not mapped there, so its setuid bit means nothing."""
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="cellbox-suid-", dir="/var/tmp"))  # pytest's tmp is 0700
+    try:
+        _setuid_binary_inside(user, d)
+    finally:
+        shutil.rmtree(d)
+
+
+def _setuid_binary_inside(user, d: Path) -> None:
+    (d / "euid.c").write_text(EUID_C)
+    subprocess.run(["gcc", "-static", "-O1", "-o", str(d / "euid"), str(d / "euid.c")], check=True)
+    os.chown(d / "euid", 0, 0)
+    os.chmod(d / "euid", 0o4755)
+    os.chmod(d, 0o755)
+    r = user.run([str(d / "euid")])
+    assert r.stdout.strip() == "0", "control: the setuid binary makes the user root on the host"
+    r = user.cellbox(
+        "run", "--rm", "--user", "1000", "-v", f"{d}:/h:ro", "bb:1", "sh", "-c",
+        "/h/euid; stat -c '%u %a' /h/euid",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == ["1000", "65534 4755"], r.stdout
+
+
+def test_escape_attempts_from_a_rootless_container(user):
+    """Container root (the user) tries the host's kernel interfaces: each fails."""
+    script = (
+        "echo x > /proc/sys/kernel/core_pattern && echo CORE; "
+        "echo b > /proc/sysrq-trigger && echo SYSRQ; "
+        "mkdir -p /m; mount -t cgroup -o memory none /m && echo CGROUP; "
+        "mount -t proc proc /m && echo PROC; "
+        "mknod /tmp/sda b 8 0 && head -c1 /tmp/sda >/dev/null && echo BLOCKDEV; "
+        "hostname evil && echo HOSTNAME; "
+        "ls /dev | tr '\\n' ' '; echo; cat /proc/self/status | grep CapEff"
+    )
+    r = user.cellbox("run", "--rm", "bb:1", "sh", "-c", script)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    for word in ("CORE", "SYSRQ", "CGROUP", "PROC", "BLOCKDEV", "HOSTNAME"):
+        assert word not in out.split(), out
+    assert socket.gethostname() != "evil"
+    cap_eff = int(out.split("CapEff:")[1].split()[0], 16)
+    assert not cap_eff & (1 << 21), "CAP_SYS_ADMIN inside"
+    devs = set(out.splitlines()[-2].split())
+    assert devs <= {"null", "zero", "full", "random", "urandom", "tty", "ptmx", "pts", "shm", "console", "core",
+                    "fd", "stdin", "stdout", "stderr", "mqueue"}, devs  # fmt: skip
