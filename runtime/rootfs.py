@@ -366,6 +366,9 @@ def _idmapped_clone(m: dict[str, Any], syscalls: Syscalls, make_userns: Callable
     try:
         try:
             src = safewalk.open_beneath(top, source.lstrip("/"), os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+            if stat.S_ISLNK(os.fstat(src).st_mode):  # O_PATH|O_NOFOLLOW opens a last-component link itself
+                os.close(src)
+                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
         except OSError as e:
             raise OSError(
                 e.errno, f"volume source {source}: {e.strerror} (a symlink on its path is never followed)"
