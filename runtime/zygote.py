@@ -34,6 +34,14 @@ def _fileno(f: int | IO[Any] | None, default: int, devnull: int) -> int:
     return f.fileno()
 
 
+def _readable(fd: int, timeout: float | None) -> bool:
+    """Whether fd has data or EOF within timeout (None: wait). poll, not select: a Jupyter
+    server with many kernels holds more than 1024 fds, and select() refuses those."""
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return bool(p.poll(None if timeout is None else timeout * 1000))
+
+
 class _DoneFd:
     """Owns the read end of a pipe whose writer (a helper) closes it when done."""
 
@@ -65,14 +73,14 @@ class MonitorHandle(_DoneFd):
     def poll(self) -> int | None:
         if self.returncode is not None:
             return self.returncode
-        ready, _, _ = select.select([self._done], [], [], 0)
+        ready = _readable(self._done, 0)
         return self._finish() if ready and not os.read(self._done, 1) else None
 
     def wait(self, timeout: float | None = None) -> int:
         if self.returncode is not None:
             return self.returncode
         while True:
-            ready, _, _ = select.select([self._done], [], [], timeout)
+            ready = _readable(self._done, timeout)
             if not ready:
                 raise subprocess.TimeoutExpired("cellbox-monitor", timeout or 0)
             if not os.read(self._done, 1):
@@ -91,7 +99,7 @@ class ExecHandle(_DoneFd):
 
     def _read(self, timeout: float | None) -> int | None:
         while True:
-            ready, _, _ = select.select([self._done], [], [], timeout)
+            ready = _readable(self._done, timeout)
             if not ready:
                 return None
             chunk = os.read(self._done, 16)

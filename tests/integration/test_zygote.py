@@ -58,3 +58,25 @@ def test_failed_create_reports_and_leaves_nothing(zengine, busybox_rootfs):
     with pytest.raises(CellboxError):
         zengine.run(RunOptions(rootfs=str(busybox_rootfs), command=["true"], volumes=["/etc/hostname:/bin"]))
     assert zengine.list(all=True) == []
+
+
+def test_waits_work_with_fd_numbers_above_1024(zengine, busybox_rootfs):
+    """A Jupyter server with a hundred kernels holds over 1024 fds: the zygote's done fds
+    get numbers select() refuses (ValueError at the 20th-odd kernel of benchmarks/density.py)."""
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    fillers = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]
+    try:
+        ctr = zengine.run(RunOptions(rootfs=str(busybox_rootfs), command=["sleep", "100"]), stdout=subprocess.DEVNULL)
+        p = zengine.exec(ctr.id, ["sh", "-c", "exit 3"])
+        assert p.wait(30) == 3 and p.poll() == 3
+        zengine.kill(ctr.id)
+        assert zengine.wait(ctr.id, timeout=30) == 137
+        zengine.remove(ctr.id)
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
