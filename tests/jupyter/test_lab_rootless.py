@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from helpers.browser import CHROMIUM, Browser
 from helpers.lab import Server, wait_for
 from helpers.net import free_port
 from helpers.users import User, make_user, remove_user
@@ -90,7 +91,7 @@ def delegated(user):
         stop_lab(server)
 
 
-def test_without_delegation_the_page_and_status_say_no_limits(user):
+def test_without_delegation_the_page_and_status_say_no_limits(user, tmp_path):
     assert not list(Path("/sys/fs/cgroup").glob(f"*/cellbox-user-{user.uid}"))
     server = start_lab(user)
     try:
@@ -105,6 +106,24 @@ def test_without_delegation_the_page_and_status_say_no_limits(user):
             "NOT ENFORCED memory, cpus, pids: no cgroup is delegated"
         ), out
         assert "memory" in out and "of no limit" in out, out
+        if CHROMIUM:  # the /cellbox page shows the same as a banner
+            b = Browser(str(tmp_path / "profile"))
+            try:
+                b.send("Page.enable")
+                b.send("Page.navigate", url=f"{server.url}/cellbox?token={server.token}")
+                wait_for(
+                    lambda: b.eval("document.body && document.body.dataset.loaded") == "1",
+                    60,
+                    "the page",
+                )
+                banner = b.eval(
+                    "(() => { const u = document.getElementById('unenforced'); return u.hidden ? '' : u.innerText; })()"
+                )
+                assert banner.startswith(
+                    "Limits NOT enforced: memory, cpus, pids, disk. no cgroup is delegated"
+                ), banner
+            finally:
+                b.close()
     finally:
         stop_lab(server)
     for c in user.cellbox("ps", "-aq").stdout.split():
