@@ -93,6 +93,12 @@ def execute(kc: Any, code: str, timeout: float = 300, check: bool = True) -> tup
     return dt, text
 
 
+def peak(kc: Any) -> int:
+    """The kernel process's peak resident memory so far (VmHWM), bytes."""
+    _, text = execute(kc, PEAK)
+    return int(text.split("PEAK", 1)[1].split()[0]) * 1024
+
+
 def du(path: Path) -> int:
     """Bytes on disk under path (a file: its own)."""
     if path.is_file():
@@ -144,7 +150,7 @@ def run_plain(kind: str, work: Path) -> dict[str, Any]:
             if kind == "kishu":
                 _, head = execute(kc, "print('HEAD', _kishu._kishu_branch.get_head().commit_id)")
                 commits.append(head.split("HEAD", 1)[1].split()[0])
-        res: dict[str, Any] = {"cells": times}
+        res: dict[str, Any] = {"cells": times, "peak": peak(kc)}
         if kind == "kishu":
             res["back3"], _ = execute(kc, f"_kishu.checkout({commits[-4]!r})")
             res["before_big"], _ = execute(kc, f"_kishu.checkout({commits[BIG_CELL - 1]!r})")
@@ -156,8 +162,7 @@ def run_plain(kind: str, work: Path) -> dict[str, Any]:
                 " list(globals().items()) if not k.startswith('_') and k not in _h and k not in ('np', 'pd', 'os', 'pickle')))",
             )
             res["state"] = int(text.split("STATE", 1)[1].split()[0])
-        _, text = execute(kc, PEAK)
-        res["peak"] = int(text.split("PEAK", 1)[1].split()[0]) * 1024
+        res["peak_after_restores"] = peak(kc) if kind == "kishu" else res["peak"]
         return res
     finally:
         kc.stop_channels()
@@ -177,7 +182,7 @@ def run_cellbox() -> dict[str, Any]:
             dt, _ = execute(kc, code)
             times.append(dt)
             counts.append(COUNTS[-1])
-        res: dict[str, Any] = {"cells": times}
+        res: dict[str, Any] = {"cells": times, "peak": peak(kc)}
         res["store"] = du(Engine().get(cid).dir / "snapshots")
         _, text = execute(
             kc,
@@ -198,8 +203,7 @@ def run_cellbox() -> dict[str, Any]:
             "files unchanged" in text
             and "big" not in execute(kc, "print(sorted(globals()))")[1].split("'_")[0]
         ), text
-        _, text = execute(kc, PEAK)
-        res["peak"] = int(text.split("PEAK", 1)[1].split()[0]) * 1024
+        res["peak_after_restores"] = peak(kc)
         return res
     finally:
         kc.stop_channels()
@@ -303,9 +307,9 @@ def report(res: dict[str, list[dict[str, Any]]]) -> None:
         f"state (pickled) {state / mib:.0f} MiB; {len(CELLS)} cells; medians of {len(res['plain'])} rounds\n"
     )
     print(
-        "| kernel | cells total s | overhead/cell ms (mean) | worst cell overhead ms | store MiB | store/state | back 3 cells ms | before big array ms | peak MiB | peak/plain |"
+        "| kernel | cells total s | overhead/cell ms (mean) | worst cell overhead ms | store MiB | store/state | back 3 cells ms | before big array ms | peak MiB | peak/plain | peak after restores MiB |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for k in res:
         over = [per_cell[k][i] - per_cell["plain"][i] for i in range(len(CELLS))]
         store = med(k, "store") if k != "plain" else 0
@@ -320,6 +324,7 @@ def report(res: dict[str, list[dict[str, Any]]]) -> None:
             f"{med(k, 'before_big') * 1000:.0f}" if k != "plain" else "-",
             f"{med(k, 'peak') / mib:.0f}",
             f"{med(k, 'peak') / med('plain', 'peak'):.2f}x",
+            f"{med(k, 'peak_after_restores') / mib:.0f}" if k != "plain" else "-",
         ]
         print("| " + " | ".join(row) + " |")
     if res.get("cellbox"):
