@@ -111,6 +111,7 @@ def check(config: dict[str, Any]) -> list[str]:
     _personality((config.get("linux") or {}).get("personality"))
     _mount_options(config.get("mounts"))
     _hook_timeouts(config.get("hooks"))
+    _hostname(config)
     return [f"ignoring unknown property {name}" for name in unknown]
 
 
@@ -158,6 +159,18 @@ def _hook_timeouts(hooks: Any) -> None:
                 raise InvalidArgument(
                     f"config.json: hooks.{kind}[{i}].timeout must be an integer above 0, got {t!r}"
                 )
+
+
+def _hostname(config: dict[str, Any]) -> None:
+    """hostname is set in the container's UTS namespace; without one it would be the
+    host's (runc refuses this too)."""
+    namespaces = (config.get("linux") or {}).get("namespaces") or []
+    if config.get("hostname") and not any(
+        isinstance(n, dict) and n.get("type") == "uts" for n in namespaces
+    ):
+        raise InvalidArgument(
+            "config.json: hostname needs a uts namespace (it would set the host's)"
+        )
 
 
 def _personality(p: Any) -> None:

@@ -58,6 +58,15 @@ def test_a_field_cellbox_runc_does_not_apply_is_refused_by_name(changes: dict, n
         fields.check(_config(**changes))
 
 
+def test_hostname_without_a_uts_namespace_is_refused() -> None:
+    cfg = _config()
+    cfg["linux"]["namespaces"] = [n for n in cfg["linux"]["namespaces"] if n["type"] != "uts"]
+    with pytest.raises(InvalidArgument, match="hostname needs a uts namespace"):
+        fields.check(cfg)
+    del cfg["hostname"]
+    assert fields.check(cfg) == []
+
+
 def test_empty_values_and_the_default_personality_are_fine() -> None:
     cfg = _config(
         process__apparmorProfile="", linux__mountLabel="", linux__personality={"domain": "LINUX"}
