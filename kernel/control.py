@@ -35,6 +35,8 @@ import jsonschema
 from cellbox.runtime.engine import Engine, parse_reference
 from cellbox.runtime.errors import CellboxError, Conflict, InvalidArgument, NotFound
 
+from .containers import NOTEBOOK_MOUNT
+
 MAX_REQUEST = 64 * 1024
 READ_TIMEOUT = 5.0
 WRITE_TIMEOUT = 10.0
@@ -56,11 +58,11 @@ ARGS_SCHEMAS: dict[str, dict[str, Any]] = {
     "status": _args({}),
     "snapshots": _args({}),
     "diff": _args({}),
-    "snapshot": _args({"message": _TEXT}),
-    "restore": _args({"snapshot": _SNAP}, ["snapshot"]),
+    "snapshot": _args({"message": _TEXT, "with_files": {"type": "boolean"}}),
+    "restore": _args({"snapshot": _SNAP, "with_files": {"type": "boolean"}}, ["snapshot"]),
     "snapshot_rm": _args({"snapshot": _SNAP}, ["snapshot"]),
     "snapshot_changes": _args({"snapshot": _SNAP}, ["snapshot"]),
-    "commit": _args({"ref": _REF, "message": _TEXT}, ["ref"]),
+    "commit": _args({"ref": _REF, "message": _TEXT, "with_files": {"type": "boolean"}}, ["ref"]),
     "push": _args({"ref": _REF}, ["ref"]),
     "images": _args({}),
     "rmi": _args({"ref": _REF}, ["ref"]),
@@ -300,6 +302,8 @@ class ControlServer:
         if op == "images":
             return self._images(), None
         with self._op_lock:
+            if op == "snapshot" and args.get("with_files"):  # the notebook's folder too
+                return dataclasses.asdict(eng.snapshot_create_with_files(cid, NOTEBOOK_MOUNT, args.get("message", ""))), None
             if op == "snapshot":
                 return dataclasses.asdict(eng.snapshot_create(cid, args.get("message", ""))), None
             if op == "snapshot_changes":  # may the kernel go back to it without a restart?
@@ -309,17 +313,26 @@ class ControlServer:
                 return dataclasses.asdict(eng.snapshot_remove(cid, args["snapshot"])), None
             if op == "restore":
                 info = eng.snapshots(cid).get(args["snapshot"])
-                hook = self.restore_hook or (lambda snap: eng.snapshot_restore(cid, snap))
+                hook = self.restore_hook or (lambda snap, files=None: eng.snapshot_restore(cid, snap))
+                files = None
+                if args.get("with_files"):
+                    files = NOTEBOOK_MOUNT
+                    eng.bind_source(cid, files)  # refused now, in one line, if no folder is mounted
+                    if not any(s.message == info.id for s in eng.files_snapshots(cid).list()):
+                        raise InvalidArgument(f"snapshot {info.id[:12]} was taken without --with-files: it holds no folder")
 
                 def later() -> None:
                     time.sleep(RESTORE_DELAY)  # let the kernel show the answer before it is replaced
-                    hook(info.id)
+                    if files:
+                        hook(info.id, files=files)
+                    else:
+                        hook(info.id)
 
                 return {**dataclasses.asdict(info), "restarting": True}, later
             if op == "commit":
                 if not self.allow_commit:
                     raise RequestError("commit is turned off on this server")
-                return self._commit(args["ref"], args.get("message", ""), progress), None
+                return self._commit(args["ref"], args.get("message", ""), progress, args.get("with_files", False)), None
             if op == "push":
                 return self._push(args["ref"], progress), None
             if op == "rmi":
@@ -366,7 +379,9 @@ class ControlServer:
             raise Conflict(f"image {ref} was not committed from this notebook: only its own images can be removed here")
         return {"ref": ref, "removed": self.eng.images.rmi(ref)}
 
-    def _commit(self, ref: str, message: str, progress: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    def _commit(
+        self, ref: str, message: str, progress: Callable[[dict[str, Any]], None] | None, with_files: bool = False
+    ) -> dict[str, Any]:
 
         r = parse_reference(ref)
         if r.digest:
@@ -377,9 +392,13 @@ class ControlServer:
             if progress:
                 progress({"action": "commit", "bytes": int(done)})
 
-        img = self.eng.commit(
-            self.cid, ref, message=message, changes=[f"LABEL {LABEL_COMMITTER}={self.cid}"], progress=on_progress
-        )
+        changes = [f"LABEL {LABEL_COMMITTER}={self.cid}"]
+        if with_files:  # the notebook's folder into the image, at its working directory
+            img = self.eng.commit_with_files(
+                self.cid, ref, NOTEBOOK_MOUNT, message=message, changes=changes, progress=on_progress
+            )
+        else:
+            img = self.eng.commit(self.cid, ref, message=message, changes=changes, progress=on_progress)
         return {"id": img.id, "digest": getattr(img, "manifest_digest", ""), "refs": list(img.refs)}
 
     def _push(self, ref: str, progress: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:

@@ -440,12 +440,16 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
 
     # ---------------------------------------------------------------- restore
 
-    def _restore(self, snapshot_id: str) -> None:
-        """Called by the control server after it answered: restore, then restart the kernel."""
+    def _restore(self, snapshot_id: str, files: str | None = None) -> None:
+        """Called by the control server after it answered: restore (with the folder bound
+        at `files` too, for --with-files), then restart the kernel."""
         self._restoring = True
         try:
             old = self._helper
-            self.engine.snapshot_restore(self.container_id, snapshot_id)
+            if files:
+                self.engine.snapshot_restore_with_files(self.container_id, snapshot_id, files)
+            else:
+                self.engine.snapshot_restore(self.container_id, snapshot_id)
             if old is not None:
                 try:
                     old.wait(timeout=10)

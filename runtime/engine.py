@@ -38,6 +38,7 @@ from .state import CREATED, PAUSED, RUNNING, STOPPED, proc_start_time
 
 if TYPE_CHECKING:
     from .cgroups.delegate import LimitsStatus
+    from .images.snapshots import SnapshotInfo, Snapshots
     from .images.store import ImageStore
     from .network import NetworkManager
     from .volumes import VolumeStore
@@ -428,6 +429,90 @@ class Engine(ImageOps):
         ctr.options["volumes"] = vols
         state.write_json(ctr.dir / "config.json", cfg)
         self._save(ctr)
+
+    # ------------------------------------------------------------------ a bound folder
+    # A bind (the notebook's folder) is a volume, not part of the container's layer:
+    # snapshots, restore and commit cover it only when asked (--with-files).
+
+    def bind_source(self, ref: str, destination: str) -> Path:
+        """The host dir bound at `destination` in the container (InvalidArgument if none)."""
+        ctr = self.get(ref)
+        for m in ctr.config().get("mounts") or []:
+            if m.get("destination") == destination and m.get("type") == "bind":
+                return Path(m["source"])
+        raise InvalidArgument(f"container {ctr.short_id} has no folder mounted at {destination}")
+
+    def files_snapshots(self, ref: str) -> Snapshots:
+        """Snapshots of a bound folder, each named (message) after the layer snapshot it goes with."""
+        from .images.snapshots import Snapshots
+
+        return Snapshots(self.get(ref).dir / "files-snapshots")
+
+    def snapshot_create_with_files(self, ref: str, destination: str, message: str = "") -> SnapshotInfo:
+        """A snapshot of the container's layer and of the folder bound at `destination`,
+        incremental as the layer's (unchanged files cost nothing), within the same limits.
+        The folder is read beneath its own fd: a symlink in it is copied, never followed."""
+        ctr = self.get(ref)
+        src = self.bind_source(ctr.id, destination)
+        files = self.files_snapshots(ctr.id)
+        files.set_limits(*self.snapshots(ctr.id).limits())
+        with self._frozen(ctr, True, "snapshot"):
+            info = userns.call(lambda: self.snapshots(ctr.id).create(ctr.upper, message))
+            try:
+                userns.call(lambda: files.create(src, info.id))
+            except BaseException:
+                self.snapshots(ctr.id).remove(info.id)  # both or neither
+                raise
+        return info
+
+    def snapshot_restore_with_files(self, ref: str, snap: str, destination: str) -> SnapshotInfo:
+        """Back to a snapshot taken --with-files: the layer and the folder bound at
+        `destination` (made exactly as it was: later files go); the container restarts."""
+        ctr = self.get(ref)
+        info = self.snapshots(ctr.id).get(snap)
+        files = self.files_snapshots(ctr.id)
+        fsnap = next((s for s in files.list() if s.message == info.id), None)
+        if fsnap is None:
+            raise NotFound(f"snapshot {info.id[:12]} was taken without --with-files: it holds no folder")
+        src = self.bind_source(ctr.id, destination)
+        was_running = ctr.state().status in (state.RUNNING, state.PAUSED)
+        self.stop(ctr.id, timeout=2)
+        userns.call(lambda: files.restore(fsnap.id, src))
+        self.snapshot_restore(ctr.id, info.id)  # stopped: the layer only, no restart
+        if was_running:
+            self._recreate(ctr)
+            self._start(ctr)
+        return info
+
+    def commit_with_files(
+        self, ref: str, repo_tag: str | None, destination: str, *, message: str = "",
+        changes: list[str] | tuple[str, ...] = (), progress: Any = None,
+    ) -> Any:
+        """commit, plus the folder bound at `destination` as one more layer at that path,
+        which becomes the image's working directory: `cellbox run IMAGE` then finds the
+        notebook and its files where the kernel had them, from the image alone."""
+        from .engine_images import owned_tmpdir
+
+        ctr = self.get(ref)
+        src = self.bind_source(ctr.id, destination)
+        img = self.commit(ctr.id, None, message=message, changes=changes, progress=progress)
+        with owned_tmpdir(ctr.dir) as tmp:
+
+            def copy() -> Any:
+                from .images.snapshots import Snapshots
+
+                snaps = Snapshots(Path(tmp) / "s")
+                snap = snaps.create(src, "commit")  # read beneath the folder's fd, links copied as links
+                tree = Path(tmp) / "tree"
+                parent = tree / os.path.dirname(destination.strip("/"))
+                parent.mkdir(mode=0o755, parents=True)
+                snaps.materialize(snap.id, tree / destination.strip("/"))
+                return self.images.commit(
+                    tree, img, ref=repo_tag, message=message, changes=[*changes, f"WORKDIR {destination}"],
+                    created_by=f"cellbox commit --with-files {destination}", progress=progress,
+                )  # fmt: skip
+
+            return userns.call(copy)  # rootless: the user's files are root's in the image
 
     def volume_remove(self, name: str, force: bool = False) -> None:
         """`volume rm`: refused while a container names it (Docker's)."""

@@ -13,9 +13,9 @@ from IPython.core.magic import Magics, line_magic, magics_class
 from . import client
 
 USAGE = (
-    "usage: %cellbox status | snapshot [-m MSG] [--files-only] | snapshot rm SNAP | snapshots | "
-    "restore SNAP [--files-only] | restore --before CELL | autosnap on|off | timeline | back [N] | "
-    "replay NAME | commit REPO:TAG [-m MSG] [--with-state] | images | rmi REPO:TAG | push REPO:TAG | diff"
+    "usage: %cellbox status | snapshot [-m MSG] [--files-only] [--with-files] | snapshot rm SNAP | snapshots | "
+    "restore SNAP [--files-only] [--with-files] | restore --before CELL | autosnap on|off | timeline | back [N] | "
+    "replay NAME | commit REPO:TAG [-m MSG] [--with-state] [--with-files] | images | rmi REPO:TAG | push REPO:TAG | diff"
 )
 
 
@@ -34,14 +34,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("-m", "--message", default="")
     s.add_argument("action", nargs="*", help="rm SNAP: remove a snapshot")
     s.add_argument("--files-only", action="store_true", help="not the kernel's variables")
+    s.add_argument("--with-files", action="store_true", help="the notebook's folder too (files only)")
     s = sub.add_parser("restore")
     s.add_argument("snapshot", nargs="?")
     s.add_argument("--files-only", action="store_true", help="files only: the kernel restarts empty")
+    s.add_argument("--with-files", action="store_true", help="the notebook's folder too, as it was")
     s.add_argument("--before", type=int, help="the autosnap checkpoint before cell N")
     s = sub.add_parser("commit")
     s.add_argument("ref")
     s.add_argument("-m", "--message", default="")
     s.add_argument("--with-state", action="store_true", help="the image resumes this kernel's variables")
+    s.add_argument("--with-files", action="store_true", help="the notebook's folder into the image, its workdir")
     s = sub.add_parser("autosnap")
     s.add_argument("switch", choices=["on", "off"])
     sub.add_parser("timeline")
@@ -90,7 +93,20 @@ def format_status(st: dict[str, Any]) -> str:
         f"pids       {pids.get('current', '-')} of {pids.get('limit') or lim.get('pids') or 'no limit'}",
     ]
     lines += unenforced_lines(st)
+    lines += mount_lines(st)
     return "\n".join(lines)
+
+
+def mount_lines(st: dict[str, Any]) -> list[str]:
+    """What the container has from the host: the notebook's folder and volumes, and how."""
+    out = []
+    for m in st.get("mounts") or []:
+        what = "folder" if m.get("kind") == "folder" else "tmpfs" if m.get("kind") == "tmpfs" else "volume"
+        src = "" if what == "tmpfs" else f" <- {m.get('source')}"
+        out.append(f"{what:<10} {m.get('destination')} ({m.get('mode')}){src}")
+    if not any(m.get("kind") == "folder" for m in st.get("mounts") or []):
+        out.append("folder     not mounted (the server's c.Cellbox.notebook_dir or the notebook's metadata)")
+    return out
 
 
 def run(line: str) -> Any:
@@ -108,6 +124,8 @@ def run(line: str) -> Any:
         snap = client.snapshot_rm(args.action[1])
         print(f"removed snapshot {snap['id'][:12]}{': ' + snap['message'] if snap['message'] else ''}")
         return None
+    if getattr(args, "with_files", False):
+        return _with_files(args)
     if args.cmd in _STATE_CMDS or (args.cmd == "snapshot" and not args.files_only):
         return _state_cmd(args)
     if args.cmd == "snapshot":
@@ -160,6 +178,27 @@ def run(line: str) -> Any:
 
 
 _STATE_CMDS = ("autosnap", "timeline", "back", "replay")
+
+
+def _with_files(args: argparse.Namespace) -> Any:
+    """snapshot / restore / commit --with-files: the container's layer and the notebook's
+    folder (a volume, otherwise left out), not the kernel's variables."""
+    if args.cmd == "snapshot":
+        snap = client.request("snapshot", message=args.message, with_files=True)
+        print(f"snapshot {snap['id'][:12]} with the notebook's folder ({_size(snap['size'])} in the layer)"
+              f"{': ' + snap['message'] if snap['message'] else ''}")  # fmt: skip
+        return None
+    if args.cmd == "restore":
+        if not args.snapshot:
+            raise client.ControlError(USAGE)
+        snap = client.request("restore", snapshot=_find_snapshot(args.snapshot)["id"], with_files=True)
+        print(f"restoring snapshot {snap['id'][:12]} and the notebook's folder: the kernel restarts now", flush=True)
+        return None
+    if args.cmd == "commit" and not args.with_state:
+        img = client.request("commit", ref=args.ref, message=args.message, with_files=True)
+        print(f"committed {args.ref} with the notebook's folder at its working directory: {img['id']}")
+        return None
+    raise client.ControlError(f"--with-files goes with snapshot, restore or commit (not --with-state)\n{USAGE}")
 
 
 def _state_cmd(args: argparse.Namespace) -> Any:

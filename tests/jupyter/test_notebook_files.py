@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -131,6 +133,105 @@ def test_symlinks_in_the_folder_lead_nowhere_outside_it(srv, kernel):
     assert lines[:4] == ["FileNotFoundError"] * 4, out
     assert lines[4] == "/"  # .. of the folder is the container's root, not the host's parent
     assert lines[5] == "True"  # etc/ is the container's /etc
+
+
+def test_snapshot_and_restore_with_files_cover_the_folder_and_follow_no_symlink(srv, kernel, lab):
+    out = run(srv, kernel, "%cellbox snapshot --with-files -m before")
+    snap = out.split()[1]
+    run(srv, kernel, "open('later.txt', 'w').write('x'); open('data.csv', 'w').write('changed')")
+    assert (srv.notebooks / "proj" / "later.txt").exists()
+    # the folder's symlinks were kept as links: /etc was never read into the snapshot
+    ctr = lab.engine().get(srv.api("GET", "containers").json()[0]["id"])
+    kept = list((ctr.dir / "files-snapshots" / "layers").glob("*/tree/etc"))
+    assert kept and all(p.is_symlink() for p in kept)
+    assert not list((ctr.dir / "files-snapshots").rglob("passwd"))
+    out = run(srv, kernel, f"%cellbox restore {snap} --with-files")
+    assert "restarts" in out
+
+    def back() -> str | None:
+        try:
+            status, text = srv.run_cell(
+                kernel,
+                "print(open('data.csv').read()); import os; print(os.path.exists('later.txt'))",
+                timeout=20,
+            )
+        except Exception:  # noqa: BLE001 - the kernel is restarting
+            return None
+        return text if status == "ok" else None
+
+    from helpers.lab import wait_for
+
+    folder = srv.notebooks / "proj"
+    wait_for(lambda: not (folder / "later.txt").exists(), timeout=120, what="the folder restored")
+    assert wait_for(back, timeout=120, what="the restored kernel").split() == [
+        "a,b",
+        "1,2",
+        "False",
+    ]
+    assert (srv.notebooks / "proj" / "data.csv").read_text() == "a,b\n1,2\n"
+    assert (srv.notebooks / "proj" / "etc").is_symlink()
+
+
+def test_commit_with_files_reruns_the_notebook_from_the_image_alone(srv, lab, tmp_path):
+    import sysconfig
+
+    import nbformat
+
+    nb = srv.notebooks / "repro"
+    nb.mkdir(exist_ok=True)
+    (nb / "data.csv").write_text("x\n3\n4\n")
+    cells = [
+        "rows = open('data.csv').read().split()[1:]\nprint(sum(map(int, rows)))",
+        "import os\nprint(os.getcwd())",
+    ]
+    write_notebook(nb / "paper.ipynb", cells)
+    kid = start_kernel(srv, "repro/paper.ipynb")
+    here = [run(srv, kid, c) for c in cells]
+    assert here == ["7\n", "/notebook\n"]
+    out = run(srv, kid, "%cellbox commit paper:1 --with-files -m 'the paper'")
+    assert "committed paper:1" in out
+
+    def cli(root, *args):
+        cmd = [
+            sys.executable,
+            "-m",
+            "cellbox.runtime.cli",
+            "--root",
+            str(root),
+            "--cgroup-parent",
+            lab.cgroup_parent,
+            *args,
+        ]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    cli(lab.root, "save", "-o", str(tmp_path / "paper.tar"), "paper:1")
+    fresh = tmp_path / "fresh"
+    cli(fresh, "load", "-i", str(tmp_path / "paper.tar"))
+    # nbclient is the host's (the default image has only the kernel); the notebook and its
+    # data come from the image, at its working directory
+    site = sysconfig.get_paths()["purelib"]
+    runner = (
+        "import nbformat, nbclient, json; nb = nbformat.read('paper.ipynb', 4); "
+        "nbclient.NotebookClient(nb, kernel_name='python3', timeout=120).execute(); "
+        "print(json.dumps([''.join(o.get('text', '') for o in c.outputs) for c in nb.cells]))"
+    )
+    there = cli(
+        fresh,
+        "run",
+        "--rm",
+        "-v",
+        f"{site}:/hostsite:ro",
+        "-e",
+        "PYTHONPATH=/hostsite",
+        "paper:1",
+        "python3",
+        "-c",
+        runner,
+    )
+    assert json.loads(there.strip().splitlines()[-1]) == here
+    assert nbformat.read(str(nb / "paper.ipynb"), 4).cells[0].source == cells[0]
 
 
 def test_metadata_may_ask_for_no_folder(srv):
