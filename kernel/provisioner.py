@@ -49,6 +49,12 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
     cpus = Float(0.0, help="CPU limit of a new container (0 = none)").tag(config=True)
     network = Unicode("none", help="network of a new container: none, bridge, host").tag(config=True)
     pids_limit = Int(0, help="pids limit of a new container (0 = none)").tag(config=True)
+    notebook_dir = CaselessStrEnum(
+        ["rw", "ro", "none"],
+        "rw",
+        help="the notebook's folder (the server's cwd for the kernel) in a new container, at /notebook, "
+        "its working directory: rw, ro or none (the server extension applies c.Cellbox.notebook_dir instead)",
+    ).tag(config=True)
     shutdown = CaselessStrEnum(
         ["remove", "stop", "keep"], "remove", help="what kernel shutdown does to a container it created"
     ).tag(config=True)
@@ -110,14 +116,18 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
             r = getattr(importlib.import_module(mod), fn)
         return r
 
-    def _get_container(self, env: dict[str, str]) -> Any:
-        """The container to run in: the resolver's, the one from before, or a new one."""
+    def _get_container(self, env: dict[str, str], cwd: str | None = None) -> Any:
+        """The container to run in: the resolver's, the one from before, or a new one
+        (with `cwd`, the notebook's folder the server asks to start in, mounted at
+        containers.NOTEBOOK_MOUNT as `notebook_dir` says: the extension's resolver
+        applies the server's policy instead)."""
         eng = self.engine
         if self.container_id is None:
             resolver = self._resolver()
             cid = resolver(self, env) if resolver else None
             warm = None
-            if not cid and self.pool > 0 and self._uses_defaults():
+            folder = cwd and self.notebook_dir != "none"  # a pooled kernel has no folder mounted
+            if not cid and self.pool > 0 and self._uses_defaults() and not folder:
                 from .pool import KernelPool
 
                 warm = KernelPool.get(eng, self.pool).take()
@@ -143,6 +153,8 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
                     network=self.network,
                     pids_limit=limits.pids_limit,
                     labels=labels,
+                    folder=os.path.realpath(cwd) if cwd and os.path.isdir(cwd) else None,
+                    folder_mode=self.notebook_dir,
                 )
                 ctr = containers.create_kernel_container(eng, opts)
                 self.container_id = ctr.id
@@ -160,7 +172,7 @@ class CellboxProvisioner(LocalProvisioner):  # type: ignore[misc]
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         km = self.parent
         env = kwargs.get("env") or {}
-        ctr = await asyncio.to_thread(self._get_container, env)
+        ctr = await asyncio.to_thread(self._get_container, env, kwargs.get("cwd"))
         self.run_dir = containers.run_dir(self.engine, ctr)
         if self._pins is None:
             if self._warm is None:
