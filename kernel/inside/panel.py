@@ -13,7 +13,7 @@ from typing import Any
 import ipywidgets as w
 
 from . import client
-from .magics import _size, unenforced_lines
+from .magics import _size, mount_lines, unenforced_lines
 
 
 class Panel:
@@ -112,6 +112,7 @@ class Panel:
             f" · CPU {cpu.get('usage_ns', 0) / 1e9:.1f} s (limit {lim.get('cpus') or 'none'})"
             f" · pids {pids.get('current', '-')} / {pids.get('limit') or lim.get('pids') or 'no limit'}"
             + "".join(f"<br><b>{_escape(line)}</b>" for line in unenforced_lines(st))
+            + "".join(f"<br>{_escape(line)}" for line in mount_lines(st))
         )
 
     def refresh_snapshots(self) -> None:

@@ -113,6 +113,8 @@ def test_status_says_what_is_mounted(srv, kernel):
     folder = [m for m in st["mounts"] if m["destination"] == "/notebook"]
     assert folder and folder[0]["mode"] == "rw" and folder[0]["kind"] == "folder"
     assert folder[0]["source"] == str((srv.notebooks / "proj").resolve())
+    shown = run(srv, kernel, "%cellbox status")
+    assert f"folder     /notebook (rw) <- {(srv.notebooks / 'proj').resolve()}" in shown.splitlines()
 
 
 def test_symlinks_in_the_folder_lead_nowhere_outside_it(srv, kernel):
