@@ -152,8 +152,8 @@ def measure(n: int, cgroup_parent: str, kernels: list[tuple]) -> dict:
     by_ctr: dict[str, list[int]] = {}
     zygotes = []
     for pid in procs:
-        if comm(pid) == "cellbox-zygote":
-            zygotes.append(pid)
+        if comm(pid) == "cellbox-zygote" and procs[pid] == os.getpid():
+            zygotes.append(pid)  # its forks (monitors, exec helpers) keep the name a while
             continue
         cid = container_of_pid(pid, cgroup_parent)
         if cid is None:  # a monitor is in the server's cgroup: its children say which
@@ -175,7 +175,13 @@ def measure(n: int, cgroup_parent: str, kernels: list[tuple]) -> dict:
             rows.append({"cid": cid, **kib, "added": added, "kmem": kmem_kib(cid, cgroup_parent)})
         else:
             reserve += kib["kernel"] + added
-    return {"rows": rows, "zygote_kib": zygote, "reserve_kib": reserve, "n": n}
+    return {
+        "rows": rows,
+        "zygote_kib": zygote,
+        "zygotes": len(zygotes),
+        "reserve_kib": reserve,
+        "n": n,
+    }
 
 
 def main() -> int:
@@ -185,9 +191,15 @@ def main() -> int:
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("density: needs root (containers, cgroups)")
+    import resource
+
     from cellbox.kernel.kernelspec import install_kernelspec
     from cellbox.runtime.engine import Engine
 
+    # a hundred kernels' sockets in one process, as in a Jupyter server (its limit is raised
+    # too: jupyter_server's own default)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
     os.environ["CELLBOX_ROOT"] = args.root
     parent = benchlib.new_cgroup_parent()
     os.environ["CELLBOX_CGROUP_PARENT"] = parent
@@ -244,7 +256,7 @@ def main() -> int:
     for r in ROLES:
         print(f"| - {r} | {statistics.median(x[r] for x in rows) / mib:.1f} |")
     print(f"| - zygote share | {data['zygote_kib'] / max(len(rows), 1) / mib:.1f} |")
-    print(f"| zygote (shared, once) | {data['zygote_kib'] / mib:.1f} |")
+    print(f"| zygote (shared, once; {data['zygotes']} process) | {data['zygote_kib'] / mib:.1f} |")
     print(f"| pool reserve (2 warm kernels, total) | {data['reserve_kib'] / mib:.1f} |")
     print(
         f"| all notebooks together (kernel + added) | "
