@@ -8,6 +8,7 @@ runtime's record), upper/ and work/ (the overlay's writable part), log, etc file
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -149,9 +150,21 @@ class Container:
         return self.dir / "container.log"
 
 
+def _stopped(pid: int) -> bool:
+    """Whether process pid is stopped (state T) or gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] in (b"T", b"t", b"X", b"Z")
+    except (OSError, IndexError):
+        return True
+
+
 class NoCgroup:
     """The cgroup of a container that has none (rootless, nothing delegated): its pid
-    namespace stands in; killing its init ends every process in it."""
+    namespace stands in; killing its init ends every process in it, and SIGSTOP/SIGCONT
+    of each of its processes stand in for the freezer (pause, a consistent copy)."""
+
+    stops_by_signal = True
 
     def __init__(self, ctr: Container) -> None:
         self.ctr = ctr
@@ -161,9 +174,6 @@ class NoCgroup:
         return st.pid if st.status != state.STOPPED and st.pid else 0
 
     def exists(self) -> bool:
-        return False
-
-    def frozen(self) -> bool:
         return False
 
     def procs(self) -> list[int]:
@@ -178,15 +188,33 @@ class NoCgroup:
             except ProcessLookupError:
                 pass
 
+    def frozen(self) -> bool:
+        procs = self.procs()
+        return bool(procs) and all(_stopped(p) for p in procs)
+
     def freeze(self, timeout: float = 10) -> None:
-        raise CellboxError(
-            f"container {self.ctr.short_id} has no cgroup (rootless without delegation): it cannot be "
-            "paused or frozen for a copy (commit --pause false, or stop it first; as root: "
-            "cellbox system delegate USER)"
-        )
+        """SIGSTOP every process of the container, again until no new one appears (a fork
+        racing the stop), as a freezer would; the user owns the container's namespace, so
+        its processes of any id are theirs to signal."""
+        deadline = time.monotonic() + timeout
+        seen: set[int] = set()
+        while True:
+            procs = set(self.procs())
+            for pid in procs - seen:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal_mod.SIGSTOP)
+            if procs <= seen and all(_stopped(p) for p in procs):
+                return
+            seen |= procs
+            if time.monotonic() > deadline:
+                self.thaw()
+                raise CellboxError(f"container {self.ctr.short_id} could not be stopped for a copy in {timeout:.0f}s")
+            time.sleep(0.001)
 
     def thaw(self) -> None:
-        pass
+        for pid in self.procs():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal_mod.SIGCONT)
 
     def stats(self) -> dict[str, Any]:
         return {"memory": {}, "cpu": {}, "pids": {"current": len(self.procs())}}

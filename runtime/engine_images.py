@@ -146,7 +146,7 @@ class ImageOps:
             return None
         try:
             cg = self._cgroup(ctr)
-            if not cg.exists() or not cg.frozen():
+            if not (cg.exists() or getattr(cg, "stops_by_signal", False)) or not cg.frozen():
                 return None
             cg.thaw()
         except (CellboxError, OSError):

@@ -511,3 +511,66 @@ def test_escape_attempts_from_a_rootless_container(user):
     devs = set(out.splitlines()[-2].split())
     assert devs <= {"null", "zero", "full", "random", "urandom", "tty", "ptmx", "pts", "shm", "console", "core",
                     "fd", "stdin", "stdout", "stderr", "mqueue"}, devs  # fmt: skip
+
+
+def _counter(user, cid: str) -> str:
+    upper = user.home / ".local/share/cellbox/containers" / cid / "upper/tmp/n"
+    try:
+        return upper.read_text().strip()
+    except (FileNotFoundError, ValueError):
+        return ""
+
+
+def test_pause_commit_and_snapshot_without_a_cgroup_stop_every_process(user):
+    """No delegated cgroup, so no freezer: every process of the container is stopped by
+    signal instead (a forking loop included), for `pause` and for a consistent commit or
+    snapshot, and continues after."""
+    assert not list(Path("/sys/fs/cgroup").glob(f"*/cellbox-user-{user.uid}"))
+    loop = "i=0; while :; do i=$((i+1)); echo $i > /tmp/m; mv /tmp/m /tmp/n; done"  # a fork each turn
+    r = user.cellbox("run", "-d", "--name", "busy", "bb:1", "sh", "-c", loop)
+    assert r.returncode == 0, r.stderr
+    cid = r.stdout.strip()
+    try:
+        wait = time.monotonic() + 30
+        while not _counter(user, cid) and time.monotonic() < wait:
+            time.sleep(0.05)
+        r = user.cellbox("pause", "busy")
+        assert r.returncode == 0, r.stderr
+        assert "Paused" in user.cellbox("ps").stdout
+        pid = json.loads(user.cellbox("inspect", "busy").stdout)[0]["State"]["Pid"]
+        first = _counter(user, cid)
+        time.sleep(0.3)
+        assert _counter(user, cid) == first != ""  # nothing runs
+        states = {Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] for p in _tree(pid)}
+        assert states == {"T"}, states
+        r = user.cellbox("unpause", "busy")
+        assert r.returncode == 0, r.stderr
+        wait = time.monotonic() + 10
+        while _counter(user, cid) == first and time.monotonic() < wait:
+            time.sleep(0.05)
+        assert _counter(user, cid) != first  # it goes on
+        # commit and snapshot pause it by default now, and leave it running
+        r = user.cellbox("commit", "busy", "busy:1")
+        assert r.returncode == 0, r.stderr
+        r = user.cellbox("snapshot", "create", "busy")
+        assert r.returncode == 0, r.stderr
+        assert "Up" in user.cellbox("ps").stdout
+        before = _counter(user, cid)
+        wait = time.monotonic() + 10
+        while _counter(user, cid) == before and time.monotonic() < wait:
+            time.sleep(0.05)
+        assert _counter(user, cid) != before
+    finally:
+        user.cellbox("rm", "-f", "busy")
+        user.cellbox("rmi", "busy:1")
+
+
+def _tree(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for t in Path(f"/proc/{p}/task").iterdir():
+            kids = (t / "children").read_text().split()
+            todo += [int(k) for k in kids]
+    return out
