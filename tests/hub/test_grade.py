@@ -89,7 +89,7 @@ def test_ten_submissions_three_hostile(course, tmp_path: Path) -> None:
         sys.executable, "-m", "cellbox.runtime.cli", "--root", str(course.root),
         "--cgroup-parent", course.cgroup_parent, "grade", str(subs), "--notebook", "hw.ipynb",
         "--tests", str(tests), "--image", course.image, "-o", str(out), "--parallel", "3",
-        "--timeout", "40", "--cell-timeout", "20", "--pids-limit", "64", "-m", "256m",
+        "--timeout", "30", "--cell-timeout", "15", "--pids-limit", "64", "-m", "256m",
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr
