@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 from helpers.kernel import kernel_env, run_cell
@@ -184,11 +185,13 @@ def test_restore_with_changed_files_restarts_and_resumes(kc):
     assert got[0] == want[0] and got[1] == [n for n in want[1] if n not in ("conn", "lock")]
 
 
-def test_commit_with_state_resumes_in_a_kernel_of_the_image(kc):
-    """`%cellbox commit --with-state`: a kernel started from the image has the variables."""
+def test_commit_with_state_resumes_after_save_and_load_on_a_fresh_store(kc, tmp_path):
+    """`%cellbox commit --with-state`, `save`, `load` into an empty store (another machine):
+    a kernel started there from the image has the variables, unpickled in its container."""
     import os
     import secrets
-    from pathlib import Path
+    import shutil
+    import subprocess
 
     from cellbox.kernel.kernelspec import install_kernelspec
     from cellbox.runtime.engine import Engine
@@ -197,10 +200,24 @@ def test_commit_with_state_resumes_in_a_kernel_of_the_image(kc):
     ref = f"cbk-test/state-{secrets.token_hex(3)}:1"
     text = ok(kc, f"%cellbox commit {ref} --with-state")
     assert "with the kernel's variables" in text, text
+    archive = tmp_path / "image.tar"
+    with open(archive, "wb") as f:
+        Engine().images.save([ref], f)
+    Engine().images.rmi(ref, force=True)
+    import tempfile
+
+    fresh = Path(
+        tempfile.mkdtemp(prefix="cbs-", dir="/var/tmp")
+    )  # short: kernel sockets live below it
+    with open(archive, "rb") as f:
+        Engine(root=fresh).images.load(f)
     prefix = Path(os.environ["JUPYTER_PATH"]).parents[1]
     install_kernelspec("cellbox-state-img", prefix=str(prefix), image=ref)
-    km2, kc2 = start_new_kernel(kernel_name="cellbox-state-img", startup_timeout=60)
+    saved_root = os.environ["CELLBOX_ROOT"]
+    os.environ["CELLBOX_ROOT"] = str(fresh)
+    km2 = kc2 = None
     try:
+        km2, kc2 = start_new_kernel(kernel_name="cellbox-state-img", startup_timeout=60)
         text = ok(kc2, "print('CARRIED', carried, scale(2))")
         assert "variables restored" in text, text
         want = ok(kc, "print('CARRIED', carried, scale(2))").split("CARRIED", 1)[1]
@@ -210,9 +227,15 @@ def test_commit_with_state_resumes_in_a_kernel_of_the_image(kc):
         kc2.wait_for_ready(timeout=60)
         assert "False" in ok(kc2, "print('carried' in globals())")
     finally:
-        kc2.stop_channels()
-        km2.shutdown_kernel(now=True)
-        Engine().images.rmi(ref, force=True)
+        if kc2 is not None:
+            kc2.stop_channels()
+            km2.shutdown_kernel(now=True)
+        eng = Engine(root=fresh)
+        for c in eng.list(all=True):
+            eng.remove(c.id, force=True)
+        os.environ["CELLBOX_ROOT"] = saved_root
+        subprocess.run(["umount", "-R", "-l", str(fresh)], capture_output=True)
+        shutil.rmtree(fresh, ignore_errors=True)
 
 
 def test_panel_snapshot_restore_and_timeline(kc):
