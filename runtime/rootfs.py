@@ -370,9 +370,8 @@ def _idmapped_clone(m: dict[str, Any], syscalls: Syscalls, make_userns: Callable
                 os.close(src)
                 raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
         except OSError as e:
-            raise OSError(
-                e.errno, f"volume source {source}: {e.strerror} (a symlink on its path is never followed)"
-            ) from None
+            why = " (a symlink on its path is never followed)" if e.errno in (errno.ELOOP, errno.EXDEV) else ""
+            raise OSError(e.errno, os.strerror(e.errno) + why, f"volume source {source}") from None
     finally:
         os.close(top)
     try:

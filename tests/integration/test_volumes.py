@@ -159,6 +159,11 @@ def test_an_idmapped_bind_writes_as_the_host_user_and_a_symlink_swapped_in_is_re
     r = cli(env, "start", "-a", "swapper")
     assert r.returncode != 0 and "never followed" in r.stderr, (r.stdout, r.stderr)
     assert "passwd" not in r.stdout
+    # a source deleted meanwhile (a notebook's folder): one line, the container not started
+    swap.unlink()
+    r = cli(env, "start", "-a", "swapper")
+    assert r.returncode != 0 and f"No such file or directory: volume source {swap}" in r.stderr, r.stderr
+    assert r.stderr.strip().count("\n") == 0
     cli(env, "rm", "-f", "swapper", check=True)
 
 
