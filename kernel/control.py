@@ -310,7 +310,9 @@ class ControlServer:
                 paths = eng.snapshot_changes(cid, args["snapshot"])
                 return {"paths": paths[:MAX_CHANGES], "more": len(paths) > MAX_CHANGES}, None
             if op == "snapshot_rm":  # its own snapshots only: the socket names the container
-                return dataclasses.asdict(eng.snapshot_remove(cid, args["snapshot"])), None
+                removed = eng.snapshot_remove(cid, args["snapshot"])
+                eng.snapshot_remove_files(cid, removed.id)  # and the folder it kept, if --with-files
+                return dataclasses.asdict(removed), None
             if op == "restore":
                 info = eng.snapshots(cid).get(args["snapshot"])
                 hook = self.restore_hook or (lambda snap, files=None: eng.snapshot_restore(cid, snap))

@@ -249,6 +249,8 @@ class Engine(ImageOps):
         self._monitors: dict[str, Any] = {}  # id -> monitor Popen, for a fast wait()
         # A long-lived caller (server, kernel) starts containers through a pre-forked zygote.
         self.use_zygote = zygote if zygote is not None else os.environ.get("CELLBOX_ZYGOTE") == "1"
+        # A single-threaded caller (the `cellbox` command) may fork the monitor itself.
+        self.fork_monitor = False
 
     def limits_status(self) -> LimitsStatus:
         """Whether this engine's containers get cgroup limits (.available), and one line why
@@ -316,7 +318,7 @@ class Engine(ImageOps):
             from .zygote import Zygote
 
             return Zygote.shared().create
-        return launcher.create
+        return launcher.create_forked if self.fork_monitor else launcher.create
 
     def _lock(self, shared: bool = False) -> Any:
         return state.locked(self.containers_dir / ".lock", shared=shared)
@@ -492,6 +494,17 @@ class Engine(ImageOps):
                 self.snapshots(ctr.id).remove(info.id)  # both or neither
                 raise
         return info
+
+    def snapshot_remove_files(self, ref: str, snap: str) -> None:
+        """Drop the folder kept with layer snapshot `snap` (--with-files), if any: removing a
+        snapshot frees both."""
+        ctr = self.get(ref)
+        if not (ctr.dir / "files-snapshots").is_dir():
+            return
+        files = self.files_snapshots(ctr.id)
+        for s in files.list():
+            if s.message == snap:
+                files.remove(s.id)
 
     def snapshot_restore_with_files(self, ref: str, snap: str, destination: str) -> SnapshotInfo:
         """Back to a snapshot taken --with-files: the layer and the folder bound at
@@ -1095,11 +1108,19 @@ class Engine(ImageOps):
                 "CapDrop": ctr.options.get("cap_drop") or [],
                 "NetworkMode": ctr.options.get("network") or "none",
                 "Binds": ctr.options.get("volumes") or [],
+                "Mounts": ctr.options.get("mounts") or [],
                 "AutoRemove": ctr.options.get("auto_remove", False),
             },
             "NetworkSettings": ctr.network,
             "GraphDriver": {"Name": "overlay", "Data": {"UpperDir": str(ctr.upper), "LowerDir": cfg["annotations"].get(spec.ANN_LOWER, "")}},
             "LogPath": str(ctr.log_path),
+            "Mounts": [
+                {"Type": m.get("type"), "Source": m.get("source"), "Destination": m["destination"],
+                 "RW": "ro" not in (m.get("options") or []), "Idmapped": bool(m.get("uidMappings"))}
+                for m in cfg.get("mounts") or []
+                if m.get("type") in ("bind", "tmpfs") and m["destination"] not in ("/dev", "/dev/shm")
+                and not m["destination"].startswith("/etc/")
+            ],  # fmt: skip
         }
 
     def stats(self, ref: str) -> dict[str, Any]:

@@ -69,6 +69,9 @@ def test_a_named_volume_outlives_its_containers_and_goes_only_with_volume_rm(env
     assert "pipcache" in cli(env, "volume", "ls", "-q", check=True).stdout.split()
     r = cli(env, "volume", "rm", "pipcache")
     assert r.returncode == 1 and "in use" in r.stderr  # the exited writer still names it
+    mounts = json.loads(cli(env, "inspect", "writer", check=True).stdout)[0]["Mounts"]
+    assert [(m["Destination"], m["RW"]) for m in mounts] == [("/cache", True)]
+    assert mounts[0]["Source"].endswith("/volumes/pipcache/_data")
     cli(env, "rm", "writer", check=True)
     info = json.loads(cli(env, "volume", "inspect", "pipcache", check=True).stdout)[0]
     data = Path(info["Mountpoint"])
@@ -162,7 +165,9 @@ def test_an_idmapped_bind_writes_as_the_host_user_and_a_symlink_swapped_in_is_re
     # a source deleted meanwhile (a notebook's folder): one line, the container not started
     swap.unlink()
     r = cli(env, "start", "-a", "swapper")
-    assert r.returncode != 0 and f"No such file or directory: volume source {swap}" in r.stderr, r.stderr
+    assert r.returncode != 0 and f"No such file or directory: volume source {swap}" in r.stderr, (
+        r.stderr
+    )
     assert r.stderr.strip().count("\n") == 0
     cli(env, "rm", "-f", "swapper", check=True)
 

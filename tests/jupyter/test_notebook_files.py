@@ -52,7 +52,11 @@ def srv(lab, data_root):
     write_notebook(nb / "bad.ipynb", cellbox={"volumes": ["/etc:/hostetc:ro"]})
     write_notebook(nb / "none.ipynb", cellbox={"notebook_dir": "none"})
     write_notebook(nb / "ask.ipynb", cellbox={"volumes": [f"{data_root / 'course'}:/data:rw"]})
-    s = lab.server("files", {"Cellbox": {"volume_roots": [str(data_root)]}}, notebooks=nb)
+    config = {
+        "volume_roots": [str(data_root)],
+        "volumes": [f"{data_root / 'course'}:/course:ro", "class-scratch:/scratch"],
+    }
+    s = lab.server("files", {"Cellbox": config}, notebooks=nb)
     yield s
     s.stop()
 
@@ -103,6 +107,17 @@ def test_a_file_a_cell_writes_is_listed_by_the_server_and_owned_by_its_user(srv,
         )  # never an id of the container's range
 
 
+def test_the_servers_volumes_reach_every_notebook(srv, kernel):
+    code = (
+        "import errno\nprint(open('/course/grades.csv').read().splitlines()[0])\n"
+        "try:\n    open('/course/x', 'w')\nexcept OSError as e:\n    print(errno.errorcode[e.errno])\n"
+        "open('/scratch/shared', 'w').write('from proj')"
+    )
+    assert run(srv, kernel, code).split() == ["name,grade", "EROFS"]
+    other = start_kernel(srv, "none.ipynb")  # another notebook's container: the same named volume
+    assert run(srv, other, "print(open('/scratch/shared').read())").strip() == "from proj"
+
+
 def test_status_says_what_is_mounted(srv, kernel):
     out = run(
         srv,
@@ -114,7 +129,9 @@ def test_status_says_what_is_mounted(srv, kernel):
     assert folder and folder[0]["mode"] == "rw" and folder[0]["kind"] == "folder"
     assert folder[0]["source"] == str((srv.notebooks / "proj").resolve())
     shown = run(srv, kernel, "%cellbox status")
-    assert f"folder     /notebook (rw) <- {(srv.notebooks / 'proj').resolve()}" in shown.splitlines()
+    assert (
+        f"folder     /notebook (rw) <- {(srv.notebooks / 'proj').resolve()}" in shown.splitlines()
+    )
 
 
 def test_symlinks_in_the_folder_lead_nowhere_outside_it(srv, kernel):
@@ -147,6 +164,13 @@ def test_snapshot_and_restore_with_files_cover_the_folder_and_follow_no_symlink(
     kept = list((ctr.dir / "files-snapshots" / "layers").glob("*/tree/etc"))
     assert kept and all(p.is_symlink() for p in kept)
     assert not list((ctr.dir / "files-snapshots").rglob("passwd"))
+    out = run(srv, kernel, "%cellbox snapshot --with-files -m doomed")
+    doomed = out.split()[1]
+    kept_before = len(list((ctr.dir / "files-snapshots" / "layers").iterdir()))
+    run(srv, kernel, f"%cellbox snapshot rm {doomed}")
+    assert (
+        len(list((ctr.dir / "files-snapshots" / "layers").iterdir())) < kept_before
+    )  # its folder went too
     out = run(srv, kernel, f"%cellbox restore {snap} --with-files")
     assert "restarts" in out
 
