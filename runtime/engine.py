@@ -553,9 +553,9 @@ class Engine(ImageOps):
 
             return userns.call(copy)  # rootless: the user's files are root's in the image
 
-    def volume_remove(self, name: str, force: bool = False) -> None:
+    def volume_remove(self, name: str) -> None:
         """`volume rm`: refused while a container names it (Docker's)."""
-        self.volumes.remove(name, self.volume_users(name), force=force)
+        self.volumes.remove(name, self.volume_users(name))
 
     def _rootless_config(self, cfg: dict[str, Any], lim: Limits, bridged: bool = False) -> None:
         """An ordinary user's container: a user namespace whose root is the user (the

@@ -109,14 +109,13 @@ class VolumeStore:
                     continue
         return out
 
-    def remove(self, name: str, users: list[str] | None = None, force: bool = False) -> None:
+    def remove(self, name: str, users: list[str] | None = None) -> None:
         """Remove a volume and its data; refused while containers (`users`) name it."""
         data = self.data_dir(name)
         if users:
             raise Conflict(
                 f"remove {name}: volume is in use - [{', '.join(u[:12] for u in users)}]"
             )
-        del force  # Docker's -f only hides a missing volume; NotFound is raised above
         from . import userns
 
         userns.rmtree(data.parent)  # rootless: files of the user's subordinate ids too

@@ -52,7 +52,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
     code = 0
     for name in args.names:
         try:
-            eng.volume_remove(name, force=args.force)
+            eng.volume_remove(name)
             print(name)
         except NotFound as e:
             if not args.force:
