@@ -137,8 +137,10 @@ def run(line: str) -> Any:
         snaps = client.snapshots()
         if not snaps:
             print("no snapshots yet: %cellbox snapshot -m MSG")
+        carried = _with_variables()
         for s in snaps:
-            print(f"{s['id'][:12]}  {s['created']}  {_size(s['size']):>10}  {s['message']}")
+            mark = "+vars" if s["id"] in carried else "     "
+            print(f"{s['id'][:12]}  {s['created']}  {_size(s['size']):>10}  {mark}  {s['message']}")
         return None
     if args.cmd == "restore" and not args.files_only:
         return _state_cmd(args)
@@ -260,6 +262,21 @@ def _state_run(ks: Any, args: argparse.Namespace, state: Any) -> Any:
         print(f"committed {args.ref} with the kernel's variables: {img['id']}")
         return None
     raise client.ControlError(USAGE)
+
+
+def _with_variables() -> set[str]:
+    """The snapshots this kernel took with its variables (files only: the others)."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is None:
+        return set()
+    from . import state
+
+    try:
+        return set(state.KernelState.get(shell).store.links())
+    except OSError:
+        return set()
 
 
 def _find_snapshot(prefix: str) -> dict[str, Any]:

@@ -123,6 +123,8 @@ def test_snapshot_restore_in_place_back_and_forth(kc):
 def test_files_only_keeps_todays_behaviour(kc):
     text = ok(kc, "%cellbox snapshot --files-only -m files")
     assert "variables" not in text and text.startswith("snapshot ")
+    listed = ok(kc, "%cellbox snapshots").splitlines()
+    assert "+vars" not in listed[-1] and "+vars" in listed[-2], listed
 
 
 def test_snapshot_from_another_thread_during_a_cell_is_refused(kc):
