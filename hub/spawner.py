@@ -51,6 +51,15 @@ def engine_for(root: str, cgroup_parent: str) -> Engine:
     return _engines[key]
 
 
+def _forget_neighbour(ip: str) -> None:
+    """A restarted server often gets its old address back, on a new veth: the host's
+    neighbour entry still names the old MAC, and the hub's and proxy's connections go
+    nowhere until it goes stale (seconds to a minute). Flush it."""
+    import subprocess
+
+    subprocess.run(["ip", "-4", "neigh", "flush", "to", ip], capture_output=True, timeout=10)
+
+
 class CellboxSpawner(Spawner):
     """A JupyterHub spawner that runs each single-user server in a cellbox container."""
 
@@ -240,13 +249,16 @@ class CellboxSpawner(Spawner):
         eng = self.engine
         self.home_dir().mkdir(parents=True, exist_ok=True, mode=0o700)
         ctr = eng.create(opts)
+        ip = (ctr.network or {}).get("ip") or "127.0.0.1"
         try:
             self._prepare_home(ctr.host_base())
+            if ctr.network.get("ip"):
+                _forget_neighbour(ip)
             eng.start(ctr.id)
         except BaseException:
             eng.remove(ctr.id, force=True)
             raise
-        return ctr.id, (ctr.network or {}).get("ip") or "127.0.0.1"
+        return ctr.id, ip
 
     async def start(self) -> tuple[str, int]:
         """Create and start the student's container; where the hub and proxy reach it."""
