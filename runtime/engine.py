@@ -249,6 +249,8 @@ class Engine(ImageOps):
         self._monitors: dict[str, Any] = {}  # id -> monitor Popen, for a fast wait()
         # A long-lived caller (server, kernel) starts containers through a pre-forked zygote.
         self.use_zygote = zygote if zygote is not None else os.environ.get("CELLBOX_ZYGOTE") == "1"
+        # A single-threaded caller (the `cellbox` command) may fork the monitor itself.
+        self.fork_monitor = False
 
     def limits_status(self) -> LimitsStatus:
         """Whether this engine's containers get cgroup limits (.available), and one line why
@@ -316,6 +318,8 @@ class Engine(ImageOps):
             from .zygote import Zygote
 
             return Zygote.shared().create
+        if self.fork_monitor:
+            return lambda *args, **kw: launcher.create(*args, fork=True, **kw)
         return launcher.create
 
     def _lock(self, shared: bool = False) -> Any:

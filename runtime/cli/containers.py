@@ -184,6 +184,7 @@ def cmd_run(a: argparse.Namespace, create_only: bool = False) -> int:
     import subprocess
 
     eng = engine(a)
+    eng.fork_monitor = True  # this command is single-threaded: no helper interpreter
     opts = _options(a)
     _pull_image(eng, opts.image, a.pull)
     if create_only or a.detach:
