@@ -150,6 +150,15 @@ class Container:
         return self.dir / "container.log"
 
 
+def _status_or_gone(ctr: Container) -> str:
+    """The container's status, or "" when another process removed it meanwhile (a
+    listing races every `rm`)."""
+    try:
+        return ctr.state().status
+    except NotFound:
+        return ""
+
+
 def _stopped(pid: int) -> bool:
     """Whether process pid is stopped (state T) or gone."""
     try:
@@ -1066,7 +1075,7 @@ class Engine(ImageOps):
     def list(self, all: bool = False) -> list[Container]:
         ctrs = sorted(self._all(), key=lambda c: c.created, reverse=True)
         if not all:
-            ctrs = [c for c in ctrs if c.state().status in (state.RUNNING, state.PAUSED)]
+            ctrs = [c for c in ctrs if _status_or_gone(c) in (state.RUNNING, state.PAUSED)]
         return ctrs
 
     def inspect(self, ref: str) -> dict[str, Any]:
