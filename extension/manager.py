@@ -609,6 +609,7 @@ class ContainerManager:
             "capped": m.capped,
             "last_activity": _dt.datetime.fromtimestamp(m.last_activity, _dt.UTC).isoformat().replace("+00:00", "Z"),
             "control_dir": m.rundir,
+            "mounts": _mounts(ctr),  # the notebook's folder and volumes, and how
         }
         if stats:
             try:
@@ -616,6 +617,12 @@ class ContainerManager:
             except CellboxError:
                 out["stats"] = None
         return out
+
+
+def _mounts(ctr: Any) -> list[dict[str, Any]]:
+    from cellbox.kernel import containers as kc
+
+    return kc.mounts_of(ctr)
 
 
 def _safe(fn: Callable[[str], bool], path: str) -> bool:

@@ -128,6 +128,14 @@ def test_status_says_what_is_mounted(srv, kernel):
     folder = [m for m in st["mounts"] if m["destination"] == "/notebook"]
     assert folder and folder[0]["mode"] == "rw" and folder[0]["kind"] == "folder"
     assert folder[0]["source"] == str((srv.notebooks / "proj").resolve())
+    listed = [
+        c for c in srv.api("GET", "containers").json() if c["notebook"] == "proj/analysis.ipynb"
+    ][0]["mounts"]
+    assert {m["destination"]: m["mode"] for m in listed} == {
+        "/notebook": "rw",
+        "/course": "ro",
+        "/scratch": "rw",
+    }
     shown = run(srv, kernel, "%cellbox status")
     assert (
         f"folder     /notebook (rw) <- {(srv.notebooks / 'proj').resolve()}" in shown.splitlines()
