@@ -8,7 +8,6 @@ import textwrap
 import threading
 from pathlib import Path
 
-import pytest
 from cellbox.kernel.inside.state import cells
 from cellbox.kernel.inside.state.capture import Namespace, namespace_digest
 from cellbox.kernel.inside.state.store import Store
@@ -152,7 +151,7 @@ def test_cells_name_what_they_may_change() -> None:
 
 
 def test_numpy_arrays_views_and_chunks(tmp_path: Path) -> None:
-    np = pytest.importorskip("numpy")
+    import numpy as np
     ns, space = fresh(tmp_path / "state")
     ns["np"] = np
     run(
@@ -181,8 +180,8 @@ def test_numpy_arrays_views_and_chunks(tmp_path: Path) -> None:
 
 
 def test_pandas_frame(tmp_path: Path) -> None:
-    np = pytest.importorskip("numpy")
-    pd = pytest.importorskip("pandas")
+    import numpy as np
+    import pandas as pd
     ns, space = fresh(tmp_path / "state")
     ns.update(np=np, pd=pd)
     run(
