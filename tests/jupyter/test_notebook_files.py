@@ -321,6 +321,26 @@ def test_a_moved_notebook_gets_its_new_folder_on_the_next_start(srv):
     assert run(srv, kid, "print(open('here.txt').read().strip())").strip() == "second"
 
 
+def test_a_folder_deleted_under_a_running_kernel_is_a_plain_error(srv):
+    import shutil
+
+    gone = srv.notebooks / "gone"
+    gone.mkdir(exist_ok=True)
+    write_notebook(gone / "nb.ipynb")
+    kid = start_kernel(srv, "gone/nb.ipynb")
+    run(srv, kid, "print(1)")
+    shutil.rmtree(gone)
+    out = run(
+        srv,
+        kid,
+        "try:\n    open('new.txt', 'w')\nexcept OSError as e:\n    print(type(e).__name__)",
+    )
+    assert out.strip() == "FileNotFoundError"  # nothing written anywhere else
+    assert not gone.exists()
+    r = srv.api("POST", "containers", json={"path": "gone/nb.ipynb"})  # the next kernel start
+    assert r.status_code == 404 and "does not exist (deleted?)" in r.json()["message"], r.text
+
+
 @pytest.fixture(scope="module")
 def ro_srv(lab):
     nb = lab.base / "nb" / "files-ro"
