@@ -250,6 +250,7 @@ def _monitor_wait(state_dir: str, child: int, cg: object, chan: Channel, done_fd
         os.close(done_fd)
     if child:
         os.waitpid(child, 0)
+    trace("monitor: init reaped")
     if cg is not None:
         # An exited container keeps no cgroup (as Docker's): its limits are in config.json
         # and a start makes the group again. After the init is reaped the group is empty;
@@ -267,4 +268,5 @@ def _monitor_wait(state_dir: str, child: int, cg: object, chan: Channel, done_fd
             cg.remove_if_empty(still_ours=still_ours)  # type: ignore[attr-defined]
         except Exception:  # noqa: BLE001 - a group left behind is removed by rm or the next start
             pass
+    trace("monitor: cgroup removed")
     os._exit(code)

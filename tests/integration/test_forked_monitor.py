@@ -76,3 +76,25 @@ def test_forked_monitor_exit_code_and_threaded_fallback(forking, busybox_rootfs,
     finally:
         stop.set()
         t.join()
+
+
+def test_records_of_a_rm_container_skip_the_fsyncs(engine, busybox_rootfs, monkeypatch):
+    """--rm: atomic but not fsynced records; any other container's survive a power loss."""
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    for auto_remove in (True, False):
+        synced.clear()
+        opts = RunOptions(rootfs=str(busybox_rootfs), command=["true"], auto_remove=auto_remove)
+        ctr = engine.create(opts, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        records = {n for n in synced if n.startswith((".container.json", ".config.json"))}
+        if auto_remove:
+            assert not records
+        else:
+            assert {n.split(".tmp-")[0] for n in records} == {".container.json", ".config.json"}
+        engine.remove(ctr.id, force=True)
