@@ -11,6 +11,7 @@ import importlib.metadata as md
 import json
 import os
 import re
+import sys
 import tarfile
 import tempfile
 from collections.abc import Iterable
@@ -99,6 +100,15 @@ def build_course_image(
     """Commit `base` (the default image unless given) with `distributions` and their
     dependencies from this host's Python added, as `tag`; returns the image id. With
     `check`, first makes sure a single-user server imports in it."""
+    distributions = list(distributions)
+    for name in distributions:
+        try:
+            md.distribution(name)
+        except md.PackageNotFoundError:
+            raise CellboxError(
+                f"{name} is not installed in this Python ({sys.executable}): "
+                "pip install 'cellbox[hub]' (and jupyterlab for the lab UI)"
+            ) from None
     if base == DEFAULT_IMAGE:
         engine.ensure_default_image()
     image = engine.images.resolve(base)
