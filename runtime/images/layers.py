@@ -4,6 +4,11 @@ GNU tar reads the tree (4x faster than Python's tarfile on many small files); Py
 only hashes the stream (diff_id), appends OCI whiteouts for overlay's 0:0 char devices
 and opaque dirs, compresses (gzip in parallel chunks like pigz, or zstd) and hashes the
 blob while it is written atomically into the layout.
+
+A commit should cost what tar and one hash cost (issue 18), so the steps overlap instead
+of following each other: the walk hands tar each path as it finds it, one thread reads
+tar and follows its headers, the diff_id hash and the blob (deflate, hash, write) run on
+threads of their own, and the disk starts writing the blob while it grows.
 """
 
 from __future__ import annotations
