@@ -53,6 +53,16 @@ class Browser:
         r = self.send("Runtime.evaluate", expression=expr, returnByValue=True, awaitPromise=True)
         return r["result"].get("value")
 
+    def open_cellbox_page(self, url: str, token: str) -> None:
+        """Open the server's /cellbox page and wait until its script has loaded it."""
+        self.send("Page.enable")
+        self.send("Page.navigate", url=f"{url}/cellbox?token={token}")
+        wait_for(
+            lambda: self.eval("document.body && document.body.dataset.loaded") == "1",
+            60,
+            "the page to load",
+        )
+
     def close(self) -> None:
         self.ws.close()
         os.killpg(self.proc.pid, signal.SIGKILL)

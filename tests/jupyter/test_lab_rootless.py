@@ -109,13 +109,7 @@ def test_without_delegation_the_page_and_status_say_no_limits(user, tmp_path):
         if CHROMIUM:  # the /cellbox page shows the same as a banner
             b = Browser(str(tmp_path / "profile"))
             try:
-                b.send("Page.enable")
-                b.send("Page.navigate", url=f"{server.url}/cellbox?token={server.token}")
-                wait_for(
-                    lambda: b.eval("document.body && document.body.dataset.loaded") == "1",
-                    60,
-                    "the page",
-                )
+                b.open_cellbox_page(server.url, server.token)
                 banner = b.eval(
                     "(() => { const u = document.getElementById('unenforced'); return u.hidden ? '' : u.innerText; })()"
                 )

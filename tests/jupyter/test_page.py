@@ -24,13 +24,7 @@ def test_page_lists_containers_and_stop_works(lab, tmp_path):
         assert r.status_code == 201, r.text
         cid = r.json()["id"]
         b = Browser(str(tmp_path / "profile"))
-        b.send("Page.enable")
-        b.send("Page.navigate", url=f"{s.url}/cellbox?token={s.token}")
-        wait_for(
-            lambda: b.eval("document.body && document.body.dataset.loaded") == "1",
-            60,
-            "the page to load",
-        )
+        b.open_cellbox_page(s.url, s.token)
         row = wait_for(
             lambda: b.eval(
                 f"(() => {{ const r = document.querySelector('tr[data-id=\"{cid}\"]'); return r && r.innerText; }})()"
