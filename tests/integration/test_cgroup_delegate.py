@@ -380,7 +380,8 @@ def test_extension_require_limits_refuses_without_delegation(user):
         from cellbox.extension.manager import ContainerManager
         from cellbox.runtime.engine import Engine, Isolation
         engine = Engine(root=sys.argv[1])
-        m = ContainerManager(Cellbox(require_limits=True), Isolation(True), engine=engine)
+        # no disk limit asked (rootless cannot have one: test_lab_rootless.py covers that)
+        m = ContainerManager(Cellbox(require_limits=True, disk_limit=""), Isolation(True), engine=engine)
         m.settings = lambda meta: (_ for _ in ()).throw(RuntimeError("went on to settings"))
         try:
             asyncio.run(m.ensure("nb.ipynb"))
