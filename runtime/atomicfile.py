@@ -34,6 +34,23 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def fsync_paths(*paths: str | os.PathLike[str]) -> None:
+    """Make files written with durable=False durable now, then their directories (the
+    renames): a caller can do it while it waits for something else (engine.create)."""
+    dirs = []
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        d = os.path.dirname(os.path.abspath(path))
+        if d not in dirs:
+            dirs.append(d)
+    for d in dirs:
+        fsync_dir(d)
+
+
 def _open_temp(directory: str, name: str) -> tuple[int, str]:
     for _ in range(100):
         tmp = os.path.join(directory, f".{name}.tmp-{os.urandom(4).hex()}")

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -31,6 +32,18 @@ _BOOT = (
 )
 
 _children: list[subprocess.Popen] = []
+
+
+def read_sync_after(r: int, then: Callable[[], None] | None) -> Spawned | Failed:
+    """The helper's word on R, read after THEN (the caller's own work, done meanwhile);
+    if THEN fails, the word is still read (R closed) before its error goes on."""
+    try:
+        if then is not None:
+            then()
+    except BaseException:
+        read_sync(r)
+        raise
+    return read_sync(r)
 
 
 def helper_argv(*args: str) -> list[str]:
@@ -54,6 +67,7 @@ def _spawn(
     *,
     session: bool,
     env: dict[str, str] | None = None,
+    then: Callable[[], None] | None = None,
 ) -> tuple[subprocess.Popen, Spawned | Failed]:
     """Start the helper with a sync pipe (its fd number follows ARGS) and read its word."""
     _reap()
@@ -79,7 +93,7 @@ def _spawn(
     finally:
         os.close(w)
     _children.append(proc)
-    return proc, read_sync(r)
+    return proc, read_sync_after(r, then)
 
 
 def create(
@@ -91,6 +105,7 @@ def create(
     console_socket: str | None = None,
     console_fd: int | None = None,
     fork: bool = False,
+    then: Callable[[], None] | None = None,
 ) -> subprocess.Popen | ForkedMonitor:
     """Create the container described by STATE_DIR/config.json; return the monitor.
 
@@ -100,15 +115,14 @@ def create(
     fork: the caller is single-threaded (the `cellbox` command), so the monitor may be
     forked from it: no interpreter start and no second import of the runtime (~100-300
     ms). It is not done from a process with threads, nor with pipes (Popen's work).
+
+    then: the caller's own work (fsyncs of its records), done while the monitor sets up.
     """
-    if fork and _single_threaded() and subprocess.PIPE not in (stdin, stdout, stderr):
-        return _create_forked(state_dir, (stdin, stdout, stderr), console_fd, console_socket)
+    stdio = (stdin, stdout, stderr)
+    if fork and _single_threaded() and subprocess.PIPE not in stdio:
+        return _create_forked(state_dir, stdio, console_fd, console_socket, then)
     proc, msg = _spawn(
-        ["create", str(state_dir)],
-        (stdin, stdout, stderr),
-        console_fd,
-        console_socket,
-        session=True,
+        ["create", str(state_dir)], stdio, console_fd, console_socket, session=True, then=then
     )
     if isinstance(msg, Failed):
         proc.wait()
@@ -182,6 +196,7 @@ def _create_forked(
     stdio: tuple[Stdio, Stdio, Stdio],
     console_fd: int | None,
     console_socket: str | None,
+    then: Callable[[], None] | None,
 ) -> ForkedMonitor:
     """create() with the monitor forked from this process, not a new interpreter."""
     stdin, stdout, stderr = stdio
@@ -200,7 +215,7 @@ def _create_forked(
         os.close(w)
         os.close(devnull)
     proc = ForkedMonitor(pid)
-    msg = read_sync(r)
+    msg = read_sync_after(r, then)
     if isinstance(msg, Failed):
         proc.wait()
         raise CellboxError(msg.error)

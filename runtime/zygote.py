@@ -14,12 +14,14 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 from . import state
 from .errors import CellboxError
-from .protocol import Failed, ProtocolError, Spawned, ZygoteRequest, read_exit, read_sync
+from .launcher import read_sync_after
+from .protocol import Failed, ProtocolError, Spawned, ZygoteRequest, read_exit
 
 
 def _fileno(f: int | IO[Any] | None, default: int, devnull: int) -> int:
@@ -162,9 +164,14 @@ class Zygote:
         self._lock = threading.Lock()
 
     def _request(
-        self, req: ZygoteRequest, stdio: tuple, console_fd: int | None
+        self,
+        req: ZygoteRequest,
+        stdio: tuple,
+        console_fd: int | None,
+        then: Callable[[], None] | None = None,
     ) -> tuple[Spawned | Failed, int]:
-        """Send one request with its fds; returns the sync message and the done fd."""
+        """Send one request with its fds; returns the sync message and the done fd.
+        then: the caller's own work, done while the zygote's child sets up."""
         stdin, stdout, stderr = stdio
         devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         r, w = os.pipe()
@@ -188,7 +195,11 @@ class Zygote:
         finally:
             for fd in (w, done_w, devnull):
                 os.close(fd)
-        return read_sync(r), done_r
+        try:
+            return read_sync_after(r, then), done_r
+        except BaseException:
+            os.close(done_r)
+            raise
 
     def create(
         self,
@@ -199,9 +210,10 @@ class Zygote:
         stderr: int | IO[Any] | None = None,
         console_socket: str | None = None,
         console_fd: int | None = None,
+        then: Callable[[], None] | None = None,
     ) -> MonitorHandle:
         req = ZygoteRequest("create", str(state_dir), console_socket=console_socket)
-        msg, done_r = self._request(req, (stdin, stdout, stderr), console_fd)
+        msg, done_r = self._request(req, (stdin, stdout, stderr), console_fd, then)
         handle = MonitorHandle(done_r, state_dir)
         if isinstance(msg, Failed):
             handle.wait()

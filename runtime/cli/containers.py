@@ -224,6 +224,7 @@ def cmd_start(a: argparse.Namespace) -> int:
     """Docker's `start`: a created container starts; an exited one starts again (same
     filesystem, name and limits; its cgroup, removed when it stopped, is made again)."""
     eng = engine(a)
+    eng.fork_monitor = True  # as in run
     for ref in a.containers:
         if eng.get(ref).state().status == "stopped":
             ctr = eng.restart(ref)

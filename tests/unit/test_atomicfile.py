@@ -118,3 +118,18 @@ def test_relative_paths_and_no_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyP
     atomicfile.write_text("state.json", "{}")
     assert len(synced) == 2  # the file, then its directory
     assert _names(tmp_path) == ["process.json", "state.json"]
+
+
+def test_fsync_paths_later(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files written durable=False made durable afterwards: each file, then each of their
+    directories once (the renames), in that order."""
+    (tmp_path / "sub").mkdir()
+    for name in ("a.json", "b.json", "sub/c.json"):
+        atomicfile.write_text(tmp_path / name, "{}", durable=False)
+    synced: list[str] = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")))
+    atomicfile.fsync_paths(tmp_path / "a.json", tmp_path / "b.json", tmp_path / "sub/c.json")
+    files = [str(tmp_path / n) for n in ("a.json", "b.json", "sub/c.json")]
+    assert synced == [*files, str(tmp_path), str(tmp_path / "sub")]
+    with pytest.raises(FileNotFoundError):
+        atomicfile.fsync_paths(tmp_path / "gone.json")
