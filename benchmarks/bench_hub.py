@@ -76,6 +76,7 @@ def main() -> None:
     ap.add_argument("--students", type=int, default=20)
     ap.add_argument("--submissions", type=int, default=20)
     ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--skip-spawn", action="store_true", help="only the grading comparison")
     args = benchlib.parse_args(ap, "bench_hub: run as root (containers, cgroups, a bridge)")
     if not shutil.which("configurable-http-proxy"):
         raise SystemExit("bench_hub: configurable-http-proxy is missing (scripts/setup --test)")
@@ -115,26 +116,27 @@ def main() -> None:
                 "environment": {"JUPYTER_NO_CONFIG": "1"},
             },
         })  # fmt: skip
-        hubs = [cellbox.start(), local.start()]
-        students = [f"s{i:02d}" for i in range(args.students)]
-        for u in students:
-            (base / "homes" / u).mkdir(parents=True)
-        for h in hubs:
-            h.api("POST", "/users", json={"usernames": students})
-        spawn: dict[str, dict[str, list[float]]] = {"cellbox": {}, "local": {}}
-        for r in range(args.rounds):
-            for name in benchlib.rotated(["cellbox", "local"], r):
-                h = cellbox if name == "cellbox" else local
-                spawn[name].setdefault("1", []).append(spawn_all(h, students[:1]))
-                spawn[name].setdefault("N", []).append(spawn_all(h, students))
-        print(f"\nspawn-to-ready, {args.rounds} alternating rounds, medians (s):")
-        print("| students | cellbox | local process (floor) | ratio |\n|---:|---:|---:|---:|")
-        for k, label in (("1", "1"), ("N", str(args.students))):
-            c, f = statistics.median(spawn["cellbox"][k]), statistics.median(spawn["local"][k])
-            print(f"| {label} | {c:.2f} | {f:.2f} | {c / f:.2f}x |")
-        for h in hubs:
-            h.stop()
-        hubs = []
+        if not args.skip_spawn:
+            hubs = [cellbox.start(), local.start()]
+            students = [f"s{i:02d}" for i in range(args.students)]
+            for u in students:
+                (base / "homes" / u).mkdir(parents=True)
+            for h in hubs:
+                h.api("POST", "/users", json={"usernames": students})
+            spawn: dict[str, dict[str, list[float]]] = {"cellbox": {}, "local": {}}
+            for r in range(args.rounds):
+                for name in benchlib.rotated(["cellbox", "local"], r):
+                    h = cellbox if name == "cellbox" else local
+                    spawn[name].setdefault("1", []).append(spawn_all(h, students[:1]))
+                    spawn[name].setdefault("N", []).append(spawn_all(h, students))
+            print(f"\nspawn-to-ready, {args.rounds} alternating rounds, medians (s):")
+            print("| students | cellbox | local process (floor) | ratio |\n|---:|---:|---:|---:|")
+            for k, label in (("1", "1"), ("N", str(args.students))):
+                c, f = statistics.median(spawn["cellbox"][k]), statistics.median(spawn["local"][k])
+                print(f"| {label} | {c:.2f} | {f:.2f} | {c / f:.2f}x |")
+            for h in hubs:
+                h.stop()
+            hubs = []
 
         subs = base / "submissions"
         for i in range(args.submissions):

@@ -83,6 +83,7 @@ def main(argv: list[str]) -> int:
         timeout=cell_timeout,
         kernel_name="python3",
         allow_errors=True,
+        shutdown_kernel="immediate",  # a throwaway container: nothing to shut down gracefully
         kernel_manager_class=DroppedKernelManager,
         resources={"metadata": {"path": WORK}},
     )
