@@ -40,18 +40,20 @@ def memory_limit(eng, cid: str) -> int | None:
 
 
 # Runs until the test creates /go in its writable layer, then exits 3 (and removes /go).
-UNTIL_GO = ["sh", "-c", "while [ ! -e /go ]; do sleep 0.02; done; rm /go; exit 3"]
+# Released by a signal (the init forwards it): a file written into the upper dir from the
+# host is not seen by a shell that already looked it up (overlayfs keeps the negative dentry).
+UNTIL_GO = ["sh", "-c", "trap 'exit 3' USR1; while :; do sleep 0.02; done"]
 
 
-def release(ctr) -> None:
-    (ctr.upper / "go").write_text("")
+def release(engine, ctr) -> None:
+    engine.kill(ctr.id, "USR1")
 
 
 def test_exit_removes_cgroup_restart_recreates_it(engine, busybox_rootfs):
     ctr = engine.run(RunOptions(rootfs=str(busybox_rootfs), command=UNTIL_GO, memory=MEMORY, pids_limit=50))
     assert group_dirs(engine, ctr.id), "a running container has its cgroup"
     assert memory_limit(engine, ctr.id) == MEMORY
-    release(ctr)
+    release(engine, ctr)
     assert engine.wait(ctr.id, timeout=30) == 3
     poll(lambda: not group_dirs(engine, ctr.id), what=f"the cgroup of the exited container to go: {group_dirs(engine, ctr.id)}")
     # inspect and stats of the exited container still answer
@@ -63,7 +65,7 @@ def test_exit_removes_cgroup_restart_recreates_it(engine, busybox_rootfs):
     assert engine.get(ctr.id).state().status == "running"
     assert group_dirs(engine, ctr.id), "the restarted container has its cgroup again"
     assert memory_limit(engine, ctr.id) == MEMORY
-    release(ctr)
+    release(engine, ctr)
     assert engine.wait(ctr.id, timeout=30) == 3
     poll(lambda: not group_dirs(engine, ctr.id), what="the cgroup to go after the second exit")
     engine.remove(ctr.id)
