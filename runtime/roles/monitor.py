@@ -124,6 +124,7 @@ def create(state_dir: str, sync_fd: int, console: dict, done_fd: int = -1) -> No
         trace("monitor: start")
         chan.send(Start(st.id))
         _expect(chan.recv(), Started)
+        trace("monitor: started")
         st = state.load(state_dir, refresh=False)
         st.status = state.RUNNING
         st.started = state.now()
