@@ -226,6 +226,21 @@ def configure_inside(
             ns.route("add", dst="0.0.0.0/0", gateway=gateway, oif=eth0)
 
 
+def forget_neighbour(bridge: str, ip: str) -> None:
+    """Drop the host's neighbour entry for ip on the bridge: an address handed out again
+    (a restarted container) sits on a new veth with a new MAC, and until the old entry
+    goes stale (seconds to a minute) the host's packets to it go nowhere."""
+    with _ipr() as ipr:
+        idx = _index(ipr, bridge)
+        if idx is None:
+            return
+        try:
+            ipr.neigh("del", dst=ip, ifindex=idx)
+        except NetlinkError as e:
+            if e.code not in (errno.ENOENT, errno.ESRCH):
+                raise CellboxError(f"cannot forget the neighbour {ip} on {bridge}: {e}") from None
+
+
 def set_isolated(name: str, isolated: bool) -> bool:
     """Set a bridge port's `isolated` flag (see create_veth); False if the link is gone."""
     with _ipr() as ipr:

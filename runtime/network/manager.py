@@ -338,6 +338,7 @@ class NetworkManager:
                 veth, self.bridge, netns_path, mtu, isolated=not (self.icc or self.firewall)
             )
             links.configure_inside(netns_path, ip, self.subnet.prefixlen, self.gateway)
+            links.forget_neighbour(self.bridge, ip)
             if backend == "userspace":
                 fwd_pid = forwarder.start(cid, self._owner, ip, ports)
             with self.state.locked() as data:

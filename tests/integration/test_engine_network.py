@@ -179,3 +179,30 @@ def test_next_start_cleans_what_a_crash_left(engine, busybox_rootfs, hostns):
                "sh", "-c", "ip -o -4 addr show eth0")  # fmt: skip
     assert ip in r.stdout  # it got the dead container's address
     assert "18082" not in in_ns(hostns, "nft", "list", "ruleset").stdout
+
+
+def _mac_and_ip(ns: str, engine, name: str) -> tuple[str, str]:
+    info = json.loads(run_in(ns, engine, "inspect", name).stdout)[0]
+    ip = info["NetworkSettings"]["ip"]
+    mac = run_in(ns, engine, "exec", name, "cat", "/sys/class/net/eth0/address").stdout.strip()
+    return mac, ip
+
+
+def test_a_reused_address_is_not_left_on_the_old_mac(engine, busybox_rootfs, hostns):
+    # another container keeps the bridge up (a bridge without ports loses its carrier,
+    # and the kernel flushes its neighbours then): a class's other servers do the same
+    run_in(hostns, engine, "run", "-d", "--name", "keeper", "--network", "bridge", "--rootfs",
+           str(busybox_rootfs), "sleep", "300")  # fmt: skip
+    run_in(hostns, engine, "run", "-d", "--name", "first", "--network", "bridge", "--rootfs",
+           str(busybox_rootfs), "sleep", "300")  # fmt: skip
+    old_mac, ip = _mac_and_ip(hostns, engine, "first")
+    # the host talks to it: a neighbour entry with its MAC
+    assert in_ns(hostns, "busybox", "ping", "-c", "1", "-W", "2", ip).returncode == 0
+    assert old_mac in in_ns(hostns, "ip", "neigh", "show", ip).stdout
+    run_in(hostns, engine, "rm", "-f", "first")
+    run_in(hostns, engine, "run", "-d", "--name", "second", "--network", "bridge", "--rootfs",
+           str(busybox_rootfs), "sleep", "300")  # fmt: skip
+    new_mac, new_ip = _mac_and_ip(hostns, engine, "second")
+    assert new_ip == ip and new_mac != old_mac  # the address came back, on a new veth
+    assert old_mac not in in_ns(hostns, "ip", "neigh", "show", ip).stdout
+    assert in_ns(hostns, "busybox", "ping", "-c", "1", "-W", "2", ip).returncode == 0
