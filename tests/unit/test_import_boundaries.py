@@ -1,5 +1,5 @@
-"""The layering, read from the source: runtime/ (the engine) is below kernel/ and
-extension/ (the Jupyter parts) and imports nothing from them; kernel/ and extension/ enter
+"""The layering, read from the source: runtime/ (the engine) is below kernel/,
+extension/ and hub/ (the Jupyter parts) and imports nothing from them; kernel/ and extension/ enter
 the runtime through one door, `cellbox.runtime.engine` (and `cellbox.runtime.errors`).
 Every import counts: at module level, inside functions, and inside code strings run in a
 child (`python -c` probes), which a grep for `^import` misses."""
@@ -17,6 +17,7 @@ PACKAGES = {
     "runtime": "cellbox.runtime",
     "kernel": "cellbox.kernel",
     "extension": "cellbox.extension",
+    "hub": "cellbox.hub",
 }
 
 
@@ -85,7 +86,7 @@ def test_runtime_imports_no_jupyter_part(path: Path) -> None:
     bad = sorted(
         m
         for m in imports_of(path)
-        if m.split(".")[:2] in (["cellbox", "kernel"], ["cellbox", "extension"])
+        if m.split(".")[:2] in (["cellbox", "kernel"], ["cellbox", "extension"], ["cellbox", "hub"])
     )
     assert not bad, (
         f"{path.relative_to(ROOT)} imports {bad}: runtime/ must not know kernel/ or extension/"
@@ -110,7 +111,9 @@ def test_the_door_check_tells_engine_names_from_runtime_internals() -> None:
 
 
 @pytest.mark.parametrize(
-    "path", sources("kernel") + sources("extension"), ids=lambda p: str(p.relative_to(ROOT))
+    "path",
+    sources("kernel") + sources("extension") + sources("hub"),
+    ids=lambda p: str(p.relative_to(ROOT)),
 )
 def test_jupyter_parts_enter_the_runtime_only_through_the_engine(path: Path) -> None:
     bad = sorted(m for m in imports_of(path) if _past_the_door(m))
