@@ -139,10 +139,12 @@ def rootless_mappings(uid: int, gid: int) -> tuple[dict[str, Any], bool]:
 
 def write_rootless_maps(pid: int, config: dict[str, Any]) -> None:
     """Map the user namespace of pid as an ordinary user: through newuidmap/newgidmap
-    when ranges beyond the user's own id are mapped, else directly (setgroups denied)."""
+    when ranges beyond the user's own id are mapped (both at once: each is a setuid
+    process start on the path of every rootless container), else directly (setgroups denied)."""
     import subprocess
 
     linux = config.get("linux") or {}
+    tools = []
     for kind, tool in (("uid", "newuidmap"), ("gid", "newgidmap")):
         maps = linux.get(f"{kind}Mappings") or []
         if len(maps) == 1 and maps[0]["size"] == 1:
@@ -153,10 +155,16 @@ def write_rootless_maps(pid: int, config: dict[str, Any]) -> None:
                 f.write(f"{maps[0]['containerID']} {maps[0]['hostID']} 1\n")
             continue
         args = [str(v) for m in maps for v in (m["containerID"], m["hostID"], m["size"])]
-        r = subprocess.run([tool, str(pid), *args], capture_output=True, text=True)
-        if r.returncode != 0:
-            why = (r.stderr.strip().splitlines() or ["failed"])[-1]
-            raise CellboxError(f"{tool}: {why}")
+        tools.append((tool, subprocess.Popen(
+            [tool, str(pid), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )))  # fmt: skip
+    errors = []
+    for tool, proc in tools:
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            errors.append(f"{tool}: {(err.strip().splitlines() or ['failed'])[-1]}")
+    if errors:
+        raise CellboxError(errors[0])
 
 
 def descendants(pid: int) -> list[int]:
