@@ -81,7 +81,7 @@ def test_closure_holds_the_distributions_and_their_dependencies() -> None:
 
 @pytest.fixture
 def spawner(tmp_path: Path):
-    pytest.importorskip("jupyterhub")
+    import jupyterhub  # noqa: F401 - a test dependency (scripts/setup --test): missing fails
     from cellbox.hub.spawner import CellboxSpawner
 
     hub = SimpleNamespace(
