@@ -20,6 +20,7 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from tornado import web
 
+from . import kernel_state
 from .manager import ContainerManager, Forbidden
 
 RESOURCE = "cellbox"
@@ -106,6 +107,13 @@ class BaseAPI(APIHandler):
         """Run an engine/manager call in a thread; CellboxError -> a JSON error."""
         try:
             return await self.cb.run(fn, *args, **kwargs)
+        except CellboxError as e:
+            raise CellboxAPIError(_status_of(e), type(e).__name__, str(e)) from None
+
+    async def wait(self, coro: Any) -> Any:
+        """Await a coroutine of the manager's side; CellboxError -> a JSON error."""
+        try:
+            return await coro
         except CellboxError as e:
             raise CellboxAPIError(_status_of(e), type(e).__name__, str(e)) from None
 
@@ -257,7 +265,16 @@ class SnapshotsHandler(BaseAPI):
         message = data.get("message", "")
         if not isinstance(message, str) or len(message) > 1000:
             raise CellboxAPIError(400, "InvalidArgument", "'message' must be a string of at most 1000 characters")
-        self.reply(_snap(await self.call(self.cb.engine.snapshot_create, m.id, message)), 201)
+        files_only = data.get("files_only", False)
+        if not isinstance(files_only, bool):
+            raise CellboxAPIError(400, "InvalidArgument", "'files_only' must be true or false")
+        if files_only:
+            info = await self.call(self.cb.engine.snapshot_create, m.id, message)
+            self.reply({**_snap(info), "variables": {"captured": False, "reason": "files only, as asked"}}, 201)
+            return
+        km = kernel_state.kernel_of(self.kernel_manager, m.id)  # its variables too, when it can
+        info, variables = await self.wait(kernel_state.snapshot(self.cb, km, m.id, message))
+        self.reply({**_snap(info), "variables": variables}, 201)
 
 
 class SnapshotHandler(BaseAPI):
@@ -276,8 +293,17 @@ class RestoreHandler(BaseAPI):
     @authorized("write", resource=RESOURCE)
     async def post(self, ref: str, snap: str) -> None:
         m = self.managed(ref)
-        self.body()
-        self.reply(_snap(await self.call(self.cb.engine.snapshot_restore, m.id, snap)))
+        files_only = self.body().get("files_only", False)
+        if not isinstance(files_only, bool):
+            raise CellboxAPIError(400, "InvalidArgument", "'files_only' must be true or false")
+        if files_only:  # as before: not through the kernel, which restarts
+            info = await self.call(self.cb.engine.snapshot_restore, m.id, snap)
+            why = "files only, as asked: the kernel restarts (a snapshot with variables resumes them)"
+            self.reply({**_snap(info), "variables": {"restored": False, "reason": why}})
+            return
+        km = kernel_state.kernel_of(self.kernel_manager, m.id)  # in place when it can
+        info, variables = await self.wait(kernel_state.restore(self.cb, km, m.id, snap))
+        self.reply({**_snap(info), "variables": variables})
 
 
 _IMAGE_ID = re.compile(r"^(?:sha256:)?[0-9a-f]{3,64}$")

@@ -12,6 +12,7 @@ same record; the host copies those files like any other and never unpickles them
                                restores the files, the kernel restarts and loads the
                                variables at start (the snapshot carries a `resume` mark)
     .autosnap(True)            a checkpoint after each cell; .timeline(), .back(n)
+    serve_request(op, ...)     what the Jupyter server asks for a REST snapshot or restore
 """
 
 from __future__ import annotations
@@ -32,7 +33,15 @@ from .store import Store, hasher_name
 IGNORED = ("root/.ipython", "root/.local/share/jupyter", "root/.cache", "tmp", "var/tmp", "run")
 AUTOSNAP_KEEP = 16  # autosnap keeps this many host snapshots (the quota counts them; 20 by default)
 
-__all__ = ["KernelState", "Namespace", "StateError", "Store", "namespace_digest", "state_dir"]
+__all__ = [
+    "KernelState",
+    "Namespace",
+    "StateError",
+    "Store",
+    "namespace_digest",
+    "serve_request",
+    "state_dir",
+]
 
 
 def _on_root_fs(path: Path) -> bool:
@@ -383,3 +392,49 @@ def describe_capture(manifest: dict[str, Any], stats: dict[str, Any]) -> str:
     if lost:
         s += "; not kept (they do not pickle): " + ", ".join(lost)
     return s
+
+
+def serve_request(op: str, deadline: float, snapshot: str = "", message: str = "") -> str:
+    """A REST snapshot or restore, asked by the Jupyter server over this kernel's own shell
+    channel (a silent execute's user expression, so between cells, never during one).
+
+    The answer is one JSON text (the server parses JSON, never a pickle). A request that
+    waited in the shell queue past `deadline` (a cell ran first) is refused: the server
+    has answered without it by then.
+    """
+    import json
+
+    from IPython import get_ipython
+
+    from .. import client
+
+    out: dict[str, Any]
+    try:
+        if time.time() > deadline:
+            raise StateError("a cell was running when the server asked")
+        shell = get_ipython()
+        if shell is None:
+            raise StateError("the kernel's variables need an IPython kernel")
+        ks = KernelState.get(shell)
+        if op == "snapshot":
+            snap, manifest = ks.snapshot(message)
+            out = {
+                "snapshot": snap["id"],
+                "state": manifest["id"],
+                "count": len(manifest["names"]),
+                "unpicklable": {k: u["type"] for k, u in manifest.get("unpicklable", {}).items()},
+                "summary": describe_capture(manifest, ks.ns.stats),
+            }
+        elif op == "restore":
+            r = ks.restore({"id": snapshot})
+            out = {"in_place": bool(r.get("in_place")), "state": r.get("state")}
+            if r.get("in_place"):
+                out["summary"] = describe(r)
+                out["unpicklable"] = {k: u["type"] for k, u in r.get("unpicklable", {}).items()}
+        else:
+            raise StateError(f"unknown request {op!r}")
+    except (StateError, client.ControlError, KeyError) as e:
+        out = {"error": str(e)}
+    except OSError as e:  # the state store's disk (the container's own quota), most often
+        out = {"error": f"the kernel's state could not be written or read: {e.strerror or e}"}
+    return json.dumps(out)
