@@ -25,6 +25,19 @@
     e.textContent = msg;
     e.hidden = !msg;
   }
+  // What a snapshot or a restore did with the kernel's variables (the REST reply says).
+  function showNotice(msg) {
+    const e = document.getElementById("notice");
+    e.textContent = msg;
+    e.hidden = !msg;
+  }
+  function variablesNotice(what, s) {
+    const v = s.variables || {};
+    if (v.captured) return what + " " + s.id.slice(0, 12) + ": files and " + (v.summary || "variables");
+    if (v.restored === true) return what + " " + s.id.slice(0, 12) + ": " + (v.summary || "variables restored") + "; files unchanged since";
+    if (v.restored === "at restart") return what + " " + s.id.slice(0, 12) + ": files and variables, the kernel restarts (" + (v.reason || "") + ")";
+    return what + " " + s.id.slice(0, 12) + ": files only (" + (v.reason || "no kernel") + ")";
+  }
   async function call(method, path, body) {
     const opts = { method, headers: { "X-XSRFToken": xsrf }, credentials: "same-origin" };
     if (body !== undefined) {
@@ -88,9 +101,10 @@
       if (c.status === "running") {
         actions.append(button("Stop", "stop", () => call("POST", "containers/" + c.id + "/stop", {})));
       }
-      actions.append(button("Snapshot", "snapshot", () => {
+      actions.append(button("Snapshot", "snapshot", async () => {
         const msg = window.prompt("Snapshot message", "") || "";
-        return call("POST", "containers/" + c.id + "/snapshots", { message: msg });
+        const s = await call("POST", "containers/" + c.id + "/snapshots", { message: msg });
+        showNotice(variablesNotice("snapshot", s));
       }));
       actions.append(button("Snapshots", "snapshots", async () => { snapOf = c; }));
       if (status.allow_commit) {
@@ -117,7 +131,10 @@
       const tr = el("tr");
       for (const v of [s.id.slice(0, 12), s.created, s.message, size(s.size)]) tr.append(el("td", v));
       const td = el("td");
-      td.append(button("Restore", "restore", () => call("POST", "containers/" + snapOf.id + "/snapshots/" + s.id + "/restore", {})));
+      td.append(button("Restore", "restore", async () => {
+        const r = await call("POST", "containers/" + snapOf.id + "/snapshots/" + s.id + "/restore", {});
+        showNotice(variablesNotice("restored", r));
+      }));
       tr.append(td);
       tbody.append(tr);
     }

@@ -107,18 +107,69 @@ def test_rest_restore_with_changed_files_restarts_and_resumes(nb):
     v = r.json()["variables"]
     assert v["restored"] == "at restart" and v["restarting"] is True and v["in_place"] is False, v
 
+    seen: list[str] = []
+
     def back() -> str | None:
-        if not idle(s, kid):
+        st = s.jupyter("GET", f"/api/kernels/{kid}").json().get("execution_state")
+        if not seen or seen[-1] != st:
+            seen.append(st)
+        if st != "idle":
             return None
         status, out = s.run_cell(
             kid, "import os\nprint('AFTER', y, x, os.path.exists('/root/later.txt'))"
         )
-        return out if status == "ok" and "AFTER" in out else None
+        if status == "ok" and "AFTER" in out:
+            return out
+        seen.append(f"{status}: {out[-300:]}")
+        return None
 
     time.sleep(1)  # the restore starts RESTORE_DELAY after the kernel's answer
-    out = wait_for(back, timeout=120, what="the restored kernel")
+    try:
+        out = wait_for(back, timeout=120, what="the restored kernel")
+    except AssertionError:
+        raise AssertionError(f"kernel states {seen}; server log: {s.logtext()[-3000:]}") from None
     assert "AFTER kept 7 False" in out, out
     assert (
         s.api("POST", f"containers/{cid}/snapshots/0000deadbeef/restore", json={}).status_code
         == 404
     )
+
+
+def test_page_restore_says_what_came_back(nb, tmp_path):
+    from helpers.browser import CHROMIUM, Browser
+
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    s, kid, cid = nb
+    wait_for(lambda: idle(s, kid), what="the kernel idle")
+    cell(s, kid, "z = 'page'")
+    wait_for(lambda: idle(s, kid), what="the kernel idle")
+    snap = s.api("POST", f"containers/{cid}/snapshots", json={"message": "for-the-page"}).json()
+    assert snap["variables"]["captured"] is True, snap
+    cell(s, kid, "z = 'other'")
+    wait_for(lambda: idle(s, kid), what="the kernel idle")
+    b = Browser(str(tmp_path / "profile"))
+    try:
+        b.open_cellbox_page(s.url, s.token)
+        click = (
+            f"document.querySelector('tr[data-id=\"{cid}\"] button[data-action=snapshots]').click()"
+        )
+        wait_for(lambda: b.eval(f"(() => {{ {click}; return true; }})()"), 30, "the container row")
+        restore = (
+            "(() => { const r = [...document.querySelectorAll('#snapshots tr')]"
+            ".find((t) => t.innerText.includes('for-the-page'));"
+            " if (!r) return false; r.querySelector('button[data-action=restore]').click(); return true; })()"
+        )
+        wait_for(lambda: b.eval(restore), 30, "the snapshot's row")
+        notice = wait_for(
+            lambda: b.eval(
+                "document.getElementById('notice').hidden ? '' : document.getElementById('notice').innerText"
+            ),
+            60,
+            "the page's notice",
+        )
+        assert "variables restored" in notice and "files unchanged since" in notice, notice
+        assert b.eval("document.getElementById('error').hidden") is True
+    finally:
+        b.close()
+    assert "Z page" in cell(s, kid, "print('Z', z)")
