@@ -30,6 +30,7 @@ from typing import Any
 
 from cellbox.runtime import engine as engine_mod
 from cellbox.runtime.engine import Engine, RunOptions
+from cellbox.runtime.errors import CellboxError
 
 INSIDE = Path(__file__).resolve().parent / "inside"
 MAX_NOTEBOOK_BYTES = 20 * 2**20
@@ -91,14 +92,14 @@ def _copy_readable(src: Path, dst: Path) -> None:
 
 
 def _wait(engine: Engine, cid: str, deadline: float) -> int | None:
-    """The container's exit code, or None if it still runs at `deadline` (monotonic)."""
-    delay = 0.01
-    while time.monotonic() < deadline:
+    """The container's exit code, or None if it still runs at `deadline` (monotonic).
+    The engine's wait follows the monitor (no polling delay after the exit)."""
+    try:
+        return engine.wait(cid, timeout=max(0.0, deadline - time.monotonic()))
+    except CellboxError:
         if engine.get(cid).state().status == "stopped":
             return engine.wait(cid, timeout=10)
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
-    return None
+        return None
 
 
 def grade_one(

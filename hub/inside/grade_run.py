@@ -21,10 +21,6 @@ import sys
 
 KERNEL_UID, KERNEL_GID = 1000, 100
 WORK = "/tmp/grade"
-DROP = (
-    f"import os, sys; os.setgroups([]); os.setgid({KERNEL_GID}); os.setuid({KERNEL_UID}); "
-    "os.execvp(sys.argv[1], sys.argv[1:])"
-)
 
 
 def _overwrite_tests(nb, tests_path: str) -> None:
@@ -74,8 +70,9 @@ def main(argv: list[str]) -> int:
             kw["stdout"] = kw["stderr"] = subprocess.DEVNULL
             kw["stdin"] = subprocess.DEVNULL
             kw["cwd"] = WORK
-            cmd = [sys.executable, "-c", DROP, *kernel_cmd]
-            return await super()._async_launch_kernel(cmd, **kw)
+            # dropped by Popen between fork and exec (no extra interpreter to do it)
+            kw.update(user=KERNEL_UID, group=KERNEL_GID, extra_groups=[])
+            return await super()._async_launch_kernel(kernel_cmd, **kw)
 
     os.environ.update(JUPYTER_RUNTIME_DIR=runtime, HOME=WORK)
     client = NotebookClient(
