@@ -6,8 +6,6 @@ so. One server, one notebook kernel for the module.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from helpers.lab import cellbox_kernelspec, wait_for, write_notebook
 
@@ -102,6 +100,7 @@ def test_rest_restore_with_changed_files_restarts_and_resumes(nb):
     assert snap["variables"]["captured"] is True, snap
     cell(s, kid, "open('/root/later.txt', 'w').write('later')\ny = 'changed'")
     wait_for(lambda: idle(s, kid), what="the kernel idle")
+    pid = s.api("GET", f"containers/{cid}").json()["State"]["Pid"]
     r = s.api("POST", f"containers/{cid}/snapshots/{snap['id']}/restore", json={})
     assert r.status_code == 200, r.text
     v = r.json()["variables"]
@@ -115,15 +114,25 @@ def test_rest_restore_with_changed_files_restarts_and_resumes(nb):
             seen.append(st)
         if st != "idle":
             return None
-        status, out = s.run_cell(
-            kid, "import os\nprint('AFTER', y, x, os.path.exists('/root/later.txt'))"
-        )
+        try:  # a cell the replaced kernel took never finishes: ask again
+            status, out = s.run_cell(
+                kid,
+                "import os\nprint('AFTER', y, x, os.path.exists('/root/later.txt'))",
+                timeout=30,
+            )
+        except Exception as e:  # noqa: BLE001 - AssertionError, or the websocket's timeout
+            seen.append(f"{e.__class__.__name__}: {str(e)[-300:]}")
+            return None
         if status == "ok" and "AFTER" in out:
             return out
         seen.append(f"{status}: {out[-300:]}")
         return None
 
-    time.sleep(1)  # the restore starts RESTORE_DELAY after the kernel's answer
+    wait_for(  # the container restarted into the snapshot: the old kernel is gone
+        lambda: s.api("GET", f"containers/{cid}").json()["State"].get("Pid") not in (pid, 0, None),
+        timeout=120,
+        what="the container restarted",
+    )
     try:
         out = wait_for(back, timeout=120, what="the restored kernel")
     except AssertionError:
