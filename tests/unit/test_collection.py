@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -31,12 +33,12 @@ def collect(argv: list[str]) -> list[str]:
     return sorted(line for line in r.stdout.splitlines() if "::" in line)
 
 
-def test_plain_pytest_collects_what_python_m_pytest_does():
+def test_plain_pytest_collects_what_python_m_pytest_does(module_collection) -> None:
     # The pytest script of this environment (the venv the suite runs in), not whatever
     # another interpreter put first on PATH.
     plain = shutil.which("pytest", path=os.path.dirname(sys.executable))
     assert plain, f"no pytest script beside {sys.executable}"
-    via_module = collect([sys.executable, "-m", "pytest"])
+    via_module, _ = module_collection
     assert via_module, "nothing collected"
     assert collect([plain]) == via_module
 
@@ -66,7 +68,11 @@ def pytest_collection_modifyitems(session, config, items):
 """
 
 
-def test_every_test_using_a_root_fixture_is_marked_root(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def module_collection(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], dict]:
+    """One `python -m pytest --collect-only` of the suite (it takes seconds), with a plugin
+    that records each test's fixtures and root marker: (test ids, their marks)."""
+    tmp_path = tmp_path_factory.mktemp("collection")
     (tmp_path / "marks_plugin.py").write_text(MARKS_PLUGIN)
     out = tmp_path / "marks.json"
     env = {
@@ -85,7 +91,12 @@ def test_every_test_using_a_root_fixture_is_marked_root(tmp_path: Path) -> None:
         timeout=300,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
-    items = json.loads(out.read_text())
+    ids = sorted(line for line in r.stdout.splitlines() if "::" in line)
+    return ids, json.loads(out.read_text())
+
+
+def test_every_test_using_a_root_fixture_is_marked_root(module_collection) -> None:
+    _, items = module_collection
     using = {n: i for n, i in items.items() if i["root_fixtures"]}
     seen = {f for i in using.values() for f in i["root_fixtures"]}
     # The check sees each kind of root fixture (a rename would otherwise pass it silently).
