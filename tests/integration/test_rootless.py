@@ -542,7 +542,8 @@ def test_pause_commit_and_snapshot_without_a_cgroup_stop_every_process(user):
         time.sleep(0.3)
         assert _counter(user, cid) == first != ""  # nothing runs
         states = {Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] for p in _tree(pid)}
-        assert states == {"T"}, states
+        # stopped, or a child that exited just before its parent stopped (not yet reaped)
+        assert "T" in states and states <= {"T", "Z"}, states
         r = user.cellbox("unpause", "busy")
         assert r.returncode == 0, r.stderr
         wait = time.monotonic() + 10
